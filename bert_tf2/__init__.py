@@ -1,0 +1,19 @@
+"""bert_tf2: fine-tune a Chinese BERT for sentiment classification and ship it to TF Serving.
+
+The stages, one module each, in the order a batch flows through them:
+
+  data            files / the built-in corpus -> tf.data batches
+  tokenization    in-graph tokenizer that matches the original BERT tokenizer
+  hub_modules     builds TF Hub-format preprocess/encoder SavedModels offline
+  model           the Keras classifier over the hub layers
+  train           the absl-flag-driven training entry point
+  export          versioned, atomic SavedModel export with serving signatures
+
+TF Hub's KerasLayer needs Keras 2, so the whole package runs on `tf_keras`. The switch must be
+set before TensorFlow is first imported, which is why it lives here: every entry point imports
+this package first.
+"""
+
+import os
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"

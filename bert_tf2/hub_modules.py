@@ -1,0 +1,164 @@
+"""Builds TF Hub-format BERT modules offline: `OUTPUT_DIR/preprocess` and `OUTPUT_DIR/encoder`.
+
+The two SavedModels have the interface of TF Hub's `bert_zh_preprocess/3` and
+`bert_zh_L-12_H-768_A-12/4`, so everything that takes a TF Hub handle takes these paths too:
+
+  preprocess(strings)                    -> {input_word_ids, input_mask, input_type_ids}
+  preprocess.tokenize(strings)           -> int32 RaggedTensor [batch, (words), (wordpieces)]
+  preprocess.bert_pack_inputs([seg, ...], seq_length=N)  -> the same dict, for 1 or 2 segments
+  encoder({input_word_ids, ...}, training=...) -> {pooled_output, sequence_output,
+                                                   encoder_outputs, default}
+
+The encoder is tf-models-official's `BertEncoder`, exported the way Model Garden's
+`export_tfhub` does it; the sizes come from a Google-style `bert_config.json` and the weights
+from `--init_checkpoint` (random init without one).
+
+  python -m bert_tf2.hub_modules --vocab_file=V --bert_config_file=C \
+      [--init_checkpoint=CK] --output_dir=D
+"""
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from absl import app, flags, logging
+import tensorflow as tf
+import tf_keras
+from official.legacy.bert import configs
+from official.nlp.modeling import layers
+from official.nlp.tools import export_tfhub_lib
+
+from bert_tf2 import flags as project_flags
+from bert_tf2 import io_utils
+from bert_tf2 import tokenization
+
+_REQUIRED_CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers",
+                           "num_attention_heads", "intermediate_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class HubModules:
+    """Paths of a built preprocess/encoder pair."""
+
+    preprocess: str
+    encoder: str
+
+
+def read_bert_config(path: str) -> configs.BertConfig:
+    """Reads a Google-style bert_config.json, with errors that name the file and the field."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read BERT config: {error.strerror}") from error
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{error.lineno}: not valid JSON: {error.msg}") from error
+    missing = [name for name in _REQUIRED_CONFIG_FIELDS if name not in raw]
+    if missing:
+        raise ValueError(f"{path}: BERT config lacks {', '.join(missing)}")
+    if raw["hidden_size"] % raw["num_attention_heads"]:
+        raise ValueError(f"{path}: hidden_size {raw['hidden_size']} is not a multiple of "
+                         f"num_attention_heads {raw['num_attention_heads']}")
+    return configs.BertConfig.from_dict(raw)
+
+
+def count_vocab(vocab_file: str) -> int:
+    """Number of tokens in a vocab.txt (one per line, as the original BERT reads it)."""
+    with open(vocab_file, encoding="utf-8") as f:
+        return sum(1 for _ in f)
+
+
+def export_preprocess(export_dir: str, *, vocab_file: str, normalization: str,
+                      seq_length: int) -> None:
+    """Writes the preprocessing SavedModel (TF Hub's Preprocessor API for text encoders).
+
+    Same object layout as Model Garden's `export_tfhub_lib.create_preprocessing`, with the
+    tokenizer chosen by `normalization` (see `bert_tf2.tokenization`).
+    """
+    tokenizer = tokenization.make_tokenizer(vocab_file, normalization)
+    sentences = tf_keras.Input(shape=(), dtype=tf.string, name="sentences")
+    tokens = tokenizer(sentences)
+    pack = layers.BertPackInputs(seq_length=seq_length,
+                                 special_tokens_dict=tokenizer.get_special_tokens_dict())
+    preprocessing = tf_keras.Model(sentences, pack(tokens))
+    preprocessing.tokenize = tf_keras.Model(sentences, tokens)
+    preprocessing.tokenize.get_special_tokens_dict = tf.train.Checkpoint()
+    preprocessing.tokenize.get_special_tokens_dict.__call__ = tf.function(
+        lambda: tokenizer.get_special_tokens_dict(), input_signature=[])
+    preprocessing.bert_pack_inputs = export_tfhub_lib.BertPackInputsSavedModelWrapper(pack)
+    preprocessing.normalization = tf.Variable(normalization, trainable=False)
+    with io_utils.atomic_directory(export_dir) as scratch:
+        preprocessing.save(scratch, include_optimizer=False, save_format="tf")
+
+
+def build_encoder(bert_config: configs.BertConfig) -> tf_keras.Model:
+    """The Keras model that the encoder module saves: dict in, TF Hub's output dict out.
+
+    Its `.network` attribute is the underlying `BertEncoder`, into which weights are loaded.
+    """
+    network = export_tfhub_lib.get_bert_encoder(bert_config)
+    inputs = {x.name: x for x in network.inputs}
+    outputs = dict(network(inputs))
+    outputs["default"] = outputs["pooled_output"]  # Alias, as TF Hub's encoders have it.
+    encoder = tf_keras.Model(inputs=inputs, outputs=outputs)
+    encoder.network = network
+    return encoder
+
+
+def export_encoder(export_dir: str, *, bert_config: configs.BertConfig, vocab_file: str,
+                   init_checkpoint: Optional[str] = None) -> None:
+    """Writes the encoder SavedModel (TF Hub's Encoder API), random or from a checkpoint."""
+    encoder = build_encoder(bert_config)
+    if init_checkpoint:
+        tf.train.Checkpoint(encoder=encoder.network).restore(
+            init_checkpoint).assert_existing_objects_matched()
+        logging.info("Encoder weights loaded from %s", init_checkpoint)
+    else:
+        logging.info("Encoder randomly initialised (no --init_checkpoint)")
+    # Like the official modules, keep the vocab and casing with the encoder for users who
+    # tokenize on their own.
+    encoder.vocab_file = tf.saved_model.Asset(vocab_file)
+    encoder.do_lower_case = tf.Variable(True, trainable=False)
+    with io_utils.atomic_directory(export_dir) as scratch:
+        encoder.save(scratch, include_optimizer=False, save_format="tf")
+
+
+def build_hub_modules(output_dir: str, *, vocab_file: str, bert_config_file: str,
+                      init_checkpoint: Optional[str] = None,
+                      normalization: str = "bert_original",
+                      seq_length: int = 128) -> HubModules:
+    """Builds `output_dir/preprocess` and `output_dir/encoder`; returns their paths."""
+    bert_config = read_bert_config(bert_config_file)
+    vocab_size = count_vocab(vocab_file)
+    if vocab_size != bert_config.vocab_size:
+        raise ValueError(f"{vocab_file} has {vocab_size} tokens but {bert_config_file} says "
+                         f"vocab_size={bert_config.vocab_size}")
+    if seq_length > bert_config.max_position_embeddings:
+        raise ValueError(f"seq_length={seq_length} exceeds max_position_embeddings="
+                         f"{bert_config.max_position_embeddings} in {bert_config_file}")
+    modules = HubModules(preprocess=os.path.join(output_dir, "preprocess"),
+                         encoder=os.path.join(output_dir, "encoder"))
+    export_preprocess(modules.preprocess, vocab_file=vocab_file, normalization=normalization,
+                      seq_length=seq_length)
+    export_encoder(modules.encoder, bert_config=bert_config, vocab_file=vocab_file,
+                   init_checkpoint=init_checkpoint)
+    logging.info("TF Hub modules written: %s, %s", modules.preprocess, modules.encoder)
+    return modules
+
+
+def main(argv):
+    del argv
+    flags_ = flags.FLAGS
+    build_hub_modules(flags_.output_dir, vocab_file=flags_.vocab_file,
+                      bert_config_file=flags_.bert_config_file,
+                      init_checkpoint=flags_.init_checkpoint,
+                      normalization=flags_.normalization, seq_length=flags_.seq_length)
+
+
+if __name__ == "__main__":
+    project_flags.define_module_flags()
+    flags.DEFINE_string("output_dir", None, "Directory for preprocess/ and encoder/.")
+    flags.mark_flags_as_required(["vocab_file", "bert_config_file", "output_dir"])
+    app.run(main)
