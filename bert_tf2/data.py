@@ -195,7 +195,7 @@ def _iter_jsonl(text: str, path: str) -> Iterator[Tuple[int, Dict[str, object]]]
 
 def _iter_delimited(text: str, path: str,
                     delimiter: str) -> Iterator[Tuple[int, Dict[str, object]]]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
         start_line = reader.line_num + 1

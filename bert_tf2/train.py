@@ -175,10 +175,11 @@ def main(argv):
     logging.info("Done in %.1f s", time.time() - start)
 
 
-def define_flags():
-    project_flags.define_module_flags()
-    project_flags.define_data_flags()
-    project_flags.define_training_flags()
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines every flag `run` reads: module, data and training flags."""
+    project_flags.define_module_flags(flag_values)
+    project_flags.define_data_flags(flag_values)
+    project_flags.define_training_flags(flag_values)
 
 
 if __name__ == "__main__":

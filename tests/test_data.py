@@ -1,0 +1,129 @@
+"""Reading examples: the built-in corpus split, CSV/TSV/JSONL files, and their errors."""
+
+import json
+
+import bert_tf2  # noqa: F401
+import pytest
+
+from bert_tf2 import data
+
+
+def test_builtin_corpus_is_clean_and_split_stably(corpus_splits):
+    sizes = {name: len(examples) for name, examples in corpus_splits.items()}
+    assert sum(sizes.values()) > 17000
+    assert 0.75 < sizes["train"] / sum(sizes.values()) < 0.85
+    all_texts = [t for examples in corpus_splits.values() for t in examples.texts]
+    assert len(all_texts) == len(set(all_texts)), "duplicates or a text in two splits"
+    assert all(t == t.strip() and t for t in all_texts)
+    for examples in corpus_splits.values():
+        assert set(examples.labels) == {0, 1}
+    again = data.builtin_corpus_splits()
+    assert again["test"].texts == corpus_splits["test"].texts
+    other_seed = data.builtin_corpus_splits(seed=7)
+    assert other_seed["test"].texts != corpus_splits["test"].texts
+
+
+def test_split_of_a_text_does_not_depend_on_the_other_texts():
+    assert data._split_of("好书", 42, 0.1, 0.1) == data._split_of("好书", 42, 0.1, 0.1)
+    splits = [data._split_of(f"text {i}", 42, 0.1, 0.1) for i in range(2000)]
+    assert 150 < splits.count("test") < 250 and 150 < splits.count("dev") < 250
+
+
+def test_reads_csv_with_bom_quotes_newlines_and_extra_columns(tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_text('\ufeffid,text,label,extra\n1,"好，很好",pos,x\n'
+                    '2,"第一行\n第二行，有""引号""",负面,y\n3,一般,1,z\n', encoding="utf-8")
+    examples = data.read_examples(str(path))
+    assert examples.texts == ("好，很好", '第一行\n第二行，有"引号"', "一般")
+    assert examples.labels == (1, 0, 1)
+
+
+def test_reads_tsv_and_jsonl_and_globs(tmp_path):
+    (tmp_path / "a.tsv").write_text("label\ttext\n0\t差\n", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "好", "label": 1}) + "\n\n",
+                                      encoding="utf-8")
+    assert data.read_examples(str(tmp_path / "a.tsv")).texts == ("差",)
+    assert data.read_examples(str(tmp_path / "b.jsonl")).labels == (1,)
+    (tmp_path / "c.jsonl").write_text(json.dumps({"text": "还行", "label": 0}) + "\n",
+                                      encoding="utf-8")
+    assert len(data.read_examples(str(tmp_path / "*.jsonl"))) == 2
+
+
+def test_custom_columns_and_label_map(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("评论,评价\n不错,好评\n垃圾,差评\n", encoding="utf-8")
+    examples = data.read_examples(str(path), text_column="评论", label_column="评价",
+                                  label_map=data.parse_label_map("差评:0,好评:1"))
+    assert examples.labels == (1, 0)
+    with pytest.raises(data.DataError, match="NAME:0"):
+        data.parse_label_map("good=1")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("text,label\n好,1\n坏,maybe\n", r"r\.csv:3: label 'maybe' in column 'label'"),
+    ("text,label\n好,1\n,0\n", r"r\.csv:3: column 'text' must be non-empty"),
+    ("review,label\n好,1\n", r"r\.csv:2: no column 'text' \(columns: review, label\)"),
+    ("text,label\n好,1,extra\n", r"r\.csv:2: 3 fields but the header has 2"),
+    ("", r"r\.csv: file is empty"),
+    ('text,label\n"unterminated,1\n', r"r\.csv:\d+: malformed row"),
+])
+def test_bad_rows_name_file_and_line(tmp_path, content, message):
+    path = tmp_path / "r.csv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(data.DataError, match=message):
+        data.read_examples(str(path))
+
+
+def test_non_utf8_file_names_the_line(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_bytes("text,label\n好,1\n".encode("utf-8") + "坏,0\n".encode("gbk"))
+    with pytest.raises(data.DataError, match=r"r\.csv:3: not valid UTF-8"):
+        data.read_examples(str(path))
+
+
+def test_bad_jsonl_line(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"text": "好", "label": 1}\n{"text": "坏", \n', encoding="utf-8")
+    with pytest.raises(data.DataError, match=r"r\.jsonl:2: not a JSON object"):
+        data.read_examples(str(path))
+
+
+def test_skip_bad_rows_counts_them_but_never_skips_a_missing_column(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("text,label\n好,1\n坏,2\n,0\n差,0\n", encoding="utf-8")
+    examples = data.read_examples(str(path), skip_bad_rows=True)
+    assert examples.texts == ("好", "差") and examples.labels == (1, 0)
+    assert examples.skipped_rows == 2
+    with pytest.raises(data.DataError, match="no column 'text2'"):
+        data.read_examples(str(path), text_column="text2", skip_bad_rows=True)
+
+
+def test_missing_file_and_empty_glob(tmp_path):
+    with pytest.raises(data.DataError, match="no file matches"):
+        data.read_examples(str(tmp_path / "*.csv"))
+    with pytest.raises(data.DataError, match="cannot read file"):
+        data.read_examples(str(tmp_path / "missing.csv"))
+
+
+def test_load_splits_from_files_leaves_out_missing_splits(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\n好,1\n", encoding="utf-8")
+    splits = data.load_splits(str(path), None, None)
+    assert list(splits) == ["train"]
+    with pytest.raises(data.DataError, match="need --train_data"):
+        data.load_splits(None, str(path), None)
+
+
+def test_dataset_pads_each_batch_only_to_its_longest_member(tiny_hub_modules):
+    from bert_tf2 import model
+    preprocessor = model.load_preprocessor(tiny_hub_modules.preprocess)
+    examples = data.Examples(("好", "很好很好很好", "这本书非常好看，推荐给大家阅读"), (1, 1, 1), "t")
+    batches = list(data.make_dataset(examples, batch_size=2, preprocessor=preprocessor,
+                                     seq_length=12, training=False))
+    first, second = batches[0][0], batches[1][0]
+    assert first["input_word_ids"].shape == (2, 8)  # 6 characters + [CLS] + [SEP]
+    assert second["input_word_ids"].shape == (1, 12)  # capped at seq_length
+    assert first["input_mask"].numpy().sum() == 3 + 8
+    fixed = list(data.make_dataset(examples, batch_size=2, preprocessor=preprocessor,
+                                   seq_length=12, training=False, dynamic_padding=False))
+    assert fixed[0][0]["input_word_ids"].shape == (2, 12)

@@ -1,0 +1,66 @@
+"""The offline-built modules have TF Hub's Preprocessor and Encoder interfaces."""
+
+import json
+
+import bert_tf2  # noqa: F401
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_hub as hub
+import tensorflow_text  # noqa: F401
+
+from bert_tf2 import hub_modules
+from tests.conftest import TINY_SEQ_LENGTH, write_bert_config
+
+
+def test_preprocess_module_has_the_tf_hub_interface(tiny_hub_modules):
+    preprocessor = hub.load(tiny_hub_modules.preprocess)
+    inputs = preprocessor(tf.constant(["这本书很好", "差"]))
+    assert sorted(inputs) == ["input_mask", "input_type_ids", "input_word_ids"]
+    for value in inputs.values():
+        assert value.dtype == tf.int32 and value.shape == (2, TINY_SEQ_LENGTH)
+    assert inputs["input_mask"].numpy().sum(axis=1).tolist() == [7, 3]
+
+    tokens = preprocessor.tokenize(tf.constant(["好书", "差"]))
+    assert isinstance(tokens, tf.RaggedTensor) and tokens.ragged_rank == 2
+    pair = preprocessor.bert_pack_inputs([tokens, preprocessor.tokenize(tf.constant(["a", "b"]))],
+                                         seq_length=10)
+    assert pair["input_word_ids"].shape == (2, 10)
+    assert pair["input_type_ids"].numpy()[0].tolist() == [0, 0, 0, 0, 1, 1, 0, 0, 0, 0]
+
+
+def test_encoder_module_has_the_tf_hub_interface(tiny_hub_modules):
+    preprocessor = hub.load(tiny_hub_modules.preprocess)
+    encoder = hub.KerasLayer(tiny_hub_modules.encoder, trainable=True)
+    inputs = preprocessor(tf.constant(["这本书很好", "差"]))
+    outputs = encoder(inputs, training=False)
+    assert sorted(outputs) == ["default", "encoder_outputs", "pooled_output", "sequence_output"]
+    assert outputs["pooled_output"].shape == (2, 16)
+    assert outputs["sequence_output"].shape == (2, TINY_SEQ_LENGTH, 16)
+    np.testing.assert_array_equal(outputs["default"], outputs["pooled_output"])
+    assert encoder.trainable_weights
+    again = encoder(inputs, training=False)["pooled_output"]
+    np.testing.assert_array_equal(again, outputs["pooled_output"])
+    with_dropout = encoder(inputs, training=True)["pooled_output"]
+    assert not np.allclose(with_dropout, outputs["pooled_output"])
+
+
+def test_vocab_and_config_must_agree(tmp_path, tiny_vocab_file):
+    config = write_bert_config(tmp_path / "c.json", vocab_size=7)
+    with pytest.raises(ValueError, match=r"has \d+ tokens but .*c\.json says vocab_size=7"):
+        hub_modules.build_hub_modules(str(tmp_path / "m"), vocab_file=tiny_vocab_file,
+                                      bert_config_file=config)
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", r"c\.json:1: not valid JSON"),
+    (json.dumps({"vocab_size": 5}), r"c\.json: BERT config lacks hidden_size"),
+    (json.dumps(dict(vocab_size=5, hidden_size=10, num_hidden_layers=1, num_attention_heads=3,
+                     intermediate_size=8)), "not a multiple of num_attention_heads 3"),
+])
+def test_bad_bert_config_is_named(tmp_path, content, message):
+    path = tmp_path / "c.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        hub_modules.read_bert_config(str(path))
