@@ -30,6 +30,7 @@ from official.legacy.bert import configs
 from official.nlp.modeling import layers
 from official.nlp.tools import export_tfhub_lib
 
+from bert_tf2 import checkpoints
 from bert_tf2 import flags as project_flags
 from bert_tf2 import io_utils
 from bert_tf2 import tokenization
@@ -109,12 +110,14 @@ def build_encoder(bert_config: configs.BertConfig) -> tf_keras.Model:
 
 def export_encoder(export_dir: str, *, bert_config: configs.BertConfig, vocab_file: str,
                    init_checkpoint: Optional[str] = None) -> None:
-    """Writes the encoder SavedModel (TF Hub's Encoder API), random or from a checkpoint."""
+    """Writes the encoder SavedModel (TF Hub's Encoder API), random or from a checkpoint.
+
+    `init_checkpoint` may be any kind `bert_tf2.checkpoints` reads (TF1 Google BERT, Model
+    Garden TF2 encoder, bert_tf2.train classifier); it is checked before anything is written.
+    """
     encoder = build_encoder(bert_config)
     if init_checkpoint:
-        tf.train.Checkpoint(encoder=encoder.network).restore(
-            init_checkpoint).assert_existing_objects_matched()
-        logging.info("Encoder weights loaded from %s", init_checkpoint)
+        checkpoints.load_encoder_weights(encoder.network, init_checkpoint)
     else:
         logging.info("Encoder randomly initialised (no --init_checkpoint)")
     # Like the official modules, keep the vocab and casing with the encoder for users who
