@@ -1,18 +1,41 @@
 """Export: the raw-text classifier as a versioned SavedModel that TF Serving loads as is.
 
-Layout: `export_dir/<version>/` with a numeric version (TF Serving serves the highest). A new
-version is written to a scratch directory and renamed into place only when complete, and
-existing versions are never overwritten.
+Layout: `export_dir/<version>/` with a numeric version (TF Serving serves the highest by
+default). A new version is written to a hidden scratch directory and renamed into place only
+when complete (SavedModel, classify method name and warm-up file all written), existing
+versions are never overwritten, and `keep=N` then removes all but the newest N versions.
 
-Signature contract (serving_default):
-  inputs:  text         tf.string [batch]   raw Chinese text, any length
-  outputs: probability  tf.float32 [batch]  P(positive)
-           label        tf.int64 [batch]    1 if probability >= 0.5 else 0
+Signature contract -- the single source of truth; docs/serving.md copies this table:
+
+  signature        method_name     input: dtype shape         outputs: dtype shape
+  ---------------  --------------  -------------------------  ---------------------------------
+  serving_default  .../predict     text: DT_STRING [-1]       probability: DT_FLOAT [-1]
+                                   raw UTF-8 text, any          P(positive)
+                                   length                     label: DT_INT64 [-1]
+                                                                1 if probability >= 0.5 else 0
+  classify         .../classify    inputs: DT_STRING [-1]     scores: DT_FLOAT [-1, 2]
+                                   serialized tf.Examples,      [P(negative), P(positive)]
+                                   bytes feature "text"       classes: DT_STRING [-1, 2]
+                                   (required, one value)        ["0", "1"] on every row
+
+  (method_name ... = tensorflow/serving/)
+
+`classify` is what TF Serving's Classify API (gRPC `PredictionService/Classify`, REST
+`:classify`) calls. Its class names are "0" and "1", the same values as serving_default's
+`label` and as the training labels, so every API reports the same ids.
+
+Every version also carries `assets.extra/tf_serving_warmup_requests`: a TFRecord of
+`PredictionLog`s (PredictRequests for serving_default, one ClassifyRequest for classify) that
+TF Serving replays at load time, so the first user request does not pay for lazy
+initialization. TF Serving fails the load if a warm-up request fails, so they are real
+requests that the tests replay against the exported model.
 """
 
 import os
 import re
-from typing import Optional
+import shutil
+import tempfile
+from typing import Dict, List, Optional, Sequence, Set
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
@@ -20,8 +43,34 @@ import tf_keras
 
 from bert_tf2 import io_utils
 
+# serving_default (Predict API).
+SERVING_SIGNATURE = "serving_default"
+PREDICT_METHOD_NAME = "tensorflow/serving/predict"
 TEXT_INPUT = "text"
+PROBABILITY_OUTPUT = "probability"
+LABEL_OUTPUT = "label"
 DECISION_THRESHOLD = 0.5
+
+# classify (Classify API); the keys and method name TF Serving's classifier requires
+# (tf.saved_model.CLASSIFY_* constants).
+CLASSIFY_SIGNATURE = "classify"
+CLASSIFY_METHOD_NAME = tf.saved_model.CLASSIFY_METHOD_NAME      # tensorflow/serving/classify
+CLASSIFY_INPUTS = tf.saved_model.CLASSIFY_INPUTS                # inputs
+CLASSIFY_OUTPUT_SCORES = tf.saved_model.CLASSIFY_OUTPUT_SCORES  # scores
+CLASSIFY_OUTPUT_CLASSES = tf.saved_model.CLASSIFY_OUTPUT_CLASSES  # classes
+TEXT_FEATURE = "text"
+CLASS_NAMES = ("0", "1")  # column order of `scores` and `classes`: negative, positive
+
+# Warm-up.
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+WARMUP_REVIEWS = (
+    "这本书写得太好了，强烈推荐，值得一读！",
+    "质量很差，用了两天就坏了，非常失望。",
+    "物流很快，包装完好，客服态度也不错。",
+    "一般般吧，没有想象中那么好。",
+    # Longer than any seq_length used here, to warm up the truncation path too.
+    "房间干净整洁，早餐丰富，下次还会再来。" * 8,
+)
 
 
 class ServingModule(tf.Module):
@@ -31,15 +80,33 @@ class ServingModule(tf.Module):
         super().__init__()
         self.text_classifier = text_classifier
 
+    def _probability(self, text):
+        probability = tf.reshape(self.text_classifier(text, training=False), [-1])
+        return tf.cast(probability, tf.float32)
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=TEXT_INPUT)])
     def serve(self, text):
-        probability = tf.reshape(self.text_classifier(text, training=False), [-1])
-        probability = tf.cast(probability, tf.float32)
+        probability = self._probability(text)
         label = tf.cast(probability >= DECISION_THRESHOLD, tf.int64)
-        return {"probability": probability, "label": label}
+        return {PROBABILITY_OUTPUT: probability, LABEL_OUTPUT: label}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=CLASSIFY_INPUTS)])
+    def classify(self, inputs):
+        features = tf.io.parse_example(
+            inputs, {TEXT_FEATURE: tf.io.FixedLenFeature([], tf.string)})
+        probability = self._probability(features[TEXT_FEATURE])
+        scores = tf.stack([1.0 - probability, probability], axis=1)
+        classes = tf.broadcast_to(tf.constant([CLASS_NAMES]),
+                                  [tf.shape(probability)[0], len(CLASS_NAMES)])
+        return {CLASSIFY_OUTPUT_SCORES: scores, CLASSIFY_OUTPUT_CLASSES: classes}
+
+    def signature_functions(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
+        """The functions to save as signatures, by signature key."""
+        return {SERVING_SIGNATURE: self.serve.get_concrete_function(),
+                CLASSIFY_SIGNATURE: self.classify.get_concrete_function()}
 
 
-def existing_versions(export_dir: str):
+def existing_versions(export_dir: str) -> List[int]:
     """Numeric version directories under `export_dir`, ascending."""
     if not os.path.isdir(export_dir):
         return []
@@ -49,15 +116,145 @@ def existing_versions(export_dir: str):
 
 
 def export_text_classifier(text_classifier: tf_keras.Model, export_dir: str,
-                           version: Optional[int] = None) -> str:
+                           version: Optional[int] = None,
+                           keep: Optional[int] = None) -> str:
     """Writes `export_dir/<version>` atomically and returns its path.
 
     `version` defaults to one more than the highest existing version (1 for the first).
+    `keep=N` (N >= 1) removes all but the newest N versions, only once the new version is in
+    place; None keeps every version.
     """
+    if keep is not None and keep < 1:
+        raise ValueError(f"keep must be at least 1 (or None to keep all), got {keep}")
     if version is None:
         version = (existing_versions(export_dir) or [0])[-1] + 1
     final_path = os.path.join(export_dir, str(version))
     module = ServingModule(text_classifier)
     with io_utils.atomic_directory(final_path) as scratch:
-        tf.saved_model.save(module, scratch, signatures={"serving_default": module.serve})
+        tf.saved_model.save(module, scratch, signatures=module.signature_functions())
+        set_method_names(scratch, {CLASSIFY_SIGNATURE: CLASSIFY_METHOD_NAME})
+        write_warmup_requests(scratch)
+    if keep is not None:
+        prune_versions(export_dir, keep)
     return final_path
+
+
+def set_method_names(saved_model_dir: str, method_names: Dict[str, str]) -> None:
+    """Rewrites the `method_name` of the given signatures in `saved_model_dir/saved_model.pb`.
+
+    `tf.saved_model.save` marks every signature `tensorflow/serving/predict`. TF Serving's
+    Classify API accepts that only while its `--enable_signature_method_name_check` is off
+    (the default); with the check on it requires `tensorflow/serving/classify`. Writing the
+    real method name makes the signature work either way; TF2 loading ignores method names.
+    The fingerprint (a checksum of saved_model.pb) is recomputed to match.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+    path = os.path.join(saved_model_dir, "saved_model.pb")
+    saved_model = saved_model_pb2.SavedModel()
+    with open(path, "rb") as f:
+        saved_model.ParseFromString(f.read())
+    for meta_graph in saved_model.meta_graphs:
+        for key, method_name in method_names.items():
+            if key not in meta_graph.signature_def:
+                raise KeyError(f"no signature {key!r} in {saved_model_dir}")
+            meta_graph.signature_def[key].method_name = method_name
+    with open(path, "wb") as f:
+        f.write(saved_model.SerializeToString(deterministic=True))
+    _rewrite_fingerprint(saved_model_dir)
+
+
+def _rewrite_fingerprint(saved_model_dir: str) -> None:
+    fingerprint = os.path.join(saved_model_dir, "fingerprint.pb")
+    if not os.path.exists(fingerprint):
+        return
+    try:
+        # pylint: disable-next=g-import-not-at-top
+        from tensorflow.python.saved_model import fingerprinting_utils
+        fingerprinting_utils.write_fingerprint(saved_model_dir)
+    except (ImportError, AttributeError, ValueError):
+        os.remove(fingerprint)  # optional file; a stale checksum would be worse than none
+
+
+def graph_ops(saved_model_dir: str) -> Set[str]:
+    """Every op type in the SavedModel's graphs, function bodies included."""
+    from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+        saved_model.ParseFromString(f.read())
+    ops = set()
+    for meta_graph in saved_model.meta_graphs:
+        ops.update(node.op for node in meta_graph.graph_def.node)
+        for function in meta_graph.graph_def.library.function:
+            ops.update(node.op for node in function.node_def)
+    return ops
+
+
+def custom_ops(saved_model_dir: str) -> Set[str]:
+    """The ops of the SavedModel that core TensorFlow lacks (from TF Text, for this model).
+
+    Whatever runs the export -- TF Serving, saved_model_cli, another program -- must have
+    these registered. Core ops are the ones with a `tf.raw_ops` wrapper.
+    """
+    return {op for op in graph_ops(saved_model_dir) if not hasattr(tf.raw_ops, op)}
+
+
+def warmup_requests(texts: Sequence[str] = WARMUP_REVIEWS):
+    """The `PredictionLog`s written as the warm-up file: real requests for both signatures.
+
+    A full batch and a single text through serving_default (batch sizes 1 and N), and the
+    same batch as tf.Examples through classify. `model_spec.name` is left empty: TF Serving
+    runs warm-up records against the model being loaded, whatever name it is served under.
+    """
+    from tensorflow_serving.apis import classification_pb2  # pylint: disable=g-import-not-at-top
+    from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
+    from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=g-import-not-at-top
+
+    logs = []
+    for batch in (list(texts), list(texts[:1])):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.signature_name = SERVING_SIGNATURE
+        request.inputs[TEXT_INPUT].CopyFrom(tf.make_tensor_proto(
+            [text.encode("utf-8") for text in batch], dtype=tf.string, shape=[len(batch)]))
+        logs.append(prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request)))
+    request = classification_pb2.ClassificationRequest()
+    request.model_spec.signature_name = CLASSIFY_SIGNATURE
+    for text in texts:
+        request.input.example_list.examples.add().CopyFrom(text_example(text))
+    logs.append(prediction_log_pb2.PredictionLog(
+        classify_log=prediction_log_pb2.ClassifyLog(request=request)))
+    return logs
+
+
+def text_example(text: str) -> tf.train.Example:
+    """The tf.Example the classify signature reads: bytes feature "text" holding UTF-8."""
+    return tf.train.Example(features=tf.train.Features(feature={
+        TEXT_FEATURE: tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[text.encode("utf-8")]))}))
+
+
+def write_warmup_requests(saved_model_dir: str, texts: Sequence[str] = WARMUP_REVIEWS) -> str:
+    """Writes `saved_model_dir/assets.extra/tf_serving_warmup_requests`; returns its path."""
+    path = os.path.join(saved_model_dir, WARMUP_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+        for log in warmup_requests(texts):
+            writer.write(log.SerializeToString())
+    return path
+
+
+def prune_versions(export_dir: str, keep: int) -> List[int]:
+    """Removes all but the newest `keep` versions under `export_dir`; returns the removed ones.
+
+    Each old version is first renamed to a hidden name (atomic, and TF Serving only looks at
+    numeric names), then deleted, so the server never sees a half-deleted version.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    removed = existing_versions(export_dir)[:-keep]
+    for version in removed:
+        path = os.path.join(export_dir, str(version))
+        doomed = tempfile.mkdtemp(prefix=f".{version}.deleting-", dir=export_dir)
+        os.rename(path, os.path.join(doomed, str(version)))
+        shutil.rmtree(doomed, ignore_errors=True)
+    return removed

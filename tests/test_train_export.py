@@ -44,9 +44,13 @@ def test_a_second_export_adds_a_version_and_keeps_the_first(tiny_training_run, t
     assert first == ["1"]
 
     class Wrapper(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.loaded = loaded  # tracked, so the new export can save what it captures
+
         def __call__(self, text, training=False):
-            return tf.reshape(loaded.signatures["serving_default"](text=text)["probability"],
-                              [-1, 1])
+            return tf.reshape(
+                self.loaded.signatures["serving_default"](text=text)["probability"], [-1, 1])
 
     path = export.export_text_classifier(Wrapper(), str(tmp_path))
     assert path.endswith("/1")
