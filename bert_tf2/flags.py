@@ -74,6 +74,9 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
                 "from --vocab_file, --bert_config_file and --init_checkpoint first.")
     define.string("model_dir", None, "Checkpoints, TensorBoard logs, metrics.json.")
     define.string("export_dir", None, "SavedModels are exported to export_dir/<version>.")
+    define.integer("keep_exports", None, "Keep only the newest N versions under --export_dir, "
+                   "removing older ones after a successful export; default: keep all.",
+                   lower_bound=1)
     define.integer("batch_size", 32, "Global batch size (split across replicas).")
     define.integer("epochs", 3, "Passes over the training split.")
     define.integer("train_steps", None, "Optional cap on the number of optimizer steps.")
@@ -90,3 +93,80 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
     define.integer("num_gpus", None, "GPUs for 'mirrored' (default: all local GPUs).")
     define.string("tpu", None, "TPU name or grpc:// address for 'tpu'.")
     define.integer("eval_batch_size", 64, "Batch size for dev/test evaluation.")
+
+
+def define_inference_flags(flag_values: flags.FlagValues = flags.FLAGS):
+    """The exported model that bert_tf2.evaluate and bert_tf2.predict run.
+
+    Defines --batch_size too, so it is not for a FlagValues that also has the training flags.
+    """
+    define = _Definer(flag_values)
+    define.string("saved_model", None, "Exported SavedModel directory (export_dir/<version>), "
+                  "or export_dir itself for its highest version.")
+    define.integer("batch_size", 64, "Texts per call of the model.")
+
+
+def define_evaluation_flags(flag_values: flags.FlagValues = flags.FLAGS):
+    """What bert_tf2.evaluate measures and where it writes its report and plots."""
+    define = _Definer(flag_values)
+    define.string("data", None, "Labelled CSV/TSV/JSONL file or glob to evaluate on "
+                  "(columns: --text_column, --label_column); the built-in test split "
+                  "(--seed) when unset.")
+    define.string("output_dir", None, "Where report.json and the PNG plots go; default "
+                  "eval-<version> beside the SavedModel (never inside it, where TF "
+                  "Serving looks).")
+    define.string("history", None, "model_dir/history.csv of a training run: also plot its "
+                  "loss/accuracy/AUC curves (training_curves.png). Alone, without "
+                  "--saved_model, only plots them (next to history.csv by default).")
+    define.integer("num_wrong", 10, "How many of the most confidently wrong examples to list.")
+    define.integer("calibration_bins", 10, "Equal-width probability bins for the calibration "
+                   "error (ECE) and the reliability diagram.")
+
+
+def define_prediction_flags(flag_values: flags.FlagValues = flags.FLAGS):
+    """What bert_tf2.predict reads and writes."""
+    define = _Definer(flag_values)
+    define.string("input", "-", "Texts to classify: a file, or '-' for stdin.")
+    define.enum("input_format", "auto", ["auto", "text", "csv", "tsv", "jsonl"],
+                "auto: by extension (.csv, .tsv, .jsonl/.json), else plain text, one text per "
+                "line (stdin too). CSV/TSV need a header; the text is in --text_column.")
+    define.string("output", "-", "Where the predictions go: a file, or '-' for stdout.")
+    define.enum("format", None, ["jsonl", "csv", "tsv"], "Output format; default: by "
+                "--output's extension, else jsonl.")
+    define.bool("progress", True, "Show a progress bar on stderr (when it is a terminal and "
+                "the run takes over 2 s).")
+
+
+def define_serving_config_flags(flag_values: flags.FlagValues = flags.FLAGS):
+    """What bert_tf2.serving.config writes: a TF Serving models.config for one export_dir."""
+    define = _Definer(flag_values)
+    define.string("export_dir", None, "The export directory holding the numeric versions "
+                  "(what --export_dir of bert_tf2.train wrote).")
+    define.string("model_name", "sentiment", "The name clients ask for (/v1/models/NAME).")
+    define.string("base_path", None, "The export directory as the server sees it (e.g. "
+                  "/models/sentiment inside Docker); default: --export_dir, made absolute.")
+    define.string("version_policy", "latest:1", "Which versions TF Serving loads: 'latest:N' "
+                  "(the newest N), 'all', or 'specific:V1,V2,...'.")
+    define.string("output", "-", "Where models.config goes: a file, or '-' for stdout.")
+
+
+def define_serving_client_flags(flag_values: flags.FlagValues = flags.FLAGS):
+    """How bert_tf2.serving.client reaches TF Serving and what it sends."""
+    define = _Definer(flag_values)
+    define.string("server", "localhost:8501", "HOST:PORT of TF Serving: its REST port "
+                  "(8501) for --protocol=rest, its gRPC port (8500) for --protocol=grpc.")
+    define.enum("protocol", "rest", ["rest", "grpc"], "TF Serving API to call.")
+    define.string("model_name", "sentiment", "The served model's name.")
+    define.integer("model_version", None, "Ask for this version; default: what the server "
+                   "serves by default (the newest loaded).", lower_bound=1)
+    define.enum("signature", "serving_default", ["serving_default", "classify"],
+                "serving_default: the Predict API on raw text; classify: the Classify API on "
+                "tf.Examples with a 'text' feature.")
+    define.multi_string("text", [], "A text to classify (repeatable).")
+    define.string("input", None, "A UTF-8 file with one text per line ('-' for stdin); blank "
+                  "lines are skipped.")
+    define.float("timeout", 10.0, "Seconds to wait for each attempt.")
+    define.integer("retries", 3, "Extra attempts when the server is unavailable (connection "
+                   "refused, gRPC UNAVAILABLE, HTTP 503), with exponential backoff.",
+                   lower_bound=0)
+    define.float("backoff", 0.5, "Seconds before the first retry; doubles on each retry.")

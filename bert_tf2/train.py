@@ -108,7 +108,8 @@ def run(flags_) -> Dict[str, Dict[str, float]]:
     text_classifier = model_lib.build_text_classifier(preprocessor, classifier,
                                                       seq_length=flags_.seq_length)
     if flags_.export_dir and distribution.is_chief():
-        path = export.export_text_classifier(text_classifier, flags_.export_dir)
+        path = export.export_text_classifier(text_classifier, flags_.export_dir,
+                                             keep=flags_.keep_exports)
         logging.info("Exported SavedModel to %s", path)
     probabilities = text_classifier(tf.constant(EXAMPLE_REVIEWS), training=False)
     for review, probability in zip(EXAMPLE_REVIEWS, probabilities.numpy()[:, 0]):
