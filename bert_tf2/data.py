@@ -9,15 +9,18 @@ that the exported model carries, so training overlaps tokenization with the trai
 served model still takes raw strings.
 """
 
+import contextlib
 import csv
 import dataclasses
+import functools
 import glob
 import hashlib
 import importlib.resources
-import io
 import json
 import os
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+import re
+from typing import (BinaryIO, Callable, Dict, Iterable, Iterator, List, Mapping, Optional,
+                    Sequence, Tuple)
 
 from absl import logging
 
@@ -146,68 +149,133 @@ class _MissingColumn(DataError):
     """A column the run needs is absent from the whole file: never skippable row by row."""
 
 
-def iter_rows(path: str) -> Iterator[Tuple[int, Dict[str, object]]]:
-    """Yields (line number, row as a dict) for a CSV, TSV or JSONL file.
+def iter_rows(path: str, *, file_format: Optional[str] = None,
+              stream: Optional[BinaryIO] = None,
+              on_bad_row: Optional[Callable[[DataError], None]] = None,
+              ) -> Iterator[Tuple[int, Dict[str, object]]]:
+    """Yields (line number, row as a dict) for a CSV, TSV or JSONL file, reading as it goes.
 
     The line number is where the row starts in the file, counting from 1, header included,
-    so it is the number an editor shows.
+    so it is the number an editor shows. The file is read line by line, never whole.
+
+    `file_format` ('csv', 'tsv' or 'jsonl') overrides the extension. `stream`, a binary file
+    object such as `sys.stdin.buffer`, is read instead of opening `path` (which then only names
+    it in messages). `on_bad_row` is given the DataError of each row that cannot be parsed (bad
+    JSON, too many fields, malformed CSV) and may raise it, or count it and let reading go on;
+    by default it is raised. An unreadable file or bad UTF-8 always stops the reading.
     """
-    text = _read_utf8(path)
-    extension = os.path.splitext(path)[1].lower()
-    if extension in (".jsonl", ".json"):
-        yield from _iter_jsonl(text, path)
-    elif extension in (".csv", ".tsv"):
-        yield from _iter_delimited(text, path, "\t" if extension == ".tsv" else ",")
+    file_format = file_format or os.path.splitext(path)[1].lower().lstrip(".")
+    on_bad_row = on_bad_row or _raise
+    if file_format in ("jsonl", "json"):
+        parse = functools.partial(_iter_jsonl, path=path, on_bad_row=on_bad_row)
+    elif file_format in ("csv", "tsv"):
+        parse = functools.partial(_iter_delimited, path=path, on_bad_row=on_bad_row,
+                                  delimiter="\t" if file_format == "tsv" else ",")
     else:
-        raise DataError(f"{path}: unknown file type {extension!r}; expected .csv, .tsv or .jsonl")
+        raise DataError(f"{path}: unknown file type {'.' + file_format!r}; expected .csv, "
+                        ".tsv or .jsonl")
+    has_content = False
 
+    def lines() -> Iterator[str]:
+        nonlocal has_content
+        for line in iter_lines(path, stream=stream):
+            has_content = has_content or bool(line.strip())
+            yield line
 
-def _read_utf8(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as error:
-        raise DataError(f"{path}: cannot read file: {error.strerror}") from error
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = raw[:error.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 (byte offset {error.start}); "
-                        "re-save the file as UTF-8") from error
-    if not text.strip():
+    yield from parse(lines())
+    if not has_content:
         raise DataError(f"{path}: file is empty")
-    return text
 
 
-def _iter_jsonl(text: str, path: str) -> Iterator[Tuple[int, Dict[str, object]]]:
-    for line_number, line in enumerate(text.splitlines(), start=1):
+# A lone "\r" ends a line too (old Mac files), as in Python's universal newlines mode.
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)")
+
+
+def iter_lines(path: str, *, stream: Optional[BinaryIO] = None) -> Iterator[str]:
+    """Yields the lines of a UTF-8 file (or binary `stream`) one at a time, with their endings.
+
+    A UTF-8 BOM is dropped. Lines end at "\n", "\r\n" or "\r" only (not at the other
+    characters `str.splitlines` splits on, such as U+2028, which may sit inside a JSON string),
+    so the n-th line yielded is line n in an editor. Bad UTF-8 raises a DataError naming the line.
+    """
+    if stream is None:
+        try:
+            stream = open(path, "rb")  # pylint: disable=consider-using-with
+        except OSError as error:
+            raise DataError(f"{path}: cannot read file: {error.strerror}") from error
+        context = stream
+    else:
+        context = contextlib.nullcontext()
+    offset = line_number = 0
+    with context:
+        for raw in stream:
+            try:
+                text = raw.decode("utf-8-sig" if offset == 0 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(f"{path}:{line_number + 1}: not valid UTF-8 (byte offset "
+                                f"{offset + error.start}); re-save the file as UTF-8") from error
+            offset += len(raw)
+            lone_cr = text.count("\r") > text.endswith("\r\n")
+            for part in _LONE_CR.split(text) if lone_cr else (text,):
+                if part:
+                    line_number += 1
+                    yield part
+
+
+def _raise(error: DataError) -> None:
+    raise error
+
+
+def _bad_row(on_bad_row: Callable[[DataError], None], message: str,
+             cause: Optional[BaseException] = None) -> None:
+    error = DataError(message)
+    error.__cause__ = cause
+    on_bad_row(error)
+
+
+def _iter_jsonl(lines: Iterable[str], *, path: str, on_bad_row: Callable[[DataError], None],
+                ) -> Iterator[Tuple[int, Dict[str, object]]]:
+    for line_number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{line_number}: not a JSON object: {error.msg}") from error
+            _bad_row(on_bad_row, f"{path}:{line_number}: not a JSON object: {error.msg}", error)
+            continue
         if not isinstance(row, dict):
-            raise DataError(f"{path}:{line_number}: expected a JSON object, got "
-                            f"{type(row).__name__}")
+            _bad_row(on_bad_row, f"{path}:{line_number}: expected a JSON object, got "
+                     f"{type(row).__name__}")
+            continue
         yield line_number, row
 
 
-def _iter_delimited(text: str, path: str,
-                    delimiter: str) -> Iterator[Tuple[int, Dict[str, object]]]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+def _iter_delimited(lines: Iterable[str], *, path: str, delimiter: str,
+                    on_bad_row: Callable[[DataError], None],
+                    ) -> Iterator[Tuple[int, Dict[str, object]]]:
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
     try:
-        header = next(reader)
-        start_line = reader.line_num + 1
-        for fields in reader:
+        header = next(reader, None)
+    except csv.Error as error:
+        raise DataError(f"{path}:{reader.line_num}: malformed header: {error}") from error
+    if header is None:
+        return
+    start_line = reader.line_num + 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            _bad_row(on_bad_row, f"{path}:{reader.line_num}: malformed row: {error}", error)
+        else:
             if fields and any(field.strip() for field in fields):
                 if len(fields) > len(header):
-                    raise DataError(f"{path}:{start_line}: {len(fields)} fields but the header "
-                                    f"has {len(header)}")
-                yield start_line, dict(zip(header, fields))
-            start_line = reader.line_num + 1
-    except csv.Error as error:
-        raise DataError(f"{path}:{reader.line_num}: malformed row: {error}") from error
+                    _bad_row(on_bad_row, f"{path}:{start_line}: {len(fields)} fields but the "
+                             f"header has {len(header)}")
+                else:
+                    yield start_line, dict(zip(header, fields))
+        start_line = reader.line_num + 1
 
 
 def _text_field(row: Mapping[str, object], column: str, path: str, line: int) -> str:

@@ -1,0 +1,395 @@
+"""Evaluates an exported model on labelled data: metrics, plots and its worst mistakes.
+
+  python -m bert_tf2.evaluate --saved_model=E/1                 # the built-in test split
+  python -m bert_tf2.evaluate --saved_model=E/1 --data=test.csv --text_column=评论 \
+      --label_column=评价 --label_map=差评:0,好评:1
+  python -m bert_tf2.evaluate --saved_model=E/1 --history=M/history.csv   # + training curves
+  python -m bert_tf2.evaluate --history=M/history.csv           # only the training curves
+
+The model runs through its `serving_default` signature, as TF Serving runs it, and its
+predicted label is `probability >= 0.5`, the served `label`. Writes into --output_dir (default
+E/eval-<version>, beside the SavedModel and never inside it; TF Serving ignores non-numeric
+names there):
+
+  report.json                 every number below, the reliability bins, the worst mistakes
+  roc.png, precision_recall.png, confusion_matrix.png, reliability.png
+  training_curves.png         with --history
+
+and prints a short table. The metric functions are pure functions of numpy arrays (0/1 labels,
+P(positive)) so they can be tested against hand-computed values.
+"""
+
+import json
+import os
+import sys
+import time
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from absl import app, flags
+import numpy as np
+from sklearn import metrics as sk_metrics
+
+from bert_tf2 import data
+from bert_tf2 import flags as project_flags
+from bert_tf2 import plots
+from bert_tf2 import predict
+
+FLAGS = flags.FLAGS
+CLASS_NAMES = ("negative", "positive")  # label 0, label 1
+# The served model's cut (export.DECISION_THRESHOLD): label = probability >= 0.5.
+DEFAULT_THRESHOLD = 0.5
+REPORT_FILE = "report.json"
+PLOT_FILES = {"roc": "roc.png", "precision_recall": "precision_recall.png",
+              "confusion_matrix": "confusion_matrix.png", "reliability": "reliability.png"}
+TRAINING_CURVES_FILE = "training_curves.png"
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics: pure functions of 0/1 labels and P(positive)
+# ---------------------------------------------------------------------------------------------
+
+def _validated(labels, probabilities) -> Tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels)
+    p = np.asarray(probabilities, dtype=np.float64)
+    if y.ndim != 1 or p.shape != y.shape:
+        raise ValueError(f"labels and probabilities must be 1-D and of one length, got shapes "
+                         f"{y.shape} and {p.shape}")
+    if not len(y):
+        raise ValueError("no examples to evaluate")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
+        raise ValueError("probabilities must be finite and within [0, 1]")
+    return y.astype(np.int64), p
+
+
+def classification_metrics(labels, probabilities,
+                           threshold: float = DEFAULT_THRESHOLD) -> Dict[str, object]:
+    """Accuracy, per-class and macro precision/recall/F1, ROC-AUC, PR-AUC, log loss, Brier.
+
+    The predicted label is `probability >= threshold`. PR-AUC is the average precision of
+    the positive class (the step-wise area, not the trapezoidal one, which is optimistic).
+    ROC-AUC needs both classes and PR-AUC a positive: each is None when it is undefined.
+    The confusion matrix has true labels as rows and predicted labels as columns.
+    """
+    y, p = _validated(labels, probabilities)
+    predicted = (p >= threshold).astype(np.int64)
+    precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
+        y, predicted, labels=[0, 1], zero_division=0)
+    per_class = {name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                        "f1": float(f1[i]), "support": int(support[i])}
+                 for i, name in enumerate(CLASS_NAMES)}
+    both_classes = len(np.unique(y)) == 2
+    return {
+        "threshold": float(threshold),
+        "accuracy": float(sk_metrics.accuracy_score(y, predicted)),
+        "per_class": per_class,
+        "macro": {"precision": float(np.mean(precision)), "recall": float(np.mean(recall)),
+                  "f1": float(np.mean(f1))},
+        "roc_auc": float(sk_metrics.roc_auc_score(y, p)) if both_classes else None,
+        "pr_auc": float(sk_metrics.average_precision_score(y, p)) if y.any() else None,
+        "log_loss": float(sk_metrics.log_loss(y, p, labels=[0, 1])),
+        "brier_score": float(sk_metrics.brier_score_loss(y, p, pos_label=1)),
+        "confusion_matrix": sk_metrics.confusion_matrix(y, predicted, labels=[0, 1]).tolist(),
+    }
+
+
+def calibration(labels, probabilities, num_bins: int = 10) -> Dict[str, object]:
+    """Expected calibration error (ECE) of P(positive) and the reliability curve behind it.
+
+    Bins are equal-width: bin i holds i/num_bins <= p < (i+1)/num_bins (the last one also
+    p = 1). In each bin, the mean predicted probability is compared with the fraction of
+    positives; ECE = sum over bins of (examples in bin / all examples) * |gap|, and MCE is the
+    largest gap. Empty bins have count 0 and None for the means.
+    """
+    if num_bins < 1:
+        raise ValueError(f"num_bins must be at least 1, got {num_bins}")
+    y, p = _validated(labels, probabilities)
+    index = np.minimum((p * num_bins).astype(np.int64), num_bins - 1)
+    counts = np.bincount(index, minlength=num_bins)
+    sum_p = np.bincount(index, weights=p, minlength=num_bins)
+    sum_y = np.bincount(index, weights=y, minlength=num_bins)
+    gaps = np.abs(sum_y - sum_p) / np.maximum(counts, 1)
+    bins = [{"lower": i / num_bins, "upper": (i + 1) / num_bins, "count": int(counts[i]),
+             "mean_probability": float(sum_p[i] / counts[i]) if counts[i] else None,
+             "fraction_positive": float(sum_y[i] / counts[i]) if counts[i] else None}
+            for i in range(num_bins)]
+    return {"ece": float(np.sum(counts * gaps) / len(y)), "mce": float(np.max(gaps)),
+            "num_bins": num_bins, "bins": bins}
+
+
+def threshold_sweep(labels, probabilities) -> Dict[str, np.ndarray]:
+    """Every distinct way a threshold splits the examples, with its confusion counts.
+
+    Sorting by probability, descending, the cut after the k highest is predicted positive
+    (ties never split). Each cut's threshold is the midpoint between the probabilities on
+    either side of it (half of the lowest for "all positive"; halfway from the highest to 1,
+    or just above 1, for "all negative"), so `p >= threshold` reproduces it on this data with
+    the widest margin. Returns arrays: threshold, tp, fp, fn, tn, accuracy, f1.
+    """
+    y, p = _validated(labels, probabilities)
+    order = np.argsort(-p, kind="stable")
+    p_sorted, y_sorted = p[order], y[order]
+    n = len(p)
+    cuts = np.concatenate([[0], np.flatnonzero(p_sorted[:-1] > p_sorted[1:]) + 1, [n]])
+    tp = np.concatenate([[0], np.cumsum(y_sorted)])[cuts]
+    fp = cuts - tp
+    positives = int(y.sum())
+    fn, tn = positives - tp, (n - positives) - fp
+    above = np.concatenate([[1.0], p_sorted])[cuts]   # lowest probability predicted positive
+    below = np.concatenate([p_sorted, [0.0]])[cuts]   # highest probability predicted negative
+    thresholds = (above + below) / 2
+    thresholds[0] = (p_sorted[0] + 1) / 2 if p_sorted[0] < 1 else np.nextafter(1.0, 2.0)
+    thresholds[-1] = p_sorted[-1] / 2
+    inner = slice(1, len(cuts) - 1)  # a midpoint can round onto `below`: fall back to `above`
+    thresholds[inner] = np.where(thresholds[inner] > below[inner], thresholds[inner],
+                                 above[inner])
+    denominator = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denominator, out=np.zeros(len(cuts)), where=denominator > 0)
+    return {"threshold": thresholds, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+            "accuracy": (tp + tn) / n, "f1": f1}
+
+
+def best_thresholds(labels, probabilities) -> Dict[str, Dict[str, float]]:
+    """The thresholds that maximise F1 (of the positive class) and accuracy on this data.
+
+    Of thresholds that tie, the one closest to 0.5 wins (then the lower). Each entry also gives
+    accuracy, F1, precision and recall at that threshold.
+    """
+    sweep = threshold_sweep(labels, probabilities)
+    result = {}
+    for metric in ("f1", "accuracy"):
+        values = sweep[metric]
+        tied = np.flatnonzero(values >= values.max() - 1e-12)
+        best = min(tied, key=lambda i: (abs(sweep["threshold"][i] - DEFAULT_THRESHOLD),
+                                        sweep["threshold"][i]))
+        tp, fp, fn = (int(sweep[k][best]) for k in ("tp", "fp", "fn"))
+        result[metric] = {"threshold": float(sweep["threshold"][best]),
+                          "accuracy": float(sweep["accuracy"][best]),
+                          "f1": float(sweep["f1"][best]),
+                          "precision": tp / (tp + fp) if tp + fp else 0.0,
+                          "recall": tp / (tp + fn) if tp + fn else 0.0}
+    return result
+
+
+def most_confidently_wrong(labels, probabilities, count: int,
+                           threshold: float = DEFAULT_THRESHOLD) -> List[int]:
+    """Indices of up to `count` misclassified examples, most confident (in the wrong label) first.
+
+    Confidence in the predicted label is p for a positive prediction and 1 - p for a negative
+    one. Ties keep data order.
+    """
+    y, p = _validated(labels, probabilities)
+    predicted = (p >= threshold).astype(np.int64)
+    wrong = np.flatnonzero(predicted != y)
+    confidence = np.where(predicted == 1, p, 1 - p)[wrong]
+    return wrong[np.argsort(-confidence, kind="stable")][:max(count, 0)].tolist()
+
+
+def curves(labels, probabilities) -> Dict[str, np.ndarray]:
+    """ROC (fpr, tpr) and precision-recall (precision, recall) curve points, for the plots."""
+    y, p = _validated(labels, probabilities)
+    result = {}
+    if len(np.unique(y)) == 2:
+        result["fpr"], result["tpr"], _ = sk_metrics.roc_curve(y, p)
+    if y.any():
+        result["precision"], result["recall"], _ = sk_metrics.precision_recall_curve(y, p)
+    return result
+
+
+def evaluate_predictions(labels, probabilities, *, texts: Optional[Sequence[str]] = None,
+                         threshold: float = DEFAULT_THRESHOLD, num_bins: int = 10,
+                         num_wrong: int = 10) -> Dict[str, object]:
+    """Everything above in one report dict (JSON-ready; the curves are left out)."""
+    y, p = _validated(labels, probabilities)
+    report = {"num_examples": int(len(y)), "num_positive": int(y.sum())}
+    report.update(classification_metrics(y, p, threshold))
+    report["calibration"] = calibration(y, p, num_bins)
+    report["best_thresholds"] = best_thresholds(y, p)
+    report["most_confidently_wrong"] = [
+        {"index": i, "text": texts[i] if texts is not None else None, "label": int(y[i]),
+         "probability": float(p[i]), "predicted": int(p[i] >= threshold)}
+        for i in most_confidently_wrong(y, p, num_wrong, threshold)]
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Report: plots, JSON, the printed table
+# ---------------------------------------------------------------------------------------------
+
+def write_plots(labels, probabilities, report: Mapping[str, object],
+                output_dir: str) -> Dict[str, str]:
+    """The ROC, PR, confusion-matrix and reliability PNGs; returns {plot: file name}.
+
+    ROC needs both classes and PR a positive example; a plot that is undefined is left out.
+    """
+    points = curves(labels, probabilities)
+    written = {}
+    path = lambda name: os.path.join(output_dir, PLOT_FILES[name])  # noqa: E731
+    if "fpr" in points:
+        plots.plot_roc(points["fpr"], points["tpr"], report["roc_auc"], path("roc"))
+        written["roc"] = PLOT_FILES["roc"]
+    if "precision" in points:
+        plots.plot_precision_recall(points["recall"], points["precision"], report["pr_auc"],
+                                    report["num_positive"] / report["num_examples"],
+                                    path("precision_recall"))
+        written["precision_recall"] = PLOT_FILES["precision_recall"]
+    plots.plot_confusion_matrix(report["confusion_matrix"], CLASS_NAMES,
+                                path("confusion_matrix"), threshold=report["threshold"])
+    written["confusion_matrix"] = PLOT_FILES["confusion_matrix"]
+    plots.plot_reliability(report["calibration"]["bins"], report["calibration"]["ece"],
+                           path("reliability"))
+    written["reliability"] = PLOT_FILES["reliability"]
+    return written
+
+
+def _number(value: Optional[float], digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _one_line(text: Optional[str], width: int = 60) -> str:
+    text = " ".join((text or "").split())  # newlines and runs of spaces -> one space
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def format_report(report: Mapping[str, object]) -> str:
+    """The short table printed at the end of a run."""
+    lines = []
+    if "saved_model" in report:
+        lines.append(f"Model {report['saved_model']}")
+    lines.append(f"Data  {report.get('data', '?')}: {report['num_examples']} examples "
+                 f"({report['num_positive']} positive)"
+                 + (f", {report['skipped_rows']} bad rows skipped"
+                    if report.get("skipped_rows") else ""))
+    lines.append(f"{'':10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
+    for name in CLASS_NAMES:
+        m = report["per_class"][name]
+        lines.append(f"{name:10}{m['precision']:10.3f}{m['recall']:10.3f}{m['f1']:10.3f}"
+                     f"{m['support']:10d}")
+    m = report["macro"]
+    lines.append(f"{'macro':10}{m['precision']:10.3f}{m['recall']:10.3f}{m['f1']:10.3f}"
+                 f"{report['num_examples']:10d}")
+    lines.append(f"accuracy {_number(report['accuracy'])}  ROC-AUC {_number(report['roc_auc'])}"
+                 f"  PR-AUC {_number(report['pr_auc'])}  log loss {_number(report['log_loss'])}"
+                 f"  ECE {_number(report['calibration']['ece'])}")
+    (tn, fp), (fn, tp) = report["confusion_matrix"]
+    lines.append(f"confusion (threshold {report['threshold']:g}; rows true, columns predicted)")
+    lines.append(f"{'':10}{CLASS_NAMES[0]:>10}{CLASS_NAMES[1]:>10}")
+    lines.append(f"{CLASS_NAMES[0]:10}{tn:10d}{fp:10d}")
+    lines.append(f"{CLASS_NAMES[1]:10}{fn:10d}{tp:10d}")
+    best = report["best_thresholds"]
+    lines.append(f"best threshold for F1: {best['f1']['threshold']:.4f} (F1 "
+                 f"{best['f1']['f1']:.3f}); for accuracy: {best['accuracy']['threshold']:.4f} "
+                 f"(accuracy {best['accuracy']['accuracy']:.3f})")
+    wrong = report["most_confidently_wrong"]
+    if wrong:
+        lines.append(f"most confidently wrong ({len(wrong)}):")
+        for example in wrong:
+            lines.append(f"  label {example['label']}  p={example['probability']:.3f}  "
+                         f"{_one_line(example['text'])}")
+    return "\n".join(lines)
+
+
+def default_output_dir(saved_model: str) -> str:
+    """eval-<version> beside the SavedModel directory: E/1 -> E/eval-1."""
+    saved_model = os.path.abspath(saved_model)
+    return os.path.join(os.path.dirname(saved_model), f"eval-{os.path.basename(saved_model)}")
+
+
+def _inside(path: str, directory: str) -> bool:
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def _write_json(report: Mapping[str, object], path: str) -> None:
+    scratch = f"{path}.tmp-{os.getpid()}"
+    with open(scratch, "w", encoding="utf-8") as f:
+        json.dump(report, f, ensure_ascii=False, indent=2, allow_nan=False)
+        f.write("\n")
+    os.replace(scratch, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------
+
+def run(flags_) -> Dict[str, object]:
+    """Evaluates --saved_model on --data (or the built-in test split); returns the report.
+
+    With only --history, plots the training curves and returns {"training_curves": path}.
+    """
+    for name in ("train_data", "eval_data", "test_data"):
+        if flags_[name].value:
+            raise app.UsageError(f"--{name} is a training flag; evaluate reads --data")
+    if not flags_.saved_model:
+        if not flags_.history:
+            raise app.UsageError("--saved_model (or --history) is required")
+        output_dir = flags_.output_dir or os.path.dirname(os.path.abspath(flags_.history))
+        path = plots.plot_training_curves(flags_.history,
+                                          os.path.join(output_dir, TRAINING_CURVES_FILE))
+        print(f"Training curves: {path}")
+        return {"training_curves": path}
+    if flags_.batch_size < 1:
+        raise app.UsageError(f"--batch_size must be at least 1, got {flags_.batch_size}")
+
+    saved_model = predict.resolve_saved_model(flags_.saved_model)
+    output_dir = flags_.output_dir or default_output_dir(saved_model)
+    if _inside(output_dir, saved_model):
+        raise app.UsageError(f"--output_dir={output_dir} is inside the SavedModel "
+                             f"{saved_model}; TF Serving loads that directory")
+    predictor = predict.Predictor(saved_model)
+    if flags_.data:
+        examples = data.read_examples(flags_.data, text_column=flags_.text_column,
+                                      label_column=flags_.label_column,
+                                      label_map=data.parse_label_map(flags_.label_map),
+                                      skip_bad_rows=flags_.skip_bad_rows)
+    else:
+        examples = data.builtin_corpus_splits(seed=flags_.seed)["test"]
+
+    start = time.perf_counter()
+    probabilities = np.concatenate([
+        batch_probabilities for _, batch_probabilities, _ in predict.predict_in_batches(
+            predictor, examples.texts, flags_.batch_size, total=len(examples), progress=True)])
+    seconds = time.perf_counter() - start
+
+    report = {"saved_model": predictor.path, "data": examples.source,
+              "skipped_rows": examples.skipped_rows}
+    report.update(evaluate_predictions(examples.labels, probabilities, texts=examples.texts,
+                                       num_bins=flags_.calibration_bins,
+                                       num_wrong=flags_.num_wrong))
+    report["examples_per_second"] = len(examples) / seconds if seconds > 0 else None
+    os.makedirs(output_dir, exist_ok=True)
+    report["plots"] = write_plots(examples.labels, probabilities, report, output_dir)
+    if flags_.history:
+        plots.plot_training_curves(flags_.history,
+                                   os.path.join(output_dir, TRAINING_CURVES_FILE))
+        report["plots"]["training_curves"] = TRAINING_CURVES_FILE
+    report["output_dir"] = os.path.abspath(output_dir)
+    _write_json(report, os.path.join(output_dir, REPORT_FILE))
+    print(format_report(report))
+    print(f"Report and plots: {report['output_dir']}/ ({REPORT_FILE}, "
+          f"{', '.join(report['plots'].values())})")
+    return report
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines every flag `run` reads: model, data and evaluation flags."""
+    project_flags.define_inference_flags(flag_values)
+    project_flags.define_data_flags(flag_values)
+    project_flags.define_evaluation_flags(flag_values)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    sys.stdout.reconfigure(encoding="utf-8", errors="backslashreplace")
+    try:
+        run(FLAGS)
+    except data.DataError as error:
+        sys.exit(f"evaluate: {error}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,0 +1,303 @@
+"""Batch prediction: texts from a file or stdin through an exported SavedModel, streamed.
+
+  python -m bert_tf2.predict --saved_model=E/1 --input=reviews.csv --text_column=评论 \
+      --output=predictions.csv
+  cat texts.txt | python -m bert_tf2.predict --saved_model=E > predictions.jsonl
+
+Input (--input, '-' for stdin; --input_format, else by extension): plain text with one text per
+line, CSV/TSV with a header (the text in --text_column; other columns are ignored), or JSONL.
+UTF-8 with or without a BOM; CSV fields may be quoted and hold commas and newlines.
+
+Output (--output, '-' for stdout; --format, else by extension, else JSONL): one row per input
+row, in input order, with the input's line number, the text, P(positive) and the served label:
+
+  {"line": 1, "text": "很好看", "probability": 0.93, "label": 1}
+
+Every row is answered: blank lines and empty texts get a probability like any other text. A row
+that cannot be read (bad JSON, too many CSV fields, a text that is not a string) stops the run
+with the file name and line number, or with --skip_bad_rows is skipped, counted and logged.
+Input is read and predicted batch by batch (--batch_size), never loaded whole. A file output is
+written to a hidden temporary file and renamed into place only when the run succeeds.
+
+The model is called through its `serving_default` signature, exactly as TF Serving calls it;
+`Predictor` and `predict_in_batches` are also what bert_tf2.evaluate uses.
+"""
+
+import contextlib
+import csv
+import itertools
+import json
+import os
+import sys
+import time
+import uuid
+from typing import (BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
+                    TextIO, Tuple, TypeVar)
+
+import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from absl import app, flags, logging
+import numpy as np
+
+from bert_tf2 import data
+from bert_tf2 import flags as project_flags
+
+FLAGS = flags.FLAGS
+OUTPUT_FIELDS = ("line", "text", "probability", "label")
+STDIO = "-"
+_T = TypeVar("_T")
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+def resolve_saved_model(path: str) -> str:
+    """`path` if it holds a SavedModel, else the highest numeric version under it."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = sorted(int(name) for name in (os.listdir(path) if os.path.isdir(path) else ())
+                      if name.isdigit()
+                      and os.path.isfile(os.path.join(path, name, "saved_model.pb")))
+    if not versions:
+        raise FileNotFoundError(f"{path}: no saved_model.pb there, nor in a numeric version "
+                                "directory under it")
+    return os.path.join(path, str(versions[-1]))
+
+
+class Predictor:
+    """An exported model's `serving_default` signature: texts -> (probabilities, labels)."""
+
+    def __init__(self, saved_model: str):
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        import tensorflow_text  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+
+        self._tf = tf
+        self.path = resolve_saved_model(saved_model)
+        # Keep the loaded object: the signature's variables live as long as it does.
+        self._loaded = tf.saved_model.load(self.path)
+        self._serve = self._loaded.signatures["serving_default"]
+
+    def __call__(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """P(positive) as float32 [n] and the served 0/1 label as int64 [n], for n >= 1 texts."""
+        # "replace" only matters for lone surrogates (a JSON "\ud800" escape): they become "?".
+        encoded = [text.encode("utf-8", "replace") for text in texts]
+        outputs = self._serve(text=self._tf.constant(encoded, self._tf.string))
+        return outputs["probability"].numpy(), outputs["label"].numpy()
+
+
+def predict_in_batches(predictor: Callable[[Sequence[str]], Tuple[np.ndarray, np.ndarray]],
+                       items: Iterable[_T], batch_size: int, *,
+                       text_of: Callable[[_T], str] = lambda item: item,
+                       total: Optional[int] = None, progress: bool = False,
+                       ) -> Iterator[Tuple[List[_T], np.ndarray, np.ndarray]]:
+    """Yields (items, probabilities, labels) batch by batch, reading `items` only as needed.
+
+    `progress` shows a tqdm bar on stderr, only when stderr is a terminal and the run takes
+    more than 2 seconds (so short runs and logs stay clean).
+    """
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    iterator = iter(items)
+    with tqdm(total=total, unit="text", file=sys.stderr, delay=2.0, dynamic_ncols=True,
+              disable=None if progress else True) as bar:
+        while True:
+            batch = list(itertools.islice(iterator, batch_size))
+            if not batch:
+                return
+            probabilities, labels = predictor([text_of(item) for item in batch])
+            bar.update(len(batch))
+            yield batch, probabilities, labels
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+class BadRows:
+    """`on_bad_row` for data.iter_rows: raises, or with `skip` counts and logs the row."""
+
+    def __init__(self, skip: bool):
+        self.skip = skip
+        self.count = 0
+
+    def __call__(self, error: data.DataError) -> None:
+        if not self.skip:
+            raise error
+        self.count += 1
+        logging.warning("Skipping bad row: %s", error)
+
+
+def input_format_of(path: str) -> str:
+    """The --input_format that 'auto' means for `path`."""
+    extension = os.path.splitext(path)[1].lower()
+    return {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(extension,
+                                                                                 "text")
+
+
+def read_texts(path: str, *, input_format: str = "auto", text_column: str = "text",
+               bad_rows: Optional[BadRows] = None,
+               stream: Optional[BinaryIO] = None) -> Iterator[Tuple[int, str]]:
+    """Yields (line number, text) for every input row, in order, reading as it goes.
+
+    Plain text: every line is a text, blank ones included (only the line ending is removed).
+    CSV/TSV/JSONL: the --text_column of each row; an empty text is still a text. A missing
+    column stops the run even with --skip_bad_rows (it is a wrong flag, not a bad row).
+    """
+    bad_rows = bad_rows or BadRows(skip=False)
+    if input_format == "auto":
+        input_format = input_format_of(path)
+    if input_format == "text":
+        for line_number, line in enumerate(data.iter_lines(path, stream=stream), start=1):
+            yield line_number, line.rstrip("\n").rstrip("\r")
+        return
+    for line_number, row in data.iter_rows(path, file_format=input_format, stream=stream,
+                                           on_bad_row=bad_rows):
+        if text_column not in row:
+            raise data.DataError(f"{path}:{line_number}: no column {text_column!r} (columns: "
+                                 f"{', '.join(map(str, row))}); set --text_column")
+        text = row[text_column]
+        if not isinstance(text, str):
+            bad_rows(data.DataError(f"{path}:{line_number}: column {text_column!r} must be "
+                                    f"text, got {text!r}"))
+            continue
+        yield line_number, text
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------
+
+def output_format_of(path: str) -> str:
+    """The output format for `path` when --format is unset: by extension, else JSONL."""
+    extension = os.path.splitext(path)[1].lower()
+    return {".csv": "csv", ".tsv": "tsv"}.get(extension, "jsonl")
+
+
+# Characters that json.dumps(ensure_ascii=False) leaves raw but that str.splitlines() and some
+# JSON readers take for line breaks; escaped, every output row stays on one physical line.
+_LINE_BREAKS_IN_JSON = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028",
+                                      "\u2029": "\\u2029"})
+
+
+def _json_line(row: Dict[str, object]) -> str:
+    return json.dumps(row, ensure_ascii=False).translate(_LINE_BREAKS_IN_JSON) + "\n"
+
+
+def _row_writer(out: TextIO, output_format: str) -> Callable[[Dict[str, object]], None]:
+    if output_format == "jsonl":
+        return lambda row: out.write(_json_line(row))
+    writer = csv.DictWriter(out, fieldnames=OUTPUT_FIELDS, lineterminator="\n",
+                            delimiter="\t" if output_format == "tsv" else ",")
+    writer.writeheader()
+    return writer.writerow
+
+
+@contextlib.contextmanager
+def _open_output(path: str, stdout: Optional[TextIO]) -> Iterator[TextIO]:
+    """stdout for '-'; else a temporary file beside `path`, renamed onto it on success."""
+    if path == STDIO:
+        yield stdout if stdout is not None else sys.stdout
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    # Not tempfile.mkstemp: its 0600 mode would stick to the output; "x" honours the umask.
+    scratch = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+    try:
+        # backslashreplace: a lone surrogate (from a JSON escape) is written as its \\uXXXX.
+        with open(scratch, "x", encoding="utf-8", errors="backslashreplace",
+                  newline="") as out:
+            yield out
+        os.replace(scratch, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(scratch)
+        raise
+
+
+def _probability(value: np.float32) -> float:
+    """The float32 probability as the shortest decimal that reads back as the same float32."""
+    return float(str(np.float32(value)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------
+
+def run(flags_, *, stdin: Optional[BinaryIO] = None,
+        stdout: Optional[TextIO] = None) -> Dict[str, object]:
+    """Predicts every row of --input into --output; returns counts and timings.
+
+    `stdin` (binary) and `stdout` (text) replace the process's own for '-' (tests use this).
+    """
+    _reject_unused_flags(flags_)
+    if flags_.batch_size < 1:
+        raise app.UsageError(f"--batch_size must be at least 1, got {flags_.batch_size}")
+    output_format = flags_.format or (output_format_of(flags_.output)
+                                      if flags_.output != STDIO else "jsonl")
+    start = time.perf_counter()
+    predictor = Predictor(flags_.saved_model)
+    load_seconds = time.perf_counter() - start
+
+    bad_rows = BadRows(skip=flags_.skip_bad_rows)
+    if flags_.input == STDIO:
+        source, stream = "<stdin>", stdin if stdin is not None else sys.stdin.buffer
+    else:
+        source, stream = flags_.input, None
+    rows = read_texts(source, input_format=flags_.input_format, text_column=flags_.text_column,
+                      bad_rows=bad_rows, stream=stream)
+    count = 0
+    start = time.perf_counter()
+    with _open_output(flags_.output, stdout) as out:
+        write = _row_writer(out, output_format)
+        for batch, probabilities, labels in predict_in_batches(
+                predictor, rows, flags_.batch_size, text_of=lambda row: row[1],
+                progress=flags_.progress):
+            for (line_number, text), probability, label in zip(batch, probabilities, labels):
+                write({"line": line_number, "text": text,
+                       "probability": _probability(probability), "label": int(label)})
+            count += len(batch)
+            if flags_.output == STDIO:
+                out.flush()  # downstream readers of a pipe see each batch as it is done
+    seconds = time.perf_counter() - start
+    summary = {"saved_model": predictor.path, "input": source, "output": flags_.output,
+               "rows": count, "skipped_rows": bad_rows.count, "seconds": seconds,
+               "texts_per_second": count / seconds if seconds > 0 else float("inf"),
+               "load_seconds": load_seconds}
+    skipped = f"; {bad_rows.count} bad rows skipped" if bad_rows.count else ""
+    print(f"predict: {count} texts in {seconds:.2f} s ({summary['texts_per_second']:.1f} "
+          f"texts/s){skipped}; model loaded in {load_seconds:.1f} s", file=sys.stderr)
+    if not count:
+        logging.warning("%s: no rows to predict", source)
+    return summary
+
+
+def _reject_unused_flags(flags_) -> None:
+    for name in ("train_data", "eval_data", "test_data"):
+        if flags_[name].value:
+            raise app.UsageError(f"--{name} is a training flag; predict reads --input")
+    if not flags_.saved_model:
+        raise app.UsageError("--saved_model is required")
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Defines every flag `run` reads: model, data-column and prediction flags."""
+    project_flags.define_inference_flags(flag_values)
+    project_flags.define_data_flags(flag_values)
+    project_flags.define_prediction_flags(flag_values)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    sys.stdout.reconfigure(encoding="utf-8", errors="backslashreplace")
+    try:
+        run(FLAGS)
+    except data.DataError as error:
+        sys.exit(f"predict: {error}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

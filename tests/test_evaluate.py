@@ -1,0 +1,255 @@
+"""Evaluation: metrics against hand-computed values, the plots, and the CLI on the tiny model."""
+
+import json
+import math
+import os
+import pathlib
+import shutil
+
+import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from absl import app, flags
+import numpy as np
+from PIL import Image
+import pytest
+
+from bert_tf2 import data, evaluate, plots
+
+# The hand-worked fixture. Sorted by probability:
+#
+#   index        0    1    2    3    4    5
+#   label        0    1    0    1    1    1        4 positives, 2 negatives
+#   probability 0.1  0.2  0.4  0.6  0.7  0.9
+#   p >= 0.5     0    0    0    1    1    1
+#
+# At 0.5: TP = 3 (0.6, 0.7, 0.9), FP = 0, FN = 1 (index 1), TN = 2 (0.1, 0.4).
+LABELS = [0, 1, 0, 1, 1, 1]
+PROBABILITIES = [0.1, 0.2, 0.4, 0.6, 0.7, 0.9]
+
+
+def test_classification_metrics_match_hand_computed_values():
+    m = evaluate.classification_metrics(LABELS, PROBABILITIES)
+    assert m["accuracy"] == pytest.approx(5 / 6)                  # 3 TP + 2 TN of 6
+    pos, neg = m["per_class"]["positive"], m["per_class"]["negative"]
+    assert pos["precision"] == pytest.approx(1.0)                 # 3 / (3 + 0)
+    assert pos["recall"] == pytest.approx(0.75)                   # 3 / (3 + 1)
+    assert pos["f1"] == pytest.approx(6 / 7)                      # 2 * 1 * .75 / 1.75
+    assert neg["precision"] == pytest.approx(2 / 3)               # TN / (TN + FN) = 2 / 3
+    assert neg["recall"] == pytest.approx(1.0)                    # TN / (TN + FP) = 2 / 2
+    assert neg["f1"] == pytest.approx(0.8)                        # 2 * (2/3) * 1 / (5/3)
+    assert (pos["support"], neg["support"]) == (4, 2)
+    assert m["macro"]["precision"] == pytest.approx(5 / 6)        # (1 + 2/3) / 2
+    assert m["macro"]["recall"] == pytest.approx(0.875)           # (.75 + 1) / 2
+    assert m["macro"]["f1"] == pytest.approx(29 / 35)             # (6/7 + 4/5) / 2
+    # ROC-AUC: of the 4 x 2 (positive, negative) pairs, the positive scores higher in all but
+    # (0.2, 0.4): 7 / 8.
+    assert m["roc_auc"] == pytest.approx(7 / 8)
+    # Average precision: ranked 0.9+ 0.7+ 0.6+ 0.4- 0.2+ 0.1-; recall rises by 1/4 at ranks
+    # 1, 2, 3 (precision 1) and 5 (precision 4/5): (1 + 1 + 1 + 4/5) / 4 = 0.95.
+    assert m["pr_auc"] == pytest.approx(0.95)
+    # Log loss: mean of -ln P(true label) = -ln(0.9 * 0.2 * 0.6 * 0.6 * 0.7 * 0.9) / 6.
+    assert m["log_loss"] == pytest.approx(-math.log(0.9 * 0.2 * 0.6 * 0.6 * 0.7 * 0.9) / 6)
+    # Brier: mean (p - y)^2 = (.01 + .64 + .16 + .16 + .09 + .01) / 6.
+    assert m["brier_score"] == pytest.approx(1.07 / 6)
+    assert m["confusion_matrix"] == [[2, 0], [1, 3]]              # rows true, columns predicted
+
+
+def test_calibration_error_by_hand():
+    # 2 bins. [0, .5): p .1 .2 .4, labels 0 1 0 -> mean p 0.7/3, fraction positive 1/3,
+    # gap 0.1. [.5, 1]: p .6 .7 .9, labels 1 1 1 -> mean p 2.2/3, fraction 1, gap 0.8/3.
+    # ECE = 3/6 * 0.1 + 3/6 * 0.8/3 = 11/60; MCE = 0.8/3.
+    result = evaluate.calibration(LABELS, PROBABILITIES, num_bins=2)
+    assert result["ece"] == pytest.approx(11 / 60)
+    assert result["mce"] == pytest.approx(0.8 / 3)
+    low, high = result["bins"]
+    assert (low["lower"], low["upper"], low["count"]) == (0.0, 0.5, 3)
+    assert low["mean_probability"] == pytest.approx(0.7 / 3)
+    assert low["fraction_positive"] == pytest.approx(1 / 3)
+    assert high["fraction_positive"] == pytest.approx(1.0)
+    # 10 bins: every example alone in its bin, so ECE = mean |y - p|
+    # = (.1 + .8 + .4 + .4 + .3 + .1) / 6 = 0.35; 4 bins are empty.
+    result = evaluate.calibration(LABELS, PROBABILITIES)
+    assert result["ece"] == pytest.approx(0.35)
+    assert sum(b["count"] == 0 for b in result["bins"]) == 4
+    assert all(b["mean_probability"] is None for b in result["bins"] if not b["count"])
+    # p = 1.0 falls in the last bin, p = 0.0 in the first; perfect calibration gives 0.
+    result = evaluate.calibration([0, 1], [0.0, 1.0])
+    assert result["bins"][0]["count"] == result["bins"][-1]["count"] == 1
+    assert result["ece"] == 0.0
+
+
+def test_best_thresholds_by_hand():
+    # Cuts from the top (k predicted positive) and the midpoint thresholds:
+    #   k  threshold  TP FP FN TN  accuracy  F1 = 2TP / (2TP + FP + FN)
+    #   0  .95         0  0  4  2   2/6      0
+    #   1  .8          1  0  3  2   3/6      2/5
+    #   2  .65         2  0  2  2   4/6      4/6
+    #   3  .5          3  0  1  2   5/6      6/7
+    #   4  .3          3  1  1  1   4/6      6/8
+    #   5  .15         4  1  0  1   5/6      8/9   <- best F1
+    #   6  .05         4  2  0  0   4/6      8/10
+    # Best accuracy 5/6 at k = 3 and k = 5: the tie goes to the threshold nearer 0.5.
+    sweep = evaluate.threshold_sweep(LABELS, PROBABILITIES)
+    np.testing.assert_allclose(sweep["threshold"], [.95, .8, .65, .5, .3, .15, .05])
+    np.testing.assert_array_equal(sweep["tp"], [0, 1, 2, 3, 3, 4, 4])
+    np.testing.assert_allclose(sweep["f1"], [0, 2 / 5, 4 / 6, 6 / 7, 6 / 8, 8 / 9, 8 / 10])
+    best = evaluate.best_thresholds(LABELS, PROBABILITIES)
+    assert best["f1"]["threshold"] == pytest.approx(0.15)
+    assert best["f1"]["f1"] == pytest.approx(8 / 9)
+    assert (best["f1"]["precision"], best["f1"]["recall"]) == (pytest.approx(0.8), 1.0)
+    assert best["accuracy"]["threshold"] == pytest.approx(0.5)
+    assert best["accuracy"]["accuracy"] == pytest.approx(5 / 6)
+    # The chosen threshold reproduces its metric with the same `p >= t` rule.
+    predicted = np.asarray(PROBABILITIES) >= best["f1"]["threshold"]
+    assert predicted.tolist() == [False, True, True, True, True, True]
+
+
+def test_thresholds_with_ties_and_saturated_probabilities():
+    # Ties are never split: with p = [1, 1, 0, 0] the cuts are 0, 2 and 4 examples.
+    sweep = evaluate.threshold_sweep([1, 0, 0, 1], [1.0, 1.0, 0.0, 0.0])
+    assert len(sweep["threshold"]) == 3
+    assert sweep["threshold"][0] > 1.0                 # "nothing positive" must beat p = 1
+    assert sweep["threshold"][-1] == 0.0               # "all positive": p >= 0
+    assert sweep["threshold"][1] == pytest.approx(0.5)
+
+
+def test_most_confidently_wrong_order():
+    # All four wrong at 0.5; confidence in the wrong label: .7, .9, .6, .55.
+    assert evaluate.most_confidently_wrong([1, 0, 0, 1], [0.3, 0.9, 0.6, 0.45], 10) == [
+        1, 0, 2, 3]
+    assert evaluate.most_confidently_wrong([1, 0, 0, 1], [0.3, 0.9, 0.6, 0.45], 2) == [1, 0]
+    assert evaluate.most_confidently_wrong(LABELS, PROBABILITIES, 10) == [1]
+
+
+def test_undefined_metrics_are_none_and_bad_input_is_refused():
+    m = evaluate.classification_metrics([1, 1], [0.9, 0.4])
+    assert m["roc_auc"] is None and m["pr_auc"] == pytest.approx(1.0)
+    assert evaluate.classification_metrics([0, 0], [0.1, 0.6])["pr_auc"] is None
+    for labels, probabilities in (([0, 2], [.1, .2]), ([0, 1], [.1, 1.5]), ([0], [.1, .2]),
+                                  ([], []), ([0, 1], [.1, float("nan")])):
+        with pytest.raises(ValueError):
+            evaluate.classification_metrics(labels, probabilities)
+
+
+def test_default_threshold_is_the_served_one():
+    from bert_tf2 import export
+    assert evaluate.DEFAULT_THRESHOLD == export.DECISION_THRESHOLD
+
+
+def _assert_png(path) -> None:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.verify()
+    with Image.open(path) as image:
+        assert image.size[0] >= 300 and image.size[1] >= 300
+        assert len(set(image.convert("L").getdata())) > 10, f"{path} looks blank"
+
+
+def test_report_plots_are_valid_pngs(tmp_path):
+    report = evaluate.evaluate_predictions(LABELS, PROBABILITIES, texts=list("abcdef"))
+    written = evaluate.write_plots(LABELS, PROBABILITIES, report, str(tmp_path))
+    assert set(written) == {"roc", "precision_recall", "confusion_matrix", "reliability"}
+    for name in written.values():
+        _assert_png(tmp_path / name)
+    json.dumps(report, allow_nan=False)  # JSON-ready
+    table = evaluate.format_report(report)
+    assert "macro" in table and "ECE 0.350" in table and "p=0.200  b" in table
+
+
+def _write_history(path: pathlib.Path, with_dev: bool = True) -> None:
+    header = "epoch,accuracy,auc,loss" + (",val_accuracy,val_auc,val_loss" if with_dev else "")
+    rows = ["0,0.6,0.65,0.69,0.62,0.66,0.68", "1,0.7,0.75,0.6,0.7,0.74,0.61",
+            # epoch 1 again: a resumed run appends; the last row wins
+            "1,0.72,0.77,0.58,0.71,0.75,0.6", "2,0.8,0.85,0.45,NA,0.8,0.5"]
+    if not with_dev:
+        rows = [",".join(row.split(",")[:4]) for row in rows]
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+
+
+def test_training_curves_from_history_csv(tmp_path):
+    history = tmp_path / "history.csv"
+    _write_history(history)
+    columns = plots.read_history(str(history))
+    assert columns["epoch"] == [1, 2, 3]
+    assert columns["loss"] == [0.69, 0.58, 0.45]
+    assert math.isnan(columns["val_accuracy"][2])
+    _assert_png(plots.plot_training_curves(str(history), str(tmp_path / "curves.png")))
+    _write_history(history, with_dev=False)
+    _assert_png(plots.plot_training_curves(str(history), str(tmp_path / "train_only.png")))
+    history.write_text("epoch,loss\n", encoding="utf-8")
+    with pytest.raises(data.DataError, match="no epochs logged"):
+        plots.plot_training_curves(str(history), str(tmp_path / "x.png"))
+
+
+def test_default_output_dir_is_beside_the_saved_model():
+    assert evaluate.default_output_dir("/e/export/3/") == "/e/export/eval-3"
+    assert evaluate._inside("/e/export/3/eval", "/e/export/3")
+    assert not evaluate._inside("/e/export/eval-3", "/e/export/3")
+
+
+def parse_evaluate_flags(*args: str) -> flags.FlagValues:
+    flag_values = flags.FlagValues()
+    evaluate.define_flags(flag_values)
+    flag_values(["evaluate", *args])
+    return flag_values
+
+
+def test_history_alone_only_plots_curves(tmp_path, capsys):
+    history = tmp_path / "model" / "history.csv"
+    history.parent.mkdir()
+    _write_history(history)
+    result = evaluate.run(parse_evaluate_flags(f"--history={history}"))
+    assert result["training_curves"] == str(tmp_path / "model" / "training_curves.png")
+    _assert_png(result["training_curves"])
+    with pytest.raises(app.UsageError, match="--saved_model"):
+        evaluate.run(parse_evaluate_flags())
+    with pytest.raises(app.UsageError, match="evaluate reads --data"):
+        evaluate.run(parse_evaluate_flags("--saved_model=x", "--test_data=t.csv"))
+
+
+def test_evaluate_cli_on_the_tiny_model(tiny_training_run, tmp_path, capsys):
+    # A copy of the export, so the default output directory (E/eval-1) lands in tmp_path and
+    # not beside the shared fixture's versions.
+    export_dir = tmp_path / "export"
+    shutil.copytree(tiny_training_run["saved_model"], export_dir / "1")
+    test_csv = tmp_path / "test.csv"
+    splits = data.builtin_corpus_splits()
+    rows = list(zip(splits["test"].texts, splits["test"].labels))
+    rows = [row for row in rows if row[1]][:15] + [row for row in rows if not row[1]][:15]
+    with open(test_csv, "w", encoding="utf-8-sig", newline="") as f:
+        f.write("id,评论,评价\n")
+        for i, (text, label) in enumerate(rows):
+            f.write(f'{i},"{text.replace(chr(34), chr(34) * 2)}",{"好评" if label else "差评"}\n')
+
+    report = evaluate.run(parse_evaluate_flags(
+        f"--saved_model={export_dir}", f"--data={test_csv}", "--text_column=评论",
+        "--label_column=评价", "--label_map=差评:0,好评:1", "--batch_size=8", "--num_wrong=3",
+        f"--history={tiny_training_run['model_dir']}/history.csv"))
+
+    output_dir = export_dir / "eval-1"
+    assert report["saved_model"] == str(export_dir / "1")
+    assert report["output_dir"] == str(output_dir)
+    assert sorted(os.listdir(export_dir / "1")) == sorted(
+        os.listdir(tiny_training_run["saved_model"])), "wrote inside the SavedModel"
+    on_disk = json.loads((output_dir / "report.json").read_text(encoding="utf-8"))
+    assert on_disk == json.loads(json.dumps(report))
+    assert on_disk["num_examples"] == 30 and on_disk["num_positive"] == 15
+    for key in ("accuracy", "roc_auc", "pr_auc", "log_loss"):
+        assert 0.0 <= on_disk[key] <= (1.0 if key != "log_loss" else 10.0), key
+    assert set(on_disk["per_class"]) == {"negative", "positive"}
+    assert on_disk["calibration"]["num_bins"] == 10
+    assert {"f1", "accuracy"} == set(on_disk["best_thresholds"])
+    assert len(on_disk["most_confidently_wrong"]) <= 3
+    for example in on_disk["most_confidently_wrong"]:
+        assert example["text"] == rows[example["index"]][0]
+        assert example["predicted"] != example["label"]
+    assert set(on_disk["plots"]) == {"roc", "precision_recall", "confusion_matrix",
+                                     "reliability", "training_curves"}
+    for name in on_disk["plots"].values():
+        _assert_png(output_dir / name)
+    printed = capsys.readouterr().out
+    assert "precision" in printed and "ROC-AUC" in printed and "best threshold" in printed
+    assert str(output_dir) in printed
+
+    with pytest.raises(app.UsageError, match="inside the SavedModel"):
+        evaluate.run(parse_evaluate_flags(f"--saved_model={export_dir}/1",
+                                          f"--output_dir={export_dir}/1/eval"))

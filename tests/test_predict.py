@@ -1,0 +1,205 @@
+"""Batch prediction: every input row answered, in order, from text, CSV, JSONL and stdin."""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from absl import flags
+import numpy as np
+import pytest
+
+from bert_tf2 import data, predict
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_training_run):
+    return predict.Predictor(tiny_training_run["saved_model"])
+
+
+@pytest.fixture
+def run_predict(tiny_training_run, predictor, monkeypatch):
+    """Runs the CLI in process, with the model loaded once for the module."""
+    monkeypatch.setattr(predict, "Predictor", lambda path: predictor)
+
+    def run(*args, stdin: bytes = None):
+        flag_values = flags.FlagValues()
+        predict.define_flags(flag_values)
+        flag_values(["predict", f"--saved_model={tiny_training_run['saved_model']}", *args])
+        stdout = io.StringIO()
+        summary = predict.run(flag_values, stdin=io.BytesIO(stdin) if stdin is not None else None,
+                              stdout=stdout)
+        return summary, stdout.getvalue()
+
+    return run
+
+
+def _check_answers(rows, predictor, texts):
+    """Rows are the texts in order, each with the probability the model gives it alone."""
+    assert [row["text"] for row in rows] == texts
+    probabilities, labels = predictor(texts)
+    np.testing.assert_allclose([float(row["probability"]) for row in rows], probabilities,
+                               rtol=1e-5, atol=1e-6)
+    assert [int(row["label"]) for row in rows] == labels.tolist()
+    for row in rows:
+        assert 0.0 <= float(row["probability"]) <= 1.0
+        assert int(row["label"]) == int(float(row["probability"]) >= 0.5)
+
+
+ODD_TEXTS = ["这本书很好看，推荐！", "", "   ", "表情😀👍", "零宽\u200b空格", "nul\x00字符",
+             "分隔\u2028符", "tab\tand \"quotes\", commas", "\ufeff中间的BOM", "最后一行没有换行"]
+
+
+def test_plain_text_from_stdin_answers_blank_lines_and_odd_characters(run_predict, predictor):
+    # Mixed line endings; a BOM at the start; the last line has no line ending.
+    raw = "\ufeff" + "".join(text + ("\r\n" if i % 2 else "\n")
+                             for i, text in enumerate(ODD_TEXTS[:-1])) + ODD_TEXTS[-1]
+    summary, out = run_predict("--input=-", "--batch_size=4", stdin=raw.encode("utf-8"))
+    rows = [json.loads(line) for line in out.splitlines()]  # splitlines: JSON escapes U+2028
+    assert len(out.strip().split("\n")) == len(ODD_TEXTS) == summary["rows"]
+    assert [row["line"] for row in rows] == list(range(1, len(ODD_TEXTS) + 1))
+    assert list(rows[0]) == ["line", "text", "probability", "label"]
+    _check_answers(rows, predictor, ODD_TEXTS)
+    assert summary["skipped_rows"] == 0 and summary["texts_per_second"] > 0
+    # The batch size changes nothing.
+    _, out_one = run_predict("--input=-", "--batch_size=1", stdin=raw.encode("utf-8"))
+    np.testing.assert_allclose([json.loads(line)["probability"] for line in out_one.splitlines()],
+                               [row["probability"] for row in rows], rtol=1e-5, atol=1e-6)
+
+
+def test_csv_with_bom_quoted_newlines_and_extra_columns_to_csv(run_predict, predictor,
+                                                               tmp_path):
+    source = tmp_path / "reviews.csv"
+    source.write_bytes(("\ufeffid,评论,stars\n"
+                        '1,"好，很好",5\n'
+                        '2,"第一行\n第二行，有""引号""",1\n'
+                        "3,,3\n"                           # an empty text is still a text
+                        '4,"多,逗,号",4\n').encode("utf-8"))
+    output = tmp_path / "out" / "predictions.csv"
+    summary, stdout = run_predict(f"--input={source}", "--text_column=评论",
+                                  f"--output={output}", "--batch_size=3")
+    assert stdout == "" and summary["rows"] == 4
+    with open(output, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["line"] for row in rows] == ["2", "3", "5", "6"]  # where each row starts
+    _check_answers(rows, predictor, ["好，很好", '第一行\n第二行，有"引号"', "", "多,逗,号"])
+    assert os.listdir(output.parent) == ["predictions.csv"]  # no scratch file left behind
+
+
+def test_jsonl_to_jsonl_with_format_flag(run_predict, predictor, tmp_path):
+    source = tmp_path / "texts.jsonl"
+    lines = [json.dumps({"text": "很好", "id": 1}, ensure_ascii=False),
+             "",  # a blank line in JSONL is not a row
+             json.dumps({"id": 2, "text": ""}),
+             json.dumps({"text": "行\u2028分隔"}, ensure_ascii=False),  # raw U+2028 in a string
+             '{"text": "lone \\ud800 surrogate"}']
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    output = tmp_path / "predictions.out"
+    summary, _ = run_predict(f"--input={source}", f"--output={output}", "--format=jsonl")
+    rows = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    assert summary["rows"] == len(rows) == 4
+    assert [row["line"] for row in rows] == [1, 3, 4, 5]
+    assert rows[3]["text"] == "lone \ud800 surrogate"  # written back as the JSON escape
+    _check_answers(rows[:3], predictor, ["很好", "", "行\u2028分隔"])
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("r.jsonl", '{"text": "好"}\n{"text": "坏"}\n{"text": "断了\n{"text": "差"}\n',
+     r"r\.jsonl:3: not a JSON object"),
+    ("r.jsonl", '{"text": "好"}\n[1, 2]\n', r"r\.jsonl:2: expected a JSON object"),
+    ("r.jsonl", '{"text": "好"}\n{"text": 5}\n', r"r\.jsonl:2: column 'text' must be text"),
+    ("r.csv", 'text,id\n好,1\n"多行\n文本",2\n坏,3,extra\n', r"r\.csv:5: 3 fields"),
+    ("r.txt", "好\n坏\n".encode("utf-8") + "差\n".encode("gbk"), r"r\.txt:3: not valid UTF-8"),
+])
+def test_a_bad_row_stops_the_run_naming_file_and_line(run_predict, tmp_path, name, content,
+                                                      message):
+    source = tmp_path / name
+    if isinstance(content, bytes):
+        source.write_bytes(content)
+    else:
+        source.write_text(content, encoding="utf-8")
+    output = tmp_path / "out" / "p.jsonl"
+    with pytest.raises(data.DataError, match=message):
+        run_predict(f"--input={source}", f"--output={output}", "--batch_size=1")
+    assert not output.exists() and os.listdir(output.parent) == []  # nothing half-written
+
+
+def test_skip_bad_rows_counts_them_and_answers_the_rest(run_predict, tmp_path):
+    source = tmp_path / "r.jsonl"
+    source.write_text('{"text": "好"}\n{"text": "断了\n{"text": null}\n[3]\n{"text": "差"}\n',
+                      encoding="utf-8")
+    summary, out = run_predict(f"--input={source}", "--skip_bad_rows")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(row["line"], row["text"]) for row in rows] == [(1, "好"), (5, "差")]
+    assert summary["skipped_rows"] == 3
+    source = tmp_path / "r.csv"
+    source.write_text('text\n好\n坏,extra\n差\n', encoding="utf-8")
+    summary, out = run_predict(f"--input={source}", "--skip_bad_rows", "--format=csv")
+    assert [row["text"] for row in csv.DictReader(io.StringIO(out))] == ["好", "差"]
+    assert summary["skipped_rows"] == 1
+
+
+def test_a_missing_column_stops_even_with_skip_bad_rows(run_predict, tmp_path):
+    source = tmp_path / "r.csv"
+    source.write_text("review,id\n好,1\n", encoding="utf-8")
+    with pytest.raises(data.DataError, match=r"r\.csv:2: no column 'text'.*--text_column"):
+        run_predict(f"--input={source}", "--skip_bad_rows")
+
+
+def test_batches_are_read_as_needed_not_all_at_once():
+    consumed = []
+
+    def rows():
+        for i in range(10):
+            consumed.append(i)
+            yield str(i)
+
+    def fake_predictor(texts):
+        return np.full(len(texts), 0.75, np.float32), np.ones(len(texts), np.int64)
+
+    batches = predict.predict_in_batches(fake_predictor, rows(), 4)
+    first, probabilities, _ = next(batches)
+    assert first == ["0", "1", "2", "3"] and len(consumed) == 4
+    assert [len(batch) for batch, _, _ in batches] == [4, 2]
+    with pytest.raises(ValueError):
+        next(predict.predict_in_batches(fake_predictor, rows(), 0))
+
+
+def test_line_endings_and_formats_when_reading(tmp_path):
+    path = tmp_path / "mac.txt"
+    path.write_bytes(b"one\rtwo\r\n\rthree")  # lone CR, CRLF, a blank line, no final newline
+    assert list(predict.read_texts(str(path))) == [(1, "one"), (2, "two"), (3, ""),
+                                                   (4, "three")]
+    assert predict.input_format_of("x.JSONL") == "jsonl"
+    assert predict.input_format_of("-") == predict.input_format_of("x.txt") == "text"
+    assert predict.output_format_of("x.tsv") == "tsv"
+    assert predict.output_format_of("x.txt") == "jsonl"
+    stream = io.BytesIO("\ufefftext\tid\n好\t1\n".encode("utf-8"))
+    assert list(predict.read_texts("<stdin>", input_format="tsv", stream=stream)) == [(2, "好")]
+
+
+def test_resolve_saved_model_picks_the_highest_version(tmp_path):
+    for version in ("1", "2", "10", "eval-10"):
+        (tmp_path / version).mkdir()
+        (tmp_path / version / "saved_model.pb").write_bytes(b"")
+    assert predict.resolve_saved_model(str(tmp_path)) == str(tmp_path / "10")
+    assert predict.resolve_saved_model(str(tmp_path / "2")) == str(tmp_path / "2")
+    with pytest.raises(FileNotFoundError, match="no saved_model.pb"):
+        predict.resolve_saved_model(str(tmp_path / "eval-10" / "missing"))
+
+
+def test_stdin_to_stdout_as_a_command(tiny_training_run):
+    """The one subprocess test: the real entry point, the export dir, a pipe in and out."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bert_tf2.predict",
+         f"--saved_model={tiny_training_run['export_dir']}", "--batch_size=2"],
+        input="很好\n\n太差了\n".encode("utf-8"), capture_output=True, timeout=300,
+        cwd=REPO_ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, check=False)
+    assert result.returncode == 0, result.stderr.decode("utf-8", "replace")[-3000:]
+    rows = [json.loads(line) for line in result.stdout.decode("utf-8").splitlines()]
+    assert [row["text"] for row in rows] == ["很好", "", "太差了"]
+    assert "texts/s" in result.stderr.decode("utf-8", "replace")
