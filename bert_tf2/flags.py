@@ -72,6 +72,11 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
     define.bool("build_missing_modules", False,
                 "If the handles are local paths that do not exist yet, build them "
                 "from --vocab_file, --bert_config_file and --init_checkpoint first.")
+    define.integer("pretrain_epochs", 0,
+                   "With --build_missing_modules and no --init_checkpoint: first pretrain the "
+                   "new encoder with masked LM on the training texts for this many epochs.",
+                   lower_bound=0)
+    define.float("pretrain_learning_rate", 1e-3, "Peak learning rate of that pretraining.")
     define.string("model_dir", None, "Checkpoints, TensorBoard logs, metrics.json.")
     define.string("export_dir", None, "SavedModels are exported to export_dir/<version>.")
     define.integer("keep_exports", None, "Keep only the newest N versions under --export_dir, "

@@ -20,7 +20,7 @@ from `--init_checkpoint` (random init without one).
 import dataclasses
 import json
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from absl import app, flags, logging
@@ -131,8 +131,17 @@ def export_encoder(export_dir: str, *, bert_config: configs.BertConfig, vocab_fi
 def build_hub_modules(output_dir: str, *, vocab_file: str, bert_config_file: str,
                       init_checkpoint: Optional[str] = None,
                       normalization: str = "bert_original",
-                      seq_length: int = 128) -> HubModules:
-    """Builds `output_dir/preprocess` and `output_dir/encoder`; returns their paths."""
+                      seq_length: int = 128,
+                      pretrain: Optional[Callable[[str, configs.BertConfig], str]] = None
+                      ) -> HubModules:
+    """Builds `output_dir/preprocess` and `output_dir/encoder`; returns their paths.
+
+    `pretrain`, if given, is called with the finished preprocess module's path and the config
+    between the two exports, and returns the checkpoint the encoder is exported from (see
+    `bert_tf2.pretrain`); it replaces `init_checkpoint`.
+    """
+    if pretrain and init_checkpoint:
+        raise ValueError("pretraining a new encoder and --init_checkpoint exclude each other")
     bert_config = read_bert_config(bert_config_file)
     vocab_size = count_vocab(vocab_file)
     if vocab_size != bert_config.vocab_size:
@@ -145,6 +154,8 @@ def build_hub_modules(output_dir: str, *, vocab_file: str, bert_config_file: str
                          encoder=os.path.join(output_dir, "encoder"))
     export_preprocess(modules.preprocess, vocab_file=vocab_file, normalization=normalization,
                       seq_length=seq_length)
+    if pretrain:
+        init_checkpoint = pretrain(modules.preprocess, bert_config)
     export_encoder(modules.encoder, bert_config=bert_config, vocab_file=vocab_file,
                    init_checkpoint=init_checkpoint)
     logging.info("TF Hub modules written: %s, %s", modules.preprocess, modules.encoder)

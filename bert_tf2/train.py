@@ -28,6 +28,8 @@ from bert_tf2 import export
 from bert_tf2 import flags as project_flags
 from bert_tf2 import hub_modules
 from bert_tf2 import model as model_lib
+from bert_tf2 import plots
+from bert_tf2 import pretrain as pretrain_lib
 
 FLAGS = flags.FLAGS
 EXAMPLE_REVIEWS = ("这本书写得太好了，强烈推荐，值得一读！",
@@ -44,14 +46,13 @@ def run(flags_) -> Dict[str, Dict[str, float]]:
                  type(strategy).__name__, strategy.num_replicas_in_sync, flags_.mixed_precision)
     model_dir = distribution.writable_dir(flags_.model_dir)
     os.makedirs(model_dir, exist_ok=True)
-    if flags_.build_missing_modules:
-        _build_missing_modules(flags_)
-
     splits = data.load_splits(flags_.train_data, flags_.eval_data, flags_.test_data,
                               seed=flags_.seed, text_column=flags_.text_column,
                               label_column=flags_.label_column,
                               label_map=data.parse_label_map(flags_.label_map),
                               skip_bad_rows=flags_.skip_bad_rows)
+    if flags_.build_missing_modules:
+        _build_missing_modules(flags_, splits["train"].texts, model_dir)
     preprocessor = model_lib.load_preprocessor(flags_.preprocess_handle)
 
     steps_per_epoch = len(splits["train"]) // flags_.batch_size
@@ -94,6 +95,8 @@ def run(flags_) -> Dict[str, Dict[str, float]]:
         ],
         verbose=2)
     classifier.save_weights(os.path.join(model_dir, "checkpoints", "final"))
+    plots.plot_training_curves(os.path.join(model_dir, "history.csv"),
+                               os.path.join(model_dir, "training_curves.png"))
 
     metrics = {name: classifier.evaluate(dataset_fn(splits[name], flags_.eval_batch_size,
                                                     training=False),
@@ -117,8 +120,12 @@ def run(flags_) -> Dict[str, Dict[str, float]]:
     return metrics
 
 
-def _build_missing_modules(flags_) -> None:
-    """Builds the hub modules at the local handle paths if they are not there yet."""
+def _build_missing_modules(flags_, train_texts, model_dir: str) -> None:
+    """Builds the hub modules at the local handle paths if they are not there yet.
+
+    With --pretrain_epochs the new encoder is first pretrained with masked LM on the training
+    texts (never the dev or test texts).
+    """
     preprocess, encoder = flags_.preprocess_handle, flags_.encoder_handle
     output_dir = os.path.dirname(os.path.abspath(encoder))
     expected = hub_modules.HubModules(os.path.join(output_dir, "preprocess"),
@@ -133,11 +140,20 @@ def _build_missing_modules(flags_) -> None:
     if os.path.exists(expected.preprocess) or os.path.exists(expected.encoder):
         raise ValueError(f"{output_dir} holds only one of preprocess/ and encoder/; remove it "
                          "to rebuild both")
+    def pretrain(preprocess_path, bert_config):
+        return pretrain_lib.pretrain_encoder(
+            bert_config, model_lib.load_preprocessor(preprocess_path), train_texts,
+            output_prefix=os.path.join(model_dir, "pretrain", "encoder"),
+            epochs=flags_.pretrain_epochs, batch_size=flags_.batch_size,
+            seq_length=flags_.seq_length, learning_rate=flags_.pretrain_learning_rate,
+            seed=flags_.seed)
+
     hub_modules.build_hub_modules(output_dir, vocab_file=flags_.vocab_file,
                                   bert_config_file=flags_.bert_config_file,
                                   init_checkpoint=flags_.init_checkpoint,
                                   normalization=flags_.normalization,
-                                  seq_length=flags_.seq_length)
+                                  seq_length=flags_.seq_length,
+                                  pretrain=pretrain if flags_.pretrain_epochs else None)
 
 
 def _create_optimizer(flags_, total_steps: int):
