@@ -46,6 +46,20 @@ def define_module_flags(flag_values: flags.FlagValues = flags.FLAGS):
                    "module's default, and the cap used in training and serving.")
 
 
+def define_hub_modules_cli_flags(flag_values: flags.FlagValues = flags.FLAGS):
+    """Where `python -m bert_tf2.hub_modules` writes the pair it builds."""
+    define = _Definer(flag_values)
+    define.string("output_dir", None, "Directory for preprocess/ and encoder/.")
+
+
+def define_vocab_flags(flag_values: flags.FlagValues = flags.FLAGS):
+    """What `python -m bert_tf2.vocab` writes."""
+    define = _Definer(flag_values)
+    define.string("output", None, "Where to write vocab.txt.")
+    define.integer("min_count", 2, "Minimum count for a token to enter the vocab.",
+                   lower_bound=1)
+
+
 def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS):
     """Where the labelled examples come from (bert_tf2.data)."""
     define = _Definer(flag_values)

@@ -173,6 +173,6 @@ def main(argv):
 
 if __name__ == "__main__":
     project_flags.define_module_flags()
-    flags.DEFINE_string("output_dir", None, "Directory for preprocess/ and encoder/.")
+    project_flags.define_hub_modules_cli_flags()
     flags.mark_flags_as_required(["vocab_file", "bert_config_file", "output_dir"])
     app.run(main)

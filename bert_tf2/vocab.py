@@ -23,6 +23,7 @@ from absl import app, flags, logging
 import tensorflow as tf
 
 from bert_tf2 import data
+from bert_tf2 import flags as project_flags
 from bert_tf2 import tokenization
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -75,9 +76,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from bert_tf2 import flags as project_flags  # pylint: disable=g-import-not-at-top
     project_flags.define_data_flags()
-    flags.DEFINE_string("output", None, "Where to write vocab.txt.")
-    flags.DEFINE_integer("min_count", 2, "Minimum count for a token to enter the vocab.")
+    project_flags.define_vocab_flags()
     flags.mark_flag_as_required("output")
     app.run(main)
