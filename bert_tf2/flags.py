@@ -96,22 +96,51 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
     define.integer("keep_exports", None, "Keep only the newest N versions under --export_dir, "
                    "removing older ones after a successful export; default: keep all.",
                    lower_bound=1)
-    define.integer("batch_size", 32, "Global batch size (split across replicas).")
+    define.integer("batch_size", 32, "Global batch size: examples per optimizer step, split "
+                   "evenly across the replicas (a multiple of their number).")
     define.integer("epochs", 3, "Passes over the training split.")
     define.integer("train_steps", None, "Optional cap on the number of optimizer steps.")
+    define.integer("checkpoint_steps", None, "Back up the training state (model, optimizer, "
+                   "step) to model_dir/backup every N optimizer steps as well as at the end of "
+                   "each epoch, so a killed run restarted with the same command loses at most "
+                   "N steps; default: at epoch ends only.", lower_bound=1)
     define.float("learning_rate", 2e-5, "Peak learning rate of AdamW.")
     define.float("warmup_fraction", 0.1, "Fraction of steps for linear warmup.")
     define.float("weight_decay", 0.01, "Decoupled weight decay of AdamW.")
     define.float("dropout", 0.1, "Dropout before the classification head.")
-    define.bool("dynamic_padding", True, "Pad each batch only to its longest member.")
+    define.bool("dynamic_padding", True, "Pad each batch only to its longest member "
+                "(capped at --seq_length); --nodynamic_padding pads every batch to "
+                "--seq_length.")
+    define.bool("bucket_by_length", True, "Batch examples of similar token length together "
+                "(length buckets up to --seq_length), so that with --dynamic_padding short "
+                "reviews are not padded to the longest one of a random batch. Evaluation "
+                "batches are bucketed too; no example is dropped, only their order changes.")
     define.enum("mixed_precision", "float32",
-                ["float32", "mixed_float16", "mixed_bfloat16"], "Keras dtype policy.")
+                ["float32", "mixed_float16", "mixed_bfloat16"],
+                "Keras dtype policy: mixed_float16 (with dynamic loss scaling) on GPUs, "
+                "mixed_bfloat16 on TPUs and CPUs with bfloat16 units. The classification head "
+                "and the loss stay float32; the export always computes in float32.")
+    define.bool("rebuild_encoder_under_policy", True,
+                "Under a mixed --mixed_precision policy, rebuild the encoder as a "
+                "tf-models-official BertEncoder in that policy and load the module's weights "
+                "into it. A SavedModel computes in the dtypes it was saved with, so without "
+                "this a hub encoder stays float32 and only the head sees the policy.")
+    define.bool("jit_compile", False, "Compile the train and eval steps with XLA. Batches are "
+                "then padded to the next length-bucket boundary, so XLA compiles one program "
+                "per bucket rather than one per batch length.")
+    define.integer("steps_per_execution", 1, "Train steps run per call into the compiled "
+                   "function (fewer Python round trips; callbacks see every N-th step).",
+                   lower_bound=1)
     define.enum("distribution_strategy", "one_device",
                 ["one_device", "mirrored", "multi_worker_mirrored", "tpu"],
-                "tf.distribute strategy.")
+                "tf.distribute strategy: one_device; mirrored (local GPUs); "
+                "multi_worker_mirrored (cluster from TF_CONFIG; only the chief keeps files and "
+                "exports); tpu (--tpu).")
     define.integer("num_gpus", None, "GPUs for 'mirrored' (default: all local GPUs).")
-    define.string("tpu", None, "TPU name or grpc:// address for 'tpu'.")
-    define.integer("eval_batch_size", 64, "Batch size for dev/test evaluation.")
+    define.string("tpu", None, "TPU name or grpc://HOST:PORT address for 'tpu'; default: "
+                  "this machine's TPU (a TPU VM).")
+    define.integer("eval_batch_size", 64, "Global batch size for dev/test evaluation (split "
+                   "across replicas).")
 
 
 def define_inference_flags(flag_values: flags.FlagValues = flags.FLAGS):

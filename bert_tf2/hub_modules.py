@@ -20,7 +20,8 @@ from `--init_checkpoint` (random init without one).
 import dataclasses
 import json
 import os
-from typing import Callable, Optional
+import re
+from typing import Callable, Optional, Sequence, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from absl import app, flags, logging
@@ -98,6 +99,9 @@ def build_encoder(bert_config: configs.BertConfig) -> tf_keras.Model:
     """The Keras model that the encoder module saves: dict in, TF Hub's output dict out.
 
     Its `.network` attribute is the underlying `BertEncoder`, into which weights are loaded.
+    It computes in the global Keras dtype policy in force when it is built (its variables are
+    float32 under every policy): `bert_tf2.model.rebuild_encoder` builds it under a mixed
+    policy for training, `export_encoder` always under float32.
     """
     network = export_tfhub_lib.get_bert_encoder(bert_config)
     inputs = {x.name: x for x in network.inputs}
@@ -114,8 +118,19 @@ def export_encoder(export_dir: str, *, bert_config: configs.BertConfig, vocab_fi
 
     `init_checkpoint` may be any kind `bert_tf2.checkpoints` reads (TF1 Google BERT, Model
     Garden TF2 encoder, bert_tf2.train classifier); it is checked before anything is written.
+
+    The module computes in float32 whatever the global dtype policy: a SavedModel keeps the
+    dtypes it was traced with, and TF Hub's Encoder API (and every consumer of the module,
+    CPUs without bfloat16 units included) expects float32. Mixed precision is applied at
+    training time instead, by rebuilding the encoder under the policy
+    (`bert_tf2.model.rebuild_encoder`, --rebuild_encoder_under_policy).
     """
-    encoder = build_encoder(bert_config)
+    policy = tf_keras.mixed_precision.global_policy()
+    tf_keras.mixed_precision.set_global_policy("float32")
+    try:
+        encoder = build_encoder(bert_config)
+    finally:
+        tf_keras.mixed_precision.set_global_policy(policy)
     if init_checkpoint:
         checkpoints.load_encoder_weights(encoder.network, init_checkpoint)
     else:
@@ -126,6 +141,46 @@ def export_encoder(export_dir: str, *, bert_config: configs.BertConfig, vocab_fi
     encoder.do_lower_case = tf.Variable(True, trainable=False)
     with io_utils.atomic_directory(export_dir) as scratch:
         encoder.save(scratch, include_optimizer=False, save_format="tf")
+
+
+def bert_config_from_variables(variables: Sequence[tf.Variable], *,
+                               source: str = "the encoder module") -> configs.BertConfig:
+    """The BertConfig of a BERT encoder module, read off the names and shapes of its variables.
+
+    Works for the modules `export_encoder` writes and for TF Hub's BERT encoders (both are
+    Model Garden `BertEncoder`s, whose variables have the same names). The sizes are exact;
+    what shapes cannot tell takes BERT's values: hidden_act gelu, dropout 0.1 (dropout rates do
+    not change the weights; `bert_tf2.model.rebuild_encoder` checks the rebuilt encoder
+    computes what the module does).
+    """
+    shapes = {v.name.split(":")[0]: tuple(v.shape) for v in variables}
+
+    def shape_of(suffix: str) -> Tuple[int, ...]:
+        found = [shape for name, shape in shapes.items()
+                 if name == suffix or name.endswith("/" + suffix)]
+        if len(found) != 1:
+            raise ValueError(f"{source}: cannot read a BERT config off its variables: "
+                             f"{'no' if not found else 'several'} variable(s) named "
+                             f"*{suffix} (variables: {', '.join(sorted(shapes)[:8])}, ...)")
+        return found[0]
+
+    vocab_size, embedding_width = shape_of("word_embeddings/embeddings")
+    layers_found = {int(m.group(1)) for name in shapes
+                    for m in [re.search(r"transformer/layer_(\d+)/", name)] if m}
+    if not layers_found or layers_found != set(range(len(layers_found))):
+        raise ValueError(f"{source}: no transformer/layer_N variables numbered from 0")
+    hidden_size, num_heads, _ = shape_of("transformer/layer_0/self_attention/query/kernel")
+    embedding_size = None
+    if embedding_width != hidden_size:
+        embedding_size = embedding_width
+        shape_of("embedding_projection/kernel")  # Must exist when the widths differ.
+    return configs.BertConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size,
+        num_hidden_layers=len(layers_found), num_attention_heads=num_heads,
+        intermediate_size=shape_of("transformer/layer_0/intermediate/kernel")[1],
+        max_position_embeddings=shape_of("position_embedding/embeddings")[0],
+        type_vocab_size=shape_of("type_embeddings/embeddings")[0],
+        embedding_size=embedding_size)
 
 
 def build_hub_modules(output_dir: str, *, vocab_file: str, bert_config_file: str,

@@ -7,30 +7,163 @@ Two Keras functional models share one set of weights:
 
 Training feeds the first from the tf.data pipeline (tokenization there runs in parallel with the
 train step and pads each batch only as far as it needs); evaluation on raw strings, export and
-serving use the second. The head always computes in float32, whatever the mixed-precision
-policy, so the sigmoid and the loss stay numerically safe.
+serving use the second. The head (dropout, Dense, sigmoid) always computes in float32, whatever
+the mixed-precision policy, so the sigmoid and the loss stay numerically safe.
+
+Mixed precision and the encoder: a SavedModel computes in the dtypes it was traced with, so a
+`hub.KerasLayer` encoder computes in float32 under every Keras policy (its sequence_output,
+pooled_output and every matmul inside are float32; only the layer's nominal compute dtype
+changes). `rebuild_encoder` makes mixed precision real: it rebuilds the module as a Model
+Garden `BertEncoder` under the global policy (sizes read off the module's variables) and loads
+the module's weights into it, through the same by-name mapping `bert_tf2.checkpoints` uses for
+our classifier checkpoints.
 """
+
+import os
+import tempfile
+from typing import Optional
+
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401  (registers the ops the preprocessing module needs)
 import tf_keras
+from absl import logging
+
+from bert_tf2 import checkpoints
+from bert_tf2 import hub_modules
 
 ENCODER_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
 
 
-def build_classifier(encoder_handle: str, *, dropout_rate: float = 0.1) -> tf_keras.Model:
-    """Encoder inputs (int32 [batch, seq]) -> probability of the positive class, [batch, 1]."""
+def build_classifier(encoder_handle: str, *, dropout_rate: float = 0.1,
+                     encoder: Optional[tf_keras.layers.Layer] = None) -> tf_keras.Model:
+    """Encoder inputs (int32 [batch, seq]) -> probability of the positive class, [batch, 1].
+
+    The encoder is the module at `encoder_handle` as a `hub.KerasLayer`, unless `encoder` (a
+    layer with the same interface, e.g. from `rebuild_encoder`) is given.
+    """
     inputs = {name: tf_keras.Input(shape=(None,), dtype=tf.int32, name=name)
               for name in ENCODER_INPUTS}
-    encoder = hub.KerasLayer(encoder_handle, trainable=True, name="encoder")
+    if encoder is None:
+        encoder = hub.KerasLayer(encoder_handle, trainable=True, name="encoder")
     pooled = encoder(inputs)["pooled_output"]
-    pooled = tf_keras.layers.Dropout(dropout_rate, name="dropout")(pooled)
+    pooled = tf_keras.layers.Dropout(dropout_rate, dtype="float32", name="dropout")(pooled)
     probability = tf_keras.layers.Dense(
         1, activation="sigmoid", dtype="float32", name="classifier",
         kernel_initializer=tf_keras.initializers.TruncatedNormal(stddev=0.02))(pooled)
-    return tf_keras.Model(inputs, probability, name="bert_classifier")
+    return Classifier(inputs, probability, name="bert_classifier")
+
+
+class Classifier(tf_keras.Model):
+    """A functional model whose evaluation works on any strategy's datasets.
+
+    Keras evaluates a distributed dataset (what `distribute_datasets_from_function` gives
+    under mirrored, multi-worker and TPU strategies) only for a given number of steps, and runs
+    several batches per execution (compile's `steps_per_execution`) only on data of known size;
+    length-bucketed evaluation data has no known size. So:
+
+      evaluate  counts the steps of a distributed dataset in one pass over its input pipeline
+                (no model; in step with the other workers) when `steps` is not given, and runs
+                one batch per execution (training keeps `steps_per_execution`);
+      fit       validates at each epoch end by calling `evaluate` on `validation_data` (adding
+                the val_* logs Keras would), with a fresh iterator each time.
+    """
+
+    # pylint: disable-next=arguments-differ
+    def fit(self, *args, validation_data=None, callbacks=None, **kwargs):
+        if validation_data is not None:
+            callbacks = [_ValidateAtEpochEnd(validation_data), *(callbacks or [])]
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    # pylint: disable-next=arguments-differ
+    def evaluate(self, x=None, *args, **kwargs):
+        if kwargs.get("steps") is None and isinstance(x, tf.distribute.DistributedDataset):
+            kwargs["steps"] = count_steps(x)
+        variable = getattr(self, "_steps_per_execution", None)
+        saved = 1 if variable is None else int(variable.numpy())
+        if saved == 1:
+            return super().evaluate(x, *args, **kwargs)
+        variable.assign(1)
+        try:
+            return super().evaluate(x, *args, **kwargs)
+        finally:
+            variable.assign(saved)
+
+
+def count_steps(dataset) -> int:
+    """Steps in one pass over a (distributed) dataset: one batch per replica each."""
+    return sum(1 for _ in dataset)
+
+
+class _ValidateAtEpochEnd(tf_keras.callbacks.Callback):
+    """Evaluates on `data` at each epoch end and adds val_<metric> to the epoch's logs.
+
+    It must come first among the callbacks, so that the others (CSVLogger, TensorBoard, the
+    progress bar) see the val_* entries it adds, as they do after Keras' own validation.
+    """
+
+    def __init__(self, data):
+        super().__init__()
+        self.data = data
+        self.steps = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        del epoch
+        if self.steps is None and isinstance(self.data, tf.distribute.DistributedDataset):
+            self.steps = count_steps(self.data)  # once: the data is the same every epoch
+        results = self.model.evaluate(self.data, steps=self.steps, return_dict=True, verbose=0)
+        if logs is not None:
+            logs.update({f"val_{name}": value for name, value in results.items()})
+
+
+def rebuild_encoder(encoder_handle: str, *, load_weights: bool = True) -> tf_keras.Model:
+    """The encoder module at `encoder_handle` rebuilt as a `BertEncoder` under the global policy.
+
+    The sizes are read off the module's variables (`hub_modules.bert_config_from_variables`);
+    with `load_weights` the module's weights are loaded into it by name, by way of a temporary
+    checkpoint that `bert_tf2.checkpoints` maps and checks like any other, and the rebuilt
+    encoder is checked to compute what the module computes (within the policy's precision).
+    Without `load_weights` the weights are left random, for a caller that sets them itself.
+    """
+    module = hub.load(encoder_handle)
+    bert_config = hub_modules.bert_config_from_variables(module.variables, source=encoder_handle)
+    encoder = hub_modules.build_encoder(bert_config)
+    if load_weights:
+        with tempfile.TemporaryDirectory(prefix="bert_tf2_rebuild_") as scratch:
+            prefix = tf.train.Checkpoint(module=module).write(os.path.join(scratch, "module"))
+            checkpoints.load_encoder_weights(encoder.network, prefix)
+        _check_same_outputs(module, encoder, encoder_handle, bert_config.vocab_size)
+    logging.info("Encoder %s rebuilt as a BertEncoder computing in %s (%d layers, hidden %d)",
+                 encoder_handle, tf_keras.mixed_precision.global_policy().compute_dtype,
+                 bert_config.num_hidden_layers, bert_config.hidden_size)
+    return encoder
+
+
+# How far the rebuilt encoder's sequence_output may be from the module's, relative to its norm.
+_REBUILD_TOLERANCE = {"float32": 1e-4, "bfloat16": 1e-1, "float16": 2e-2}
+
+
+def _check_same_outputs(module, encoder: tf_keras.Model, source: str, vocab_size: int) -> None:
+    """Runs both on two fixed random sequences (one padded) and compares sequence_output."""
+    mask = tf.sequence_mask([16, 11], 16, dtype=tf.int32)
+    ids = tf.random.stateless_uniform([2, 16], seed=[7, 42], maxval=vocab_size,
+                                      dtype=tf.int32) * mask
+    inputs = {"input_word_ids": ids, "input_mask": mask, "input_type_ids": tf.zeros_like(ids)}
+    valid = tf.cast(mask[:, :, None], tf.float32)
+    expected = module(inputs, training=False)["sequence_output"] * valid
+    actual = tf.cast(encoder(inputs, training=False)["sequence_output"], tf.float32) * valid
+    error = float(tf.norm(actual - expected) / tf.maximum(tf.norm(expected), 1e-6))
+    dtype = tf_keras.mixed_precision.global_policy().compute_dtype
+    if error > _REBUILD_TOLERANCE.get(dtype, 1e-2):
+        raise ValueError(f"{source}: the encoder rebuilt as a BertEncoder computes something "
+                         f"else than the module (relative difference {error:.2g} in {dtype}); "
+                         "its architecture is not what its variables suggest. Pass "
+                         "--norebuild_encoder_under_policy to train the module as it is "
+                         "(in float32)")
+    logging.info("Rebuilt encoder matches the module (relative difference %.2g in %s)",
+                 error, dtype)
 
 
 def load_preprocessor(preprocess_handle: str):

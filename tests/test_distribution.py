@@ -1,0 +1,338 @@
+"""Scale and speed: strategies, global vs per-replica batches, XLA, length bucketing.
+
+The strategies are exercised on the CPU. Mirrored needs two devices, which TensorFlow can only
+be given before it initialises them, so those runs go through the CLI in a subprocess with
+BERT_TF2_LOGICAL_CPUS=2; multi-worker runs two CLI processes on loopback ports. Every
+subprocess has a timeout and trains the tiny modules for a few steps on a few examples.
+"""
+
+import collections
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import bert_tf2  # noqa: F401
+import numpy as np
+import pytest
+
+from bert_tf2 import data, distribution
+from tests.conftest import (REPO_ROOT, TINY_SEQ_LENGTH, parse_train_flags, tiny_train_args,
+                            write_bert_config)
+
+SUBPROCESS_TIMEOUT_S = 300
+
+
+# ---------------------------------------------------------------------------------------------
+# Fixtures and helpers
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory, corpus_splits):
+    """Small train/dev/test JSONL files (128/64/64 rows) from the built-in corpus."""
+    root = tmp_path_factory.mktemp("small_data")
+    args = []
+    for split, size in (("train", 128), ("dev", 64), ("test", 64)):
+        examples = corpus_splits[split]
+        path = root / f"{split}.jsonl"
+        with open(path, "w", encoding="utf-8") as f:
+            for text, label in list(zip(examples.texts, examples.labels))[::5][:size]:
+                f.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
+        args.append(f"--{'eval' if split == 'dev' else split}_data={path}")
+    return args
+
+
+@pytest.fixture(scope="module")
+def dropout_free_modules(tmp_path_factory, tiny_vocab_file):
+    """Tiny hub modules without dropout, so runs on different strategies compute the same."""
+    from bert_tf2 import hub_modules
+    root = tmp_path_factory.mktemp("dropout_free")
+    with open(tiny_vocab_file, encoding="utf-8") as f:
+        vocab_size = sum(1 for _ in f)
+    config = write_bert_config(root / "bert_config.json", vocab_size, hidden_dropout_prob=0.0,
+                               attention_probs_dropout_prob=0.0)
+    return hub_modules.build_hub_modules(str(root / "modules"), vocab_file=tiny_vocab_file,
+                                         bert_config_file=config, seq_length=TINY_SEQ_LENGTH)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_train(args, **env) -> subprocess.Popen:
+    """`python -m bert_tf2.train ARGS` in the background, with `env` added to the environment."""
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ("TF_CONFIG", distribution.LOGICAL_CPUS_ENV)}
+    environment.update({"TF_CPP_MIN_LOG_LEVEL": "2", **env})
+    return subprocess.Popen([sys.executable, "-m", "bert_tf2.train", *map(str, args)],
+                            cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = SUBPROCESS_TIMEOUT_S):
+    """Waits for `process` (killing it after `timeout`); returns (returncode, stdout, stderr)."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+        pytest.fail(f"bert_tf2.train did not finish in {timeout} s:\n{stderr[-3000:]}")
+    return process.returncode, stdout, stderr
+
+
+def finish_ok(process: subprocess.Popen) -> str:
+    returncode, stdout, stderr = finish(process)
+    assert returncode == 0, stderr[-5000:]
+    return stderr
+
+
+def read_metrics(model_dir: pathlib.Path):
+    return json.loads((model_dir / "metrics.json").read_text())
+
+
+# ---------------------------------------------------------------------------------------------
+# Strategy factory, batch sizes, chief
+# ---------------------------------------------------------------------------------------------
+
+def test_global_batch_size_must_divide_by_replicas():
+    assert distribution.per_replica_batch_size(32, 1) == 32
+    assert distribution.per_replica_batch_size(32, 4) == 8
+    with pytest.raises(distribution.StrategyError,
+                       match=r"--batch_size=10 is the global batch size .* 4 replicas .* use 8 "
+                             r"or 12"):
+        distribution.per_replica_batch_size(10, 4)
+    with pytest.raises(distribution.StrategyError, match="--eval_batch_size=3 .* use 8"):
+        distribution.per_replica_batch_size(3, 8, "--eval_batch_size")
+
+
+def test_tpu_without_a_tpu_fails_at_once_with_what_to_do():
+    start = time.monotonic()
+    with pytest.raises(distribution.StrategyError, match="no TPU and --tpu is not set"):
+        distribution.get_strategy("tpu")
+    with pytest.raises(distribution.StrategyError,
+                       match=r"no TPU reachable at --tpu='grpc://127\.0\.0\.1:\d+'"):
+        distribution.get_strategy("tpu", tpu=f"grpc://127.0.0.1:{free_port()}")
+    assert time.monotonic() - start < 20
+
+
+def test_unknown_strategy_and_multi_worker_without_tf_config(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(distribution.StrategyError, match="TF_CONFIG"):
+        distribution.get_strategy("multi_worker_mirrored")
+    with pytest.raises(distribution.StrategyError, match="unknown --distribution_strategy"):
+        distribution.get_strategy("parameter_server")
+
+
+@pytest.mark.parametrize("cluster, task, chief", [
+    (None, None, True),
+    ({"worker": ["a:1", "b:1"]}, {"type": "worker", "index": 0}, True),
+    ({"worker": ["a:1", "b:1"]}, {"type": "worker", "index": 1}, False),
+    ({"chief": ["c:1"], "worker": ["a:1"]}, {"type": "chief", "index": 0}, True),
+    ({"chief": ["c:1"], "worker": ["a:1"]}, {"type": "worker", "index": 0}, False),
+])
+def test_only_the_chief_keeps_files(monkeypatch, tmp_path, cluster, task, chief):
+    if cluster is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
+    assert distribution.is_chief() is chief
+    written = distribution.writable_dir(str(tmp_path / "model"))
+    assert (written == str(tmp_path / "model")) is chief
+    if not chief:
+        assert os.path.isdir(written) and not written.startswith(str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Length bucketing
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_preprocessor(tiny_hub_modules):
+    from bert_tf2 import model
+    return model.load_preprocessor(tiny_hub_modules.preprocess)
+
+
+def _lengths(tiny_preprocessor, texts):
+    import tensorflow as tf
+    tokens = tiny_preprocessor.tokenize(tf.constant(texts))
+    return tokens.merge_dims(-2, -1).row_lengths().numpy() + 2
+
+
+def test_length_buckets_end_at_seq_length():
+    assert data.length_buckets(128) == (16, 32, 48, 64, 96, 128)
+    assert data.length_buckets(100) == (16, 32, 48, 64, 96, 100)
+    assert data.length_buckets(512)[-1] == 512 and data.length_buckets(8) == (8,)
+
+
+def test_bucketed_evaluation_keeps_every_example_once(corpus_splits, tiny_preprocessor):
+    examples = data.Examples(corpus_splits["dev"].texts[:300], corpus_splits["dev"].labels[:300],
+                             "dev")
+    seq_length = 128
+    lengths = dict(zip(examples.texts, np.minimum(_lengths(tiny_preprocessor, examples.texts),
+                                                  seq_length)))
+    buckets = data.length_buckets(seq_length)
+    seen, padded, unbucketed_padded = [], 0, 0
+    for inputs, labels in data.make_dataset(examples, batch_size=32,
+                                            preprocessor=tiny_preprocessor,
+                                            seq_length=seq_length, training=False,
+                                            bucket_by_length=True):
+        mask = inputs["input_mask"].numpy()
+        batch_lengths = mask.sum(axis=1)
+        # One bucket per batch, padded to its longest member.
+        assert mask.shape[1] == batch_lengths.max()
+        bucket_ids = {int(np.searchsorted(buckets, n)) for n in batch_lengths}
+        assert len(bucket_ids) == 1, batch_lengths
+        seen.extend(zip(batch_lengths.tolist(), labels.numpy().tolist()))
+        padded += mask.size
+    expected = sorted((int(lengths[t]), y) for t, y in zip(examples.texts, examples.labels))
+    assert sorted(seen) == expected  # every example exactly once, with its label
+    for inputs, _ in data.make_dataset(examples, batch_size=32, preprocessor=tiny_preprocessor,
+                                       seq_length=seq_length, training=False):
+        unbucketed_padded += inputs["input_mask"].numpy().size
+    assert padded < 0.6 * unbucketed_padded
+
+
+def test_bucketed_training_batches_are_full_and_shuffled(corpus_splits, tiny_preprocessor):
+    examples = corpus_splits["train"]
+    dataset = data.make_dataset(examples, batch_size=16, preprocessor=tiny_preprocessor,
+                                seq_length=64, training=True, seed=3, bucket_by_length=True)
+    widths = collections.Counter()
+    first = None
+    for inputs, labels in dataset.take(60):
+        assert labels.shape == (16,)
+        widths[inputs["input_word_ids"].shape[1]] += 1
+        if first is None:
+            first = inputs["input_word_ids"].numpy()
+    assert len(widths) > 3  # short and long batches
+    again = next(iter(data.make_dataset(examples, batch_size=16, preprocessor=tiny_preprocessor,
+                                        seq_length=64, training=True, seed=4,
+                                        bucket_by_length=True)))
+    assert not np.array_equal(first, again[0]["input_word_ids"].numpy()) or (
+        first.shape != again[0]["input_word_ids"].shape)
+
+
+def test_pad_to_bucket_boundary_gives_few_shapes(corpus_splits, tiny_preprocessor):
+    examples = data.Examples(corpus_splits["dev"].texts[:300], corpus_splits["dev"].labels[:300],
+                             "dev")
+    for bucket in (True, False):
+        widths = {inputs["input_word_ids"].shape[1]
+                  for inputs, _ in data.make_dataset(
+                      examples, batch_size=16, preprocessor=tiny_preprocessor, seq_length=100,
+                      training=False, bucket_by_length=bucket, pad_to_bucket_boundary=True)}
+        assert widths <= set(data.length_buckets(100)), widths
+
+
+def test_skip_batches_with_bucketing_resumes_the_same_stream(corpus_splits, tiny_preprocessor):
+    examples = corpus_splits["train"]
+
+    def batches(skip):
+        dataset = data.make_dataset(examples, batch_size=8, preprocessor=tiny_preprocessor,
+                                    seq_length=64, training=True, seed=5, bucket_by_length=True,
+                                    skip_batches=skip)
+        return [inputs["input_word_ids"].numpy() for inputs, _ in dataset.take(6)]
+
+    full, resumed = batches(0), batches(3)
+    for a, b in zip(full[3:], resumed):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# XLA and steps_per_execution (in process, a couple of steps)
+# ---------------------------------------------------------------------------------------------
+
+def test_jit_compile_and_steps_per_execution_run_on_cpu(tiny_hub_modules, small_data, tmp_path,
+                                                        monkeypatch):
+    from bert_tf2 import model as model_lib
+    from bert_tf2 import train
+    built = []
+    original = model_lib.build_classifier
+    monkeypatch.setattr(model_lib, "build_classifier",
+                        lambda *a, **k: built.append(original(*a, **k)) or built[-1])
+    flag_values = parse_train_flags(
+        *tiny_train_args(tiny_hub_modules, tmp_path / "model", ""), *small_data,
+        "--jit_compile", "--steps_per_execution=2", "--train_steps=4", "--eval_batch_size=32")
+    metrics = train.run(flag_values)
+    classifier = built[0]
+    assert classifier._jit_compile is True
+    assert int(classifier._steps_per_execution.numpy()) == 2
+    assert int(classifier.optimizer.iterations) == 4
+    assert all(np.isfinite(values["loss"]) for values in metrics.values())
+    # Validation still ran at the epoch end (one batch per execution) and was logged.
+    header = (tmp_path / "model" / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"loss", "val_loss", "val_accuracy", "val_auc"} <= set(header)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mirrored over two logical CPUs, against one device (subprocesses)
+# ---------------------------------------------------------------------------------------------
+
+def test_mirrored_on_two_cpus_trains_exports_and_matches_one_device(dropout_free_modules,
+                                                                    small_data, tmp_path):
+    common = [*small_data, "--dropout=0", "--nobucket_by_length", "--eval_batch_size=32"]
+    one = start_train(tiny_train_args(dropout_free_modules, tmp_path / "one" / "model",
+                                      tmp_path / "one" / "export", *common))
+    mirrored = start_train(
+        tiny_train_args(dropout_free_modules, tmp_path / "mirrored" / "model",
+                        tmp_path / "mirrored" / "export", *common,
+                        "--distribution_strategy=mirrored"),
+        **{distribution.LOGICAL_CPUS_ENV: "2"})
+    finish_ok(one)
+    log = finish_ok(mirrored)
+    assert "Strategy mirrored with 2 replica(s)" in log
+    assert os.listdir(tmp_path / "mirrored" / "export") == ["1"]
+    one_metrics = read_metrics(tmp_path / "one" / "model")
+    mirrored_metrics = read_metrics(tmp_path / "mirrored" / "model")
+    for split in ("dev", "test"):
+        for name in ("loss", "accuracy", "auc"):
+            assert mirrored_metrics[split][name] == pytest.approx(one_metrics[split][name],
+                                                                  abs=2e-3), (split, name)
+
+
+def test_batch_size_that_does_not_split_over_replicas_is_a_one_line_error(tmp_path):
+    process = start_train(["--distribution_strategy=mirrored", "--batch_size=15",
+                           f"--model_dir={tmp_path}"],
+                          **{distribution.LOGICAL_CPUS_ENV: "2"})
+    returncode, _, stderr = finish(process, timeout=120)
+    assert returncode == 1
+    assert stderr.strip().splitlines()[-1].startswith(
+        "train: --batch_size=15 is the global batch size and must be a multiple of the 2 "
+        "replicas"), stderr[-2000:]
+
+
+def test_tpu_cli_fails_at_once_with_a_one_line_error(tmp_path):
+    start = time.monotonic()
+    returncode, _, stderr = finish(start_train(["--distribution_strategy=tpu",
+                                                f"--model_dir={tmp_path}"]), timeout=120)
+    assert returncode == 1
+    assert "train: --distribution_strategy=tpu but this machine has no TPU" in stderr
+    assert "Traceback" not in stderr
+    assert time.monotonic() - start < 60
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-worker: two processes on loopback ports
+# ---------------------------------------------------------------------------------------------
+
+def test_multi_worker_trains_and_only_the_chief_writes(tiny_hub_modules, small_data, tmp_path):
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    model_dir, export_dir = tmp_path / "model", tmp_path / "export"
+    workers = [start_train(tiny_train_args(tiny_hub_modules, model_dir, export_dir, *small_data,
+                                           "--distribution_strategy=multi_worker_mirrored",
+                                           "--eval_batch_size=32"),
+                           TF_CONFIG=json.dumps({"cluster": cluster,
+                                                 "task": {"type": "worker", "index": index}}))
+               for index in range(2)]
+    logs = [finish_ok(worker) for worker in workers]
+    assert all("Strategy multi_worker_mirrored with 2 replica(s)" in log for log in logs)
+    assert "Not the chief" in logs[1] and "Not the chief" not in logs[0]
+    assert "Exported SavedModel" in logs[0] and "Exported SavedModel" not in logs[1]
+    assert os.listdir(export_dir) == ["1"]
+    assert {"metrics.json", "history.csv", "logs", "checkpoints"} <= set(os.listdir(model_dir))
+    assert not list(model_dir.rglob("workertemp_*")), "a worker's scratch was left behind"
+    metrics = read_metrics(model_dir)
+    assert 0.0 <= metrics["dev"]["accuracy"] <= 1.0 and np.isfinite(metrics["dev"]["loss"])
