@@ -126,20 +126,28 @@ def read_examples(pattern: str, *, text_column: str = "text", label_column: str 
         raise DataError(f"{pattern}: no file matches this pattern")
     label_map = label_map or DEFAULT_LABEL_MAP
     texts, labels, skipped = [], [], 0
+
+    def bad_row(error: DataError) -> None:
+        nonlocal skipped
+        if isinstance(error, _MissingColumn) or not skip_bad_rows:
+            raise error
+        skipped += 1
+        logging.warning("Skipping bad row: %s", error)
+
     for path in paths:
-        for line, row in iter_rows(path):
+        # Rows that do not parse (malformed CSV, wrong field count, bad JSON) go to bad_row too.
+        for line, row in iter_rows(path, on_bad_row=bad_row):
             try:
                 texts.append(_text_field(row, text_column, path, line))
                 labels.append(_label_field(row, label_column, label_map, path, line))
             except DataError as error:
-                if isinstance(error, _MissingColumn) or not skip_bad_rows:
-                    raise
                 del texts[len(labels):]
-                skipped += 1
-                logging.warning("Skipping bad row: %s", error)
+                bad_row(error)
     if not texts:
         raise DataError(f"{pattern}: no usable rows"
-                        + (f" ({skipped} bad rows skipped)" if skipped else ""))
+                        + (f" ({skipped} bad rows skipped)" if skipped else "")
+                        + f"; expected at least one row with a text in {text_column!r} and a "
+                        f"label in {label_column!r}")
     if skipped:
         logging.warning("%s: skipped %d bad rows (--skip_bad_rows)", pattern, skipped)
     return Examples(tuple(texts), tuple(labels), source=pattern, skipped_rows=skipped)
@@ -184,7 +192,9 @@ def iter_rows(path: str, *, file_format: Optional[str] = None,
 
     yield from parse(lines())
     if not has_content:
-        raise DataError(f"{path}: file is empty")
+        raise DataError(f"{path}: file is empty; expected "
+                        + ("one JSON object per line" if file_format in ("jsonl", "json")
+                           else "a header row naming the columns, then one row per example"))
 
 
 # A lone "\r" ends a line too (old Mac files), as in Python's universal newlines mode.
@@ -270,9 +280,10 @@ def _iter_delimited(lines: Iterable[str], *, path: str, delimiter: str,
             _bad_row(on_bad_row, f"{path}:{reader.line_num}: malformed row: {error}", error)
         else:
             if fields and any(field.strip() for field in fields):
-                if len(fields) > len(header):
-                    _bad_row(on_bad_row, f"{path}:{start_line}: {len(fields)} fields but the "
-                             f"header has {len(header)}")
+                if len(fields) != len(header):
+                    _bad_row(on_bad_row, f"{path}:{start_line}: {len(fields)} field"
+                             f"{'s' if len(fields) != 1 else ''} but the header has "
+                             f"{len(header)} ({', '.join(header)})")
                 else:
                     yield start_line, dict(zip(header, fields))
         start_line = reader.line_num + 1
@@ -296,6 +307,8 @@ def _label_field(row: Mapping[str, object], column: str, label_map: Mapping[str,
                              f"{', '.join(map(str, row))}); set --label_column")
     value = row[column]
     key = str(value).strip() if not isinstance(value, bool) else str(int(value))
+    if isinstance(value, float) and value.is_integer():  # JSON 1.0, as pandas writes labels
+        key = str(int(value))
     if key not in label_map:
         raise DataError(f"{path}:{line}: label {value!r} in column {column!r} is not one of "
                         f"{', '.join(sorted(label_map))}; pass --label_map to name yours")

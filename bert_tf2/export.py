@@ -50,6 +50,11 @@ TEXT_INPUT = "text"
 PROBABILITY_OUTPUT = "probability"
 LABEL_OUTPUT = "label"
 DECISION_THRESHOLD = 0.5
+# Each text is cut to its first MAX_TEXT_BYTES bytes before tokenizing. That is far more than
+# any seq_length needs (512 tokens of Chinese are ~1.5 KiB) and bounds the time and memory one
+# hostile request can cost: tokenizing runs over the whole string before packing truncates it
+# to seq_length. A character cut in half is dropped by the tokenizer like any invalid UTF-8.
+MAX_TEXT_BYTES = 64 * 1024
 
 # classify (Classify API); the keys and method name TF Serving's classifier requires
 # (tf.saved_model.CLASSIFY_* constants).
@@ -81,6 +86,7 @@ class ServingModule(tf.Module):
         self.text_classifier = text_classifier
 
     def _probability(self, text):
+        text = tf.strings.substr(text, 0, MAX_TEXT_BYTES)  # see MAX_TEXT_BYTES
         probability = tf.reshape(self.text_classifier(text, training=False), [-1])
         return tf.cast(probability, tf.float32)
 
