@@ -364,9 +364,8 @@ def make_dataset(examples: Examples, *, batch_size: int, preprocessor, seq_lengt
     and in parallel with training. With `dynamic_padding` a batch is padded only to its longest
     member (capped at `seq_length`), so short reviews do not pay for the longest possible one.
 
-    With `bucket_by_length` the texts are tokenized in large batches, split into examples again
-    and grouped by token length (`length_buckets(seq_length)`), and each batch is made of
-    examples from one bucket, so with `dynamic_padding` a batch of short reviews stays short
+    With `bucket_by_length` each batch is made of examples from one length bucket
+    (`bucket_by_token_length`), so with `dynamic_padding` a batch of short reviews stays short
     instead of being padded to the longest review that a random batch happens to hold. Training
     still shuffles every example each epoch before bucketing, so batches are random within a
     bucket and the buckets interleave at random. Without `training` every example comes out
@@ -404,31 +403,45 @@ def make_dataset(examples: Examples, *, batch_size: int, preprocessor, seq_lengt
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return dataset.prefetch(tf.data.AUTOTUNE)
 
-    buckets = tf.constant(length_buckets(seq_length), tf.int32)
-
-    def tokenize(texts, labels):
-        tokens = preprocessor.tokenize(texts)
-        lengths = _token_lengths(tokens, seq_length)
-        return tokens, labels, lengths
-
-    def bucket_of(tokens, label, length):
-        del tokens, label
-        return tf.cast(tf.searchsorted(buckets, tf.reshape(length, [1]))[0], tf.int64)
-
-    dataset = (dataset.batch(_TOKENIZE_BATCH)
-               .map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-               .unbatch()
-               .group_by_window(
-                   bucket_of, window_size=batch_size,
-                   reduce_func=lambda _, window: window.batch(batch_size,
-                                                              drop_remainder=training)))
+    dataset = bucket_by_token_length(dataset, preprocessor, seq_length=seq_length,
+                                     batch_size=batch_size, drop_remainder=training)
     if skip_batches:
         dataset = dataset.skip(skip_batches)
     dataset = dataset.map(
-        lambda tokens, labels, _: (_pack_tokens(preprocessor, tokens, seq_length,
-                                                dynamic_padding, boundaries), labels),
+        lambda tokens, labels: (_pack_tokens(preprocessor, tokens, seq_length,
+                                             dynamic_padding, boundaries), labels),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def bucket_by_token_length(dataset, preprocessor, *, seq_length: int, batch_size: int,
+                           drop_remainder: bool):
+    """Batches of (tokens, *rest) from a dataset of single (text, *rest) examples.
+
+    The texts are tokenized in large batches (one large call is far cheaper than many small
+    ones) and split into examples again, then grouped by packed token length
+    (`length_buckets(seq_length)`): every batch holds examples of one bucket, in the order they
+    arrive. `tokens` is the preprocessor's ragged [batch, (words), (wordpieces)] output.
+    Fine-tuning (`make_dataset`) and masked-LM pretraining (`bert_tf2.pretrain`) batch this way.
+    """
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    buckets = tf.constant(length_buckets(seq_length), tf.int32)
+
+    def tokenize(texts, *rest):
+        tokens = preprocessor.tokenize(texts)
+        return (tokens, *rest, _token_lengths(tokens, seq_length))
+
+    def bucket_of(*example):
+        return tf.cast(tf.searchsorted(buckets, tf.reshape(example[-1], [1]))[0], tf.int64)
+
+    return (dataset.batch(_TOKENIZE_BATCH)
+            .map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .unbatch()
+            .group_by_window(
+                bucket_of, window_size=batch_size,
+                reduce_func=lambda _, window: window.batch(batch_size,
+                                                           drop_remainder=drop_remainder))
+            .map(lambda *batch: batch[:-1]))  # the lengths have served
 
 
 def make_pack_fn(preprocessor, seq_length: int, dynamic_padding: bool, *,

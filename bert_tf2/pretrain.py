@@ -25,6 +25,7 @@ from official.modeling import tf_utils
 from official.nlp import optimization
 from official.nlp.modeling import models
 
+from bert_tf2 import data
 from bert_tf2 import hub_modules
 
 MASK_RATE = 0.15
@@ -33,7 +34,11 @@ MAX_PREDICTIONS_PER_SEQUENCE = 20
 
 def make_mlm_dataset(texts: Sequence[str], preprocessor, *, batch_size: int, seq_length: int,
                      seed: int) -> tf.data.Dataset:
-    """Endless shuffled batches of (pretrainer inputs, masked token ids, weights)."""
+    """Endless shuffled batches of (pretrainer inputs, masked token ids, weights).
+
+    Batched by token length (`data.bucket_by_token_length`), each batch padded to its longest
+    member.
+    """
     special = {k: int(v) for k, v in preprocessor.tokenize.get_special_tokens_dict().items()}
     max_predictions = min(MAX_PREDICTIONS_PER_SEQUENCE,
                           max(1, math.ceil(seq_length * MASK_RATE)))
@@ -43,8 +48,8 @@ def make_mlm_dataset(texts: Sequence[str], preprocessor, *, batch_size: int, seq
                           special["padding_id"]])
     chooser = text.MaskValuesChooser(special["vocab_size"], special["mask_id"], 0.8)
 
-    def mask_batch(batch):
-        tokens = preprocessor.tokenize(batch).merge_dims(-2, -1)[:, :seq_length - 2]
+    def mask_batch(tokens):
+        tokens = tokens.merge_dims(-2, -1)[:, :seq_length - 2]
         ids, type_ids = text.combine_segments(
             [tokens], start_of_sequence_id=special["start_of_sequence_id"],
             end_of_segment_id=special["end_of_segment_id"])
@@ -59,8 +64,11 @@ def make_mlm_dataset(texts: Sequence[str], preprocessor, *, batch_size: int, seq
         return inputs, originals, tf.cast(weights, tf.float32)
 
     dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(texts), tf.string))
-    dataset = dataset.shuffle(len(texts), seed=seed).repeat().batch(batch_size,
-                                                                     drop_remainder=True)
+    dataset = dataset.shuffle(len(texts), seed=seed).repeat()
+    # Batches of similar length, each padded to its longest member: reviews are short on
+    # average but long-tailed, and a random batch is padded to its longest review.
+    dataset = data.bucket_by_token_length(dataset, preprocessor, seq_length=seq_length,
+                                          batch_size=batch_size, drop_remainder=True)
     return dataset.map(mask_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE)
 
