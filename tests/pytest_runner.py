@@ -1,0 +1,40 @@
+"""Bazel py_test entry point: runs one pytest file, as `python -m pytest FILE` would.
+
+    pytest_runner.py tests/test_x.py [more pytest arguments]
+
+The tests are pytest-style (fixtures from tests/conftest.py), so every py_test in tests/BUILD
+has this file as its main and its own test file as the first argument. It runs from the
+runfiles root (Bazel's working directory for tests), where pytest.ini is, so rootdir,
+`tests.conftest` and the `bert_tf2` package resolve as they do from a checkout. It also wires
+in what Bazel provides: the JUnit XML report (XML_OUTPUT_FILE), the per-test scratch directory
+(TEST_TMPDIR) and `bazel test --test_filter=EXPR` (TESTBRIDGE_TEST_ONLY, passed to `-k`).
+"""
+
+import os
+import sys
+
+
+def main(argv):
+    # Running as a script put this file's directory (tests/) first on sys.path; `python -m
+    # pytest` from the repository root would not, and tests/ on sys.path lets test modules be
+    # imported twice under two names. pytest puts the root back itself (rootdir insertion).
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+
+    import pytest  # pylint: disable=g-import-not-at-top  (after the sys.path fix)
+
+    args = ["-p", "no:cacheprovider", "-rs"]
+    xml_output = os.environ.get("XML_OUTPUT_FILE")
+    if xml_output:
+        args.append(f"--junitxml={xml_output}")
+    test_tmpdir = os.environ.get("TEST_TMPDIR")
+    if test_tmpdir:
+        args.append(f"--basetemp={os.path.join(test_tmpdir, 'pytest')}")
+    test_filter = os.environ.get("TESTBRIDGE_TEST_ONLY")
+    if test_filter:
+        args += ["-k", test_filter]
+    return pytest.main(args + argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
