@@ -18,11 +18,7 @@ other sections alone. Needs the real Chinese vocab (skips with a message when it
   .venv/bin/python -m benchmarks.tokenization_benchmark
 """
 
-import datetime
 import os
-import pathlib
-import platform
-import re
 import tempfile
 import time
 from typing import Callable, Dict, List, Sequence
@@ -32,9 +28,10 @@ from absl import app, flags, logging
 import tensorflow as tf
 import tensorflow_hub as hub
 
+from benchmarks import report
 from bert_tf2 import data, hub_modules, tokenization
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = report.REPO_ROOT
 SECTION_TITLE = "## Tokenization throughput"
 COMMAND = ".venv/bin/python -m benchmarks.tokenization_benchmark"
 
@@ -45,7 +42,7 @@ flags.DEFINE_string("vocab_file",
 flags.DEFINE_integer("batch_size", 512, "Texts per batch for the in-graph tokenizers.")
 flags.DEFINE_integer("seq_length", 128, "seq_length of the exported preprocess module.")
 flags.DEFINE_integer("repeats", 3, "Passes over the corpus per tokenizer; the best counts.")
-flags.DEFINE_string("output", str(REPO_ROOT / "docs" / "benchmarks.md"),
+flags.DEFINE_string("output", str(report.BENCHMARKS_MD),
                     "Markdown file whose throughput section is written ('' to only print).")
 
 
@@ -164,24 +161,12 @@ def markdown_section(throughputs: Dict[str, float], n_texts: int, mismatch_rate:
     rows = "\n".join(f"| {name} | {value:,.0f} | {value / reference:.2f}x |"
                      for name, value in throughputs.items())
     return (f"{SECTION_TITLE}\n\n"
-            f"`{COMMAND}` on {datetime.date.today().isoformat()}, {platform.machine()} with "
-            f"{os.cpu_count()} cores, Python {platform.python_version()}, TensorFlow "
-            f"{tf.__version__}: the {n_texts:,} texts of the built-in corpus (all three splits), "
-            f"real Chinese vocab, best of {FLAGS.repeats} passes.\n\n"
+            f"`{COMMAND}` on {report.machine_line()}: the {n_texts:,} texts of the built-in "
+            f"corpus (all three splits), real Chinese vocab, best of {FLAGS.repeats} passes.\n\n"
             "| tokenizer | texts/s | vs HF tokenizers |\n|---|---:|---:|\n"
             f"{rows}\n\n"
             f"The tf_hub normalization gives other ids than bert_original (= the original BERT "
             f"tokenizer) for {mismatch_rate:.1%} of these texts.\n")
-
-
-def replace_section(document: str, section: str) -> str:
-    """`document` with its throughput section replaced by `section` (appended if absent)."""
-    pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(document):
-        return pattern.sub(lambda _: section + "\n", document, count=1).rstrip("\n") + "\n"
-    if not document.strip():
-        return "# Benchmarks\n\n" + section
-    return document.rstrip("\n") + "\n\n" + section
 
 
 def main(argv):
@@ -198,11 +183,8 @@ def main(argv):
                                tf_hub_mismatch_rate(FLAGS.vocab_file, texts))
     print(section)
     if FLAGS.output:
-        path = pathlib.Path(FLAGS.output)
-        document = path.read_text(encoding="utf-8") if path.exists() else ""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(replace_section(document, section), encoding="utf-8")
-        logging.info("Wrote %s", path)
+        report.write_section(FLAGS.output, SECTION_TITLE, section)
+        logging.info("Wrote %s", FLAGS.output)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,41 @@
+"""Writes one benchmark's section into docs/benchmarks.md, leaving the other sections alone.
+
+Each benchmark script owns one "## Title" section of the document and rewrites only that one,
+so the tokenization and training benchmarks can be run independently, on different days or
+machines, and the document keeps every table with the command that made it.
+"""
+
+import datetime
+import os
+import pathlib
+import platform
+import re
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+BENCHMARKS_MD = REPO_ROOT / "docs" / "benchmarks.md"
+
+
+def machine_line() -> str:
+    """Today's date and what ran it: `x86_64 with 2 cores, Python 3.11.7, TensorFlow 2.20.0`."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return (f"{datetime.date.today().isoformat()}, {platform.machine()} with {os.cpu_count()} "
+            f"cores, Python {platform.python_version()}, TensorFlow {tf.__version__}")
+
+
+def replace_section(document: str, title: str, section: str) -> str:
+    """`document` with its `title` section (up to the next "## ") replaced by `section`."""
+    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.M | re.S)
+    if pattern.search(document):
+        return pattern.sub(lambda _: section.rstrip("\n") + "\n\n", document,
+                           count=1).rstrip("\n") + "\n"
+    if not document.strip():
+        return "# Benchmarks\n\n" + section
+    return document.rstrip("\n") + "\n\n" + section
+
+
+def write_section(output: str, title: str, section: str) -> None:
+    """Replaces (or appends) the `title` section of the markdown file `output`."""
+    path = pathlib.Path(output)
+    document = path.read_text(encoding="utf-8") if path.exists() else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(replace_section(document, title, section), encoding="utf-8")

@@ -1,0 +1,227 @@
+"""Training throughput: what length bucketing, the dtype policies and XLA buy.
+
+Every case trains the classifier exactly as the `train` CLI builds it
+(`train.compile_classifier`, `train.distributed_dataset`): a case *is* a list of train flags.
+It trains on the built-in corpus's training split for --warmup_steps (tracing, XLA compiles,
+tf.data start-up; not timed) and then --steps optimizer steps, and reports examples/s over the
+timed steps. Modules are built fresh with random weights (speed does not depend on them).
+
+  --suite=cpu   the quickstart model (configs/bert_tiny_zh.json, 2 layers, hidden 128) at
+                seq_length 256: every batch padded to 256 / each batch padded to its longest
+                member / bucketed by length; then float32 against mixed_bfloat16 (bucketed).
+  --suite=gpu   a BERT-base-sized encoder (12 layers, hidden 768) at seq_length 128, every batch
+                padded to 128 so the work per example is known: float32, mixed_float16 and
+                mixed_float16 + XLA, with the model FLOPs utilisation against the GPU's peak.
+
+It prints a markdown table and writes it as that suite's section of docs/benchmarks.md:
+
+  .venv/bin/python -m benchmarks.training_benchmark --suite=cpu
+  .venv/bin/python -m benchmarks.training_benchmark --suite=gpu   # on a GPU machine
+"""
+
+import json
+import os
+import tempfile
+import time
+from typing import Dict, List, NamedTuple, Optional, Sequence
+
+import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from absl import app, flags, logging
+import tensorflow as tf
+import tf_keras
+
+from benchmarks import report
+from bert_tf2 import data, distribution, hub_modules, model as model_lib, train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("suite", "cpu", ["cpu", "gpu"], "Which set of cases to run (see above).")
+flags.DEFINE_integer("steps", None, "Timed optimizer steps per case (default: 40 for cpu, "
+                     "200 for gpu).")
+flags.DEFINE_integer("warmup_steps", None, "Untimed steps before them (default: 10 for cpu, "
+                     "30 for gpu).")
+flags.DEFINE_string("output", str(report.BENCHMARKS_MD),
+                    "Markdown file whose section for the suite is written ('' to only print).")
+
+QUICKSTART_VOCAB = report.REPO_ROOT / "configs" / "vocab_snownlp.txt"
+QUICKSTART_CONFIG = report.REPO_ROOT / "configs" / "bert_tiny_zh.json"
+# BERT-base's sizes (Google's bert_config.json for chinese_L-12_H-768_A-12) over our vocab.
+BERT_BASE_SIZES = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                       intermediate_size=3072, max_position_embeddings=512)
+# Dense float16/bfloat16 tensor-core peaks (NVIDIA's data sheets), by device name.
+GPU_PEAK_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12}
+
+FIXED = ("--nodynamic_padding", "--nobucket_by_length")
+DYNAMIC = ("--dynamic_padding", "--nobucket_by_length")
+BUCKETED = ("--dynamic_padding", "--bucket_by_length")
+
+
+class Suite(NamedTuple):
+    title: str
+    bert_config: Dict[str, object]
+    seq_length: int
+    batch_size: int
+    steps: int
+    warmup_steps: int
+    cases: Dict[str, Sequence[str]]  # row name -> train flags
+    note: str
+
+
+def cpu_suite() -> Suite:
+    config = json.loads(QUICKSTART_CONFIG.read_text(encoding="utf-8"))
+    return Suite(
+        title="## Training throughput on the CPU", bert_config=config, seq_length=256,
+        batch_size=32, steps=40, warmup_steps=10,
+        cases={
+            "float32, every batch padded to seq_length (`--nodynamic_padding "
+            "--nobucket_by_length`)": FIXED,
+            "float32, each batch padded to its longest member (`--nobucket_by_length`)":
+                DYNAMIC,
+            "float32, bucketed by length (`--bucket_by_length`, the default)": BUCKETED,
+            "mixed_bfloat16, bucketed by length": (*BUCKETED, "--mixed_precision=mixed_bfloat16"),
+        },
+        note=("The quickstart model (configs/bert_tiny_zh.json: 2 layers, hidden 128), random "
+              "weights, seq_length 256, batch 32, on the built-in corpus's training split. "
+              f"This CPU {'has' if distribution.cpu_has_bfloat16() else 'has no'} bfloat16 "
+              "units (AVX512_BF16 / AMX)."))
+
+
+def gpu_suite() -> Suite:
+    vocab_size = hub_modules.count_vocab(str(QUICKSTART_VOCAB))
+    config = dict(json.loads(QUICKSTART_CONFIG.read_text(encoding="utf-8")),
+                  vocab_size=vocab_size, **BERT_BASE_SIZES)
+    return Suite(
+        title="## Training throughput on a GPU", bert_config=config, seq_length=128,
+        batch_size=64, steps=200, warmup_steps=30,
+        cases={
+            "float32 (TF32 matmuls)": (*FIXED, "--mixed_precision=float32"),
+            "mixed_float16": (*FIXED, "--mixed_precision=mixed_float16"),
+            "mixed_float16 + XLA (`--jit_compile`)": (*FIXED, "--mixed_precision=mixed_float16",
+                                                       "--jit_compile"),
+        },
+        note=("A BERT-base-sized encoder (12 layers, hidden 768, 12 heads; the quickstart vocab "
+              "of 4,452 tokens), random weights, seq_length 128 with every batch padded to 128, "
+              "batch 64. MFU: model FLOPs (forward and backward matmuls, attention included) "
+              "per second against the GPU's dense float16 peak."))
+
+
+class _Timer(tf_keras.callbacks.Callback):
+    """Seconds from the end of the last warm-up step to the end of training."""
+
+    def __init__(self, warmup_steps: int):
+        super().__init__()
+        self.warmup_steps = warmup_steps
+        self.start = self.end = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch + 1 == self.warmup_steps:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, logs=None):
+        self.end = time.perf_counter()
+
+
+def examples_per_second(flag_values, train_examples: data.Examples, suite: Suite) -> float:
+    """Trains one case for warmup + timed steps; examples/s over the timed ones."""
+    tf_keras.backend.clear_session()
+    tf_keras.mixed_precision.set_global_policy(flag_values.mixed_precision)
+    try:
+        strategy = distribution.get_strategy(flag_values.distribution_strategy)
+        preprocessor = model_lib.load_preprocessor(flag_values.preprocess_handle)
+        total_steps = suite.warmup_steps + suite.steps
+        classifier = train.compile_classifier(flag_values, strategy, total_steps)
+        dataset = train.distributed_dataset(flag_values, strategy, preprocessor, train_examples,
+                                            flag_values.batch_size, training=True)
+        timer = _Timer(suite.warmup_steps)
+        classifier.fit(dataset, epochs=1, steps_per_epoch=total_steps, callbacks=[timer],
+                       verbose=0)
+    finally:
+        tf_keras.mixed_precision.set_global_policy("float32")
+    return suite.steps * flag_values.batch_size / (timer.end - timer.start)
+
+
+def train_flops_per_example(config: Dict[str, object], seq_length: int) -> float:
+    """Matmul FLOPs of one training example: 3x (forward + backward) the forward pass."""
+    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    dense = layers * (4 * hidden * hidden + 2 * hidden * config["intermediate_size"])
+    forward = 2 * dense * seq_length + layers * 4 * seq_length * seq_length * hidden
+    return 3 * (forward + 2 * hidden * hidden)  # + the pooler
+
+
+def gpu_name() -> str:
+    gpus = tf.config.list_physical_devices("GPU")
+    return (tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+            if gpus else "no GPU")
+
+
+def gpu_peak() -> Optional[float]:
+    """The first GPU's dense float16 peak in FLOP/s, or None for a GPU not in the table."""
+    name = gpu_name()
+    return next((peak for key, peak in GPU_PEAK_FLOPS.items() if key in name), None)
+
+
+def run_suite(suite: Suite, scratch: str) -> List[Dict[str, object]]:
+    config_file = os.path.join(scratch, "bert_config.json")
+    with open(config_file, "w", encoding="utf-8") as f:
+        json.dump(suite.bert_config, f)
+    modules = hub_modules.build_hub_modules(os.path.join(scratch, "hub"),
+                                            vocab_file=str(QUICKSTART_VOCAB),
+                                            bert_config_file=config_file,
+                                            seq_length=suite.seq_length)
+    train_examples = data.builtin_corpus_splits()["train"]
+    rows = []
+    for name, case_flags in suite.cases.items():
+        flag_values = flags.FlagValues()
+        train.define_flags(flag_values)
+        flag_values(["train", f"--preprocess_handle={modules.preprocess}",
+                     f"--encoder_handle={modules.encoder}", f"--model_dir={scratch}",
+                     f"--seq_length={suite.seq_length}", f"--batch_size={suite.batch_size}",
+                     *case_flags])
+        throughput = examples_per_second(flag_values, train_examples, suite)
+        logging.info("%s: %.1f examples/s", name, throughput)
+        rows.append({"case": name, "flags": " ".join(case_flags),
+                     "examples_per_s": throughput})
+    return rows
+
+
+def markdown_section(suite: Suite, rows: List[Dict[str, object]]) -> str:
+    command = f".venv/bin/python -m benchmarks.training_benchmark --suite={FLAGS.suite}"
+    base = rows[0]["examples_per_s"]
+    peak = gpu_peak() if FLAGS.suite == "gpu" else None
+    flops = train_flops_per_example(suite.bert_config, suite.seq_length)
+    header = "| case | examples/s | vs first row |"
+    rule = "|---|---:|---:|"
+    if peak:
+        header += " MFU |"
+        rule += "---:|"
+    lines = []
+    for row in rows:
+        line = f"| {row['case']} | {row['examples_per_s']:,.1f} | " \
+               f"{row['examples_per_s'] / base:.2f}x |"
+        if peak:
+            line += f" {row['examples_per_s'] * flops / peak:.1%} |"
+        lines.append(line)
+    device = f" on {gpu_name()}" if FLAGS.suite == "gpu" else ""
+    return (f"{suite.title}\n\n`{command}` on {report.machine_line()}{device}: "
+            f"{suite.steps} timed optimizer steps per row after {suite.warmup_steps} untimed "
+            f"ones. {suite.note}\n\n{header}\n{rule}\n" + "\n".join(lines) + "\n")
+
+
+def main(argv):
+    del argv
+    suite = cpu_suite() if FLAGS.suite == "cpu" else gpu_suite()
+    if FLAGS.suite == "gpu" and not tf.config.list_physical_devices("GPU"):
+        print("Skipped: --suite=gpu needs a GPU and TensorFlow sees none.")
+        return
+    suite = suite._replace(steps=FLAGS.steps or suite.steps,
+                           warmup_steps=FLAGS.warmup_steps or suite.warmup_steps)
+    with tempfile.TemporaryDirectory(prefix="bert_tf2_bench_") as scratch:
+        rows = run_suite(suite, scratch)
+    section = markdown_section(suite, rows)
+    print(section)
+    if FLAGS.output:
+        report.write_section(FLAGS.output, suite.title, section)
+        logging.info("Wrote %s", FLAGS.output)
+
+
+if __name__ == "__main__":
+    app.run(main)
