@@ -167,8 +167,8 @@ def test_bfloat16_run_trains_and_exports_in_float32(tiny_hub_modules, tiny_data,
     built = _capture_classifiers(monkeypatch)
     flag_values = parse_train_flags(
         *tiny_train_args(tiny_hub_modules, tmp_path / "model", tmp_path / "export"),
-        *tiny_data, "--mixed_precision=mixed_bfloat16", "--epochs=3", "--train_steps=0",
-        "--learning_rate=2e-3", "--warmup_fraction=0", "--eval_batch_size=32")
+        *tiny_data, "--mixed_precision=mixed_bfloat16", "--epochs=4", "--train_steps=0",
+        "--learning_rate=5e-3", "--warmup_fraction=0", "--eval_batch_size=32")
     # The absl logger's own level (set by absl's --verbosity, which other tests change) decides
     # what reaches caplog: set it explicitly.
     with caplog.at_level(logging.INFO, logger="absl"):
@@ -183,7 +183,7 @@ def test_bfloat16_run_trains_and_exports_in_float32(tiny_hub_modules, tiny_data,
     history = (tmp_path / "model" / "history.csv").read_text().splitlines()
     header = history[0].split(",")
     losses = [float(row.split(",")[header.index("loss")]) for row in history[1:]]
-    assert len(losses) == 3 and all(np.isfinite(losses)), losses
+    assert len(losses) == 4 and all(np.isfinite(losses)), losses
     assert losses[-1] < losses[0] - 0.01, losses
     assert all(np.isfinite(v) for split in metrics.values() for v in split.values())
     # The export is a float32 copy: no bfloat16 matmul in the SavedModel; it serves.
