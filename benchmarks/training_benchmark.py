@@ -123,8 +123,7 @@ class _Timer(tf_keras.callbacks.Callback):
 def examples_per_second(flag_values, train_examples: data.Examples, suite: Suite) -> float:
     """Trains one case for warmup + timed steps; examples/s over the timed ones."""
     tf_keras.backend.clear_session()
-    tf_keras.mixed_precision.set_global_policy(flag_values.mixed_precision)
-    try:
+    with distribution.dtype_policy(flag_values.mixed_precision):
         strategy = distribution.get_strategy(flag_values.distribution_strategy)
         preprocessor = model_lib.load_preprocessor(flag_values.preprocess_handle)
         total_steps = suite.warmup_steps + suite.steps
@@ -134,8 +133,6 @@ def examples_per_second(flag_values, train_examples: data.Examples, suite: Suite
         timer = _Timer(suite.warmup_steps)
         classifier.fit(dataset, epochs=1, steps_per_epoch=total_steps, callbacks=[timer],
                        verbose=0)
-    finally:
-        tf_keras.mixed_precision.set_global_policy("float32")
     return suite.steps * flag_values.batch_size / (timer.end - timer.start)
 
 

@@ -24,6 +24,7 @@ GPUs (it must be set before the process runs any TensorFlow op).
 """
 
 import atexit
+import contextlib
 import functools
 import json
 import os
@@ -36,6 +37,7 @@ from urllib.parse import urlparse
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from absl import logging
 import tensorflow as tf
+import tf_keras
 
 LOGICAL_CPUS_ENV = "BERT_TF2_LOGICAL_CPUS"
 STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "tpu")
@@ -169,6 +171,21 @@ def check_precision_policy(policy: str, strategy: tf.distribute.Strategy) -> Non
     if policy == "mixed_bfloat16" and not on_accelerator and not cpu_has_bfloat16():
         logging.warning("--mixed_precision=mixed_bfloat16 on a CPU without bfloat16 units "
                         "(AVX512_BF16 or AMX): it is emulated and slower than float32")
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """The global Keras dtype policy is `name` inside the block and what it was after it.
+
+    For models that must compute in another policy than the run's: the encoder module and the
+    export are always float32, whatever --mixed_precision trains in.
+    """
+    previous = tf_keras.mixed_precision.global_policy()
+    tf_keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        tf_keras.mixed_precision.set_global_policy(previous)
 
 
 @functools.lru_cache(maxsize=None)

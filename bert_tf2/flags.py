@@ -8,6 +8,7 @@ import functools
 
 from absl import flags
 
+from bert_tf2 import distribution
 from bert_tf2 import tokenization
 
 OFFICIAL_PREPROCESS_HANDLE = "https://tfhub.dev/tensorflow/bert_zh_preprocess/3"
@@ -132,7 +133,7 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
                    "function (fewer Python round trips; callbacks see every N-th step).",
                    lower_bound=1)
     define.enum("distribution_strategy", "one_device",
-                ["one_device", "mirrored", "multi_worker_mirrored", "tpu"],
+                list(distribution.STRATEGIES),
                 "tf.distribute strategy: one_device; mirrored (local GPUs); "
                 "multi_worker_mirrored (cluster from TF_CONFIG; only the chief keeps files and "
                 "exports); tpu (--tpu).")

@@ -32,6 +32,7 @@ from official.nlp.modeling import layers
 from official.nlp.tools import export_tfhub_lib
 
 from bert_tf2 import checkpoints
+from bert_tf2 import distribution
 from bert_tf2 import flags as project_flags
 from bert_tf2 import io_utils
 from bert_tf2 import tokenization
@@ -125,12 +126,8 @@ def export_encoder(export_dir: str, *, bert_config: configs.BertConfig, vocab_fi
     training time instead, by rebuilding the encoder under the policy
     (`bert_tf2.model.rebuild_encoder`, --rebuild_encoder_under_policy).
     """
-    policy = tf_keras.mixed_precision.global_policy()
-    tf_keras.mixed_precision.set_global_policy("float32")
-    try:
+    with distribution.dtype_policy("float32"):
         encoder = build_encoder(bert_config)
-    finally:
-        tf_keras.mixed_precision.set_global_policy(policy)
     if init_checkpoint:
         checkpoints.load_encoder_weights(encoder.network, init_checkpoint)
     else:

@@ -219,17 +219,13 @@ def _export_copy(flags_, classifier: tf_keras.Model) -> tf_keras.Model:
     reads the sync-on-read ones collectively, which would wait forever for the workers of a
     multi-worker cluster that do not export.
     """
-    policy = tf_keras.mixed_precision.global_policy()
     if not _rebuilds_encoder(flags_) and flags_.distribution_strategy == "one_device":
         return classifier
-    tf_keras.mixed_precision.set_global_policy("float32")
-    try:
+    with distribution.dtype_policy("float32"):
         copy = _build_classifier(flags_, load_encoder_weights=False)
-    finally:
-        tf_keras.mixed_precision.set_global_policy(policy)
     copy.set_weights(classifier.get_weights())
     logging.info("Exporting a float32 copy of the classifier trained under %s with %s",
-                 policy.name, flags_.distribution_strategy)
+                 flags_.mixed_precision, flags_.distribution_strategy)
     return copy
 
 
