@@ -68,6 +68,25 @@ def tiny_hub_modules(tmp_path_factory, tiny_vocab_file, tiny_bert_config_file):
         bert_config_file=tiny_bert_config_file, seq_length=TINY_SEQ_LENGTH)
 
 
+def write_jsonl(path: pathlib.Path, examples, n: int, stride: int = 1) -> str:
+    """The first `n` of every `stride`-th example, as the JSONL `train` reads; returns `path`."""
+    with open(path, "w", encoding="utf-8") as f:
+        for text, label in list(zip(examples.texts, examples.labels))[::stride][:n]:
+            f.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
+    return str(path)
+
+
+def corpus_data_flags(root: pathlib.Path, corpus_splits, sizes, stride: int = 1):
+    """--train_data/--eval_data/--test_data flags for slices of the built-in corpus's splits.
+
+    `sizes` maps a split (train, dev, test) to its number of rows; the files go under `root`.
+    """
+    flag_names = {"train": "train_data", "dev": "eval_data", "test": "test_data"}
+    return [f"--{flag_names[split]}="
+            f"{write_jsonl(root / f'{split}.jsonl', corpus_splits[split], n, stride)}"
+            for split, n in sizes.items()]
+
+
 def parse_train_flags(*args: str) -> flags.FlagValues:
     """A private FlagValues with every train flag, parsed from `args` as on a command line."""
     from bert_tf2 import train
@@ -86,20 +105,13 @@ def tiny_train_args(modules, model_dir, export_dir, *extra: str):
 
 
 @pytest.fixture(scope="session")
-def tiny_training_run(tmp_path_factory, tiny_hub_modules):
+def tiny_training_run(tmp_path_factory, tiny_hub_modules, corpus_splits):
     """One tiny run of `train.run` on a slice of the built-in corpus, with its outputs."""
-    from bert_tf2 import data, train
+    from bert_tf2 import train
     root = tmp_path_factory.mktemp("run")
-    splits = data.builtin_corpus_splits()
-    for split, name in (("train", "train.jsonl"), ("dev", "dev.jsonl"), ("test", "test.jsonl")):
-        examples = splits[split]
-        with open(root / name, "w", encoding="utf-8") as f:
-            for text, label in list(zip(examples.texts, examples.labels))[:160]:
-                f.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
     flag_values = parse_train_flags(
         *tiny_train_args(tiny_hub_modules, root / "model", root / "export"),
-        f"--train_data={root / 'train.jsonl'}", f"--eval_data={root / 'dev.jsonl'}",
-        f"--test_data={root / 'test.jsonl'}")
+        *corpus_data_flags(root, corpus_splits, {"train": 160, "dev": 160, "test": 160}))
     metrics = train.run(flag_values)
     return {"metrics": metrics, "model_dir": str(root / "model"),
             "export_dir": str(root / "export"),

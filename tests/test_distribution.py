@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from bert_tf2 import data, distribution
-from tests.conftest import (REPO_ROOT, TINY_SEQ_LENGTH, parse_train_flags, tiny_train_args,
-                            write_bert_config)
+from tests.conftest import (REPO_ROOT, TINY_SEQ_LENGTH, corpus_data_flags, parse_train_flags,
+                            tiny_train_args, write_bert_config)
 
 SUBPROCESS_TIMEOUT_S = 300
 
@@ -33,16 +33,8 @@ SUBPROCESS_TIMEOUT_S = 300
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory, corpus_splits):
     """Small train/dev/test JSONL files (128/64/64 rows) from the built-in corpus."""
-    root = tmp_path_factory.mktemp("small_data")
-    args = []
-    for split, size in (("train", 128), ("dev", 64), ("test", 64)):
-        examples = corpus_splits[split]
-        path = root / f"{split}.jsonl"
-        with open(path, "w", encoding="utf-8") as f:
-            for text, label in list(zip(examples.texts, examples.labels))[::5][:size]:
-                f.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
-        args.append(f"--{'eval' if split == 'dev' else split}_data={path}")
-    return args
+    return corpus_data_flags(tmp_path_factory.mktemp("small_data"), corpus_splits,
+                             {"train": 128, "dev": 64, "test": 64}, stride=5)
 
 
 @pytest.fixture(scope="module")

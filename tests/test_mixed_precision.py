@@ -9,7 +9,6 @@ float32 (Model Garden keeps the final LayerNorm in float32), and computes what t
 """
 
 import collections
-import json
 import logging
 
 import bert_tf2  # noqa: F401
@@ -23,7 +22,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from bert_tf2 import checkpoints, distribution, hub_modules
 from bert_tf2 import model as model_lib
-from tests.conftest import parse_train_flags, tiny_train_args
+from tests.conftest import corpus_data_flags, parse_train_flags, tiny_train_args
 
 _MATMULS = ("MatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum")
 
@@ -38,16 +37,8 @@ def set_policy():
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory, corpus_splits):
     """--train_data/--eval_data/--test_data flags for 64/64/64 rows of the built-in corpus."""
-    root = tmp_path_factory.mktemp("mp_data")
-    args = []
-    for split, flag in (("train", "train_data"), ("dev", "eval_data"), ("test", "test_data")):
-        examples = corpus_splits[split]
-        path = root / f"{split}.jsonl"
-        with open(path, "w", encoding="utf-8") as f:
-            for text, label in list(zip(examples.texts, examples.labels))[::9][:64]:
-                f.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
-        args.append(f"--{flag}={path}")
-    return args
+    return corpus_data_flags(tmp_path_factory.mktemp("mp_data"), corpus_splits,
+                             {"train": 64, "dev": 64, "test": 64}, stride=9)
 
 
 def encoder_inputs(batch=2, length=12):

@@ -3,7 +3,6 @@
 See docs/crash_safety.md for what these guarantee to a user.
 """
 
-import json
 import logging
 import os
 import pathlib
@@ -20,18 +19,12 @@ import tensorflow as tf
 import tf_keras
 
 from bert_tf2 import export, train
-from tests.conftest import REPO_ROOT, TINY_SEQ_LENGTH, parse_train_flags, write_bert_config
+from tests.conftest import (REPO_ROOT, TINY_SEQ_LENGTH, parse_train_flags, write_bert_config,
+                            write_jsonl)
 
 RESUMING = re.compile(r"Resuming from step (\d+) \(epoch (\d+)\)")
 FINISHED = re.compile(r"Finished after (\d+) optimizer steps")
 ITER_KEY = "optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE"  # in checkpoints/final
-
-
-def _write_jsonl(path: pathlib.Path, examples, n: int) -> str:
-    with open(path, "w", encoding="utf-8") as f:
-        for text, label in list(zip(examples.texts, examples.labels))[:n]:
-            f.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
-    return str(path)
 
 
 def _args(modules, model_dir, train_data, *extra: str):
@@ -59,7 +52,7 @@ def _final_checkpoint(model_dir) -> dict:
 @pytest.fixture(scope="module")
 def train_file(tmp_path_factory, corpus_splits) -> str:
     """160 examples: 10 steps an epoch at --batch_size=16."""
-    return _write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl",
+    return write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl",
                         corpus_splits["train"], 160)
 
 
@@ -71,7 +64,7 @@ def test_sigkilled_cli_run_resumes_from_its_last_backup(tmp_path, tiny_hub_modul
                                                         corpus_splits):
     """SIGKILL a real `python -m bert_tf2.train` once a backup exists, then rerun it."""
     total_steps, steps_per_epoch, checkpoint_steps = 600, 40, 25
-    train_data = _write_jsonl(tmp_path / "train.jsonl", corpus_splits["train"], 640)
+    train_data = write_jsonl(tmp_path / "train.jsonl", corpus_splits["train"], 640)
     model_dir = tmp_path / "model"
     command = [sys.executable, "-m", "bert_tf2.train",
                *_args(tiny_hub_modules, model_dir, train_data, f"--train_steps={total_steps}",
