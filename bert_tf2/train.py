@@ -37,8 +37,14 @@ from bert_tf2 import plots
 from bert_tf2 import pretrain as pretrain_lib
 
 FLAGS = flags.FLAGS
-EXAMPLE_REVIEWS = ("这本书写得太好了，强烈推荐，值得一读！",
-                   "质量很差，用了两天就坏了，非常失望。")
+# A positive and a negative review from each kind the built-in corpus holds (hotels,
+# electronics, books), printed with their P(positive) at the end of a run.
+EXAMPLE_REVIEWS = ("房间很干净，服务很周到，下次还会再来。",
+                   "房间又小又脏，服务态度很差，再也不会来了。",
+                   "屏幕很清晰，运行速度快，性价比很高，非常满意。",
+                   "电池不耐用，做工粗糙，客服也不理人，后悔买了。",
+                   "这本书写得太好了，强烈推荐，值得一读！",
+                   "书的内容很空洞，纸张也差，不值这个价。")
 
 
 def run(flags_) -> Dict[str, Dict[str, float]]:
