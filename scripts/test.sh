@@ -3,4 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh requirements-test.txt
-exec .venv/bin/python -m pytest -q -p no:cacheprovider tests "$@"
+# One pytest worker per core (at most 4), each taking whole files (--dist loadfile), so a
+# file's module fixtures (a trained model, a server) are built once.
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n auto --maxprocesses=4 \
+  --dist loadfile tests "$@"
