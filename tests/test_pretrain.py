@@ -33,10 +33,12 @@ def test_masking_selects_only_real_tokens(tiny_hub_modules, corpus_splits):
     assert (replaced == int(special["mask_id"])).mean() > 0.6  # 80% become [MASK]
 
 
-def test_pretrained_encoder_is_exported_from_its_checkpoint(tmp_path, tiny_vocab_file,
-                                                            tiny_bert_config_file,
-                                                            corpus_splits):
-    seen = {}
+def test_pretrained_encoder_is_exported_from_its_checkpoint_with_its_dropout_back(
+        tmp_path, tiny_vocab_file, tiny_bert_config_file, corpus_splits, monkeypatch):
+    configs_built, seen = [], {}
+    original = hub_modules.build_encoder
+    monkeypatch.setattr(hub_modules, "build_encoder",
+                        lambda config: configs_built.append(config) or original(config))
 
     def pretrain_fn(preprocess_path, bert_config):
         seen["checkpoint"] = pretrain.pretrain_encoder(
@@ -56,26 +58,11 @@ def test_pretrained_encoder_is_exported_from_its_checkpoint(tmp_path, tiny_vocab
              if k.startswith("encoder/") and "OPTIMIZER" not in k
              and shape == exported.shape.as_list()]
     np.testing.assert_array_equal(exported.numpy(), reader.get_tensor(key))
-
-
-def test_pretraining_runs_without_dropout_and_fine_tuning_gets_it_back(
-        tmp_path, tiny_vocab_file, tiny_bert_config_file, corpus_splits, monkeypatch):
-    configs_built = []
-    original = hub_modules.build_encoder
-    monkeypatch.setattr(hub_modules, "build_encoder",
-                        lambda config: configs_built.append(config) or original(config))
-
-    def pretrain_fn(preprocess_path, bert_config):
-        return pretrain.pretrain_encoder(
-            bert_config, model.load_preprocessor(preprocess_path),
-            corpus_splits["train"].texts[:32], output_prefix=str(tmp_path / "mlm" / "encoder"),
-            epochs=1, batch_size=16, seq_length=32, learning_rate=1e-3, seed=3)
-
-    hub_modules.build_hub_modules(str(tmp_path / "hub"), vocab_file=tiny_vocab_file,
-                                  bert_config_file=tiny_bert_config_file, seq_length=32,
-                                  pretrain=pretrain_fn)
-    pretrained, exported = configs_built[0], configs_built[-1]
+    # Pretraining ran without dropout; the exported module, which fine-tuning uses, has the
+    # config's dropout again, at the same sizes.
+    pretrained, exported_config = configs_built[0], configs_built[-1]
     assert (pretrained.hidden_dropout_prob, pretrained.attention_probs_dropout_prob) == (0, 0)
-    assert (exported.hidden_dropout_prob, exported.attention_probs_dropout_prob) == (0.1, 0.1)
-    assert pretrained.hidden_size == exported.hidden_size
-    assert pretrained.num_hidden_layers == exported.num_hidden_layers
+    assert (exported_config.hidden_dropout_prob,
+            exported_config.attention_probs_dropout_prob) == (0.1, 0.1)
+    assert pretrained.hidden_size == exported_config.hidden_size
+    assert pretrained.num_hidden_layers == exported_config.num_hidden_layers
