@@ -53,7 +53,7 @@ def _final_checkpoint(model_dir) -> dict:
 def train_file(tmp_path_factory, corpus_splits) -> str:
     """160 examples: 10 steps an epoch at --batch_size=16."""
     return write_jsonl(tmp_path_factory.mktemp("data") / "train.jsonl",
-                        corpus_splits["train"], 160)
+                       corpus_splits["train"], 160)
 
 
 # ---------------------------------------------------------------------------------------------
