@@ -57,11 +57,19 @@ def make_mlm_dataset(texts: Sequence[str], preprocessor, *, batch_size: int, seq
         length = tf.cast(tf.reduce_max(ids.row_lengths()), tf.int32)
         word_ids, mask = text.pad_model_inputs(masked_ids, max_seq_length=length)
         type_ids, _ = text.pad_model_inputs(type_ids, max_seq_length=length)
-        positions, weights = text.pad_model_inputs(positions, max_seq_length=max_predictions)
-        originals, _ = text.pad_model_inputs(originals, max_seq_length=max_predictions)
+        # Padded to this batch's most selections, not to `max_predictions`: a batch of short
+        # reviews then computes logits over the vocabulary for few slots, not mostly for padding.
+        num_slots = tf.cast(tf.reduce_max(positions.row_lengths()), tf.int32)
+        positions, weights = text.pad_model_inputs(positions, max_seq_length=num_slots)
+        originals, _ = text.pad_model_inputs(originals, max_seq_length=num_slots)
+        # Keras divides the weighted loss by the number of slots; rescaled so that the loss is
+        # the mean over the real predictions, as in BERT's run_pretraining.py.
+        weights = tf.cast(weights, tf.float32)
+        weights *= (tf.cast(tf.size(weights), tf.float32)
+                    / tf.maximum(tf.reduce_sum(weights), 1.0))
         inputs = dict(input_word_ids=word_ids, input_mask=mask, input_type_ids=type_ids,
                       masked_lm_positions=positions)
-        return inputs, originals, tf.cast(weights, tf.float32)
+        return inputs, originals, weights
 
     dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(texts), tf.string))
     dataset = dataset.shuffle(len(texts), seed=seed).repeat()

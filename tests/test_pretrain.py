@@ -31,6 +31,11 @@ def test_masking_selects_only_real_tokens(tiny_hub_modules, corpus_splits):
                                              int(special["padding_id"])]).any()
     replaced = word_ids[rows, masked_positions]
     assert (replaced == int(special["mask_id"])).mean() > 0.6  # 80% become [MASK]
+    # The prediction slots are padded to the batch's most selections, not to a fixed 20, and
+    # the weights make the loss the mean over the real predictions (BERT's run_pretraining.py).
+    assert positions.shape[1] == selected.sum(axis=1).max()
+    np.testing.assert_allclose(weights.sum(), weights.size, rtol=1e-5)
+    np.testing.assert_allclose(weights[selected], weights[selected][0])
 
 
 def test_pretrained_encoder_is_exported_from_its_checkpoint_with_its_dropout_back(
