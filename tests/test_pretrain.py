@@ -1,11 +1,16 @@
-"""Masked-LM self-pretraining: BERT's masking in tf.data, and a checkpoint the encoder loads."""
+"""Masked-LM pretraining: BERT's masking in tf.data, the CLI, and checkpoints the encoder loads."""
+
+import subprocess
+import sys
 
 import bert_tf2  # noqa: F401
 import numpy as np
+import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from bert_tf2 import data, hub_modules, model, pretrain
+from bert_tf2 import checkpoints, data, hub_modules, model, pretrain
+from tests.conftest import REPO_ROOT, write_jsonl
 
 
 def test_masking_selects_only_real_tokens(tiny_hub_modules, corpus_splits):
@@ -71,3 +76,65 @@ def test_pretrained_encoder_is_exported_from_its_checkpoint_with_its_dropout_bac
             exported_config.attention_probs_dropout_prob) == (0.1, 0.1)
     assert pretrained.hidden_size == exported_config.hidden_size
     assert pretrained.num_hidden_layers == exported_config.num_hidden_layers
+
+
+def _encoder_weights(bert_config_file, checkpoint):
+    network = hub_modules.build_encoder(hub_modules.read_bert_config(bert_config_file)).network
+    checkpoints.load_encoder_weights(network, checkpoint)
+    return {w.name: w.numpy() for w in network.weights}
+
+
+def test_cli_continues_from_init_checkpoint_on_the_training_file(
+        tmp_path, tiny_hub_modules, tiny_vocab_file, tiny_bert_config_file, corpus_splits):
+    start = pretrain.pretrain_encoder(
+        hub_modules.read_bert_config(tiny_bert_config_file),
+        model.load_preprocessor(tiny_hub_modules.preprocess), corpus_splits["train"].texts[:32],
+        output_prefix=str(tmp_path / "start" / "encoder"), epochs=1, batch_size=16,
+        seq_length=32, learning_rate=1e-3, seed=3)
+    # At learning rate 0 the CLI's output is its --init_checkpoint, so equal weights show it
+    # loaded that checkpoint (not a random init), trained on the file and wrote the result.
+    result = subprocess.run(
+        [sys.executable, "-m", "bert_tf2.pretrain", f"--vocab_file={tiny_vocab_file}",
+         f"--bert_config_file={tiny_bert_config_file}", f"--init_checkpoint={start}",
+         f"--train_data={write_jsonl(tmp_path / 'train.jsonl', corpus_splits['train'], 48)}",
+         "--seq_length=32", "--pretrain_epochs=1", "--pretrain_batch_size=16",
+         "--pretrain_learning_rate=0", f"--output_checkpoint={tmp_path / 'out' / 'encoder'}"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Masked-LM pretraining of the encoder: 48 texts, 3 steps" in result.stderr
+    before = _encoder_weights(tiny_bert_config_file, start)
+    after = _encoder_weights(tiny_bert_config_file, str(tmp_path / "out" / "encoder"))
+    assert before.keys() == after.keys()
+    for name in before:
+        np.testing.assert_allclose(after[name], before[name], err_msg=name)
+
+
+def test_pretraining_killed_mid_run_resumes_after_its_last_finished_epoch(
+        tmp_path, tiny_hub_modules, tiny_bert_config_file, corpus_splits, monkeypatch, capsys):
+    texts = corpus_splits["train"].texts[:32]
+    args = dict(output_prefix=str(tmp_path / "mlm" / "encoder"), epochs=3, batch_size=16,
+                seq_length=32, learning_rate=1e-3, seed=3)
+    preprocessor = model.load_preprocessor(tiny_hub_modules.preprocess)
+    config = hub_modules.read_bert_config(tiny_bert_config_file)
+    make_dataset = pretrain.make_mlm_dataset
+
+    def failing_in_epoch_2(*a, **kw):  # 2 steps per epoch: the 4th batch fails
+        def fail(inputs, originals, weights):
+            with tf.control_dependencies([tf.debugging.assert_less(
+                    tf.size(originals), 0, message="killed")]):
+                return inputs, tf.identity(originals), weights
+        batches = make_dataset(*a, **kw)
+        return batches.take(3).concatenate(batches.take(1).map(fail))
+
+    monkeypatch.setattr(pretrain, "make_mlm_dataset", failing_in_epoch_2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="killed"):
+        pretrain.pretrain_encoder(config, preprocessor, texts, **args)
+    assert (tmp_path / "mlm" / "encoder-backup").is_dir()
+    monkeypatch.setattr(pretrain, "make_mlm_dataset", make_dataset)
+    capsys.readouterr()
+    pretrain.pretrain_encoder(config, preprocessor, texts, **args)
+    epochs_run = capsys.readouterr().out
+    assert "Epoch 2/3" in epochs_run and "Epoch 3/3" in epochs_run
+    assert "Epoch 1/3" not in epochs_run
+    assert not (tmp_path / "mlm" / "encoder-backup").exists()
+    assert tf.train.load_checkpoint(str(tmp_path / "mlm" / "encoder"))
