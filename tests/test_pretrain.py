@@ -10,7 +10,7 @@ import tensorflow as tf
 import tensorflow_hub as hub
 
 from bert_tf2 import checkpoints, data, hub_modules, model, pretrain
-from tests.conftest import REPO_ROOT, write_jsonl
+from tests.conftest import REPO_ROOT, parse_train_flags, write_jsonl
 
 
 def test_masking_selects_only_real_tokens(tiny_hub_modules, corpus_splits):
@@ -107,6 +107,17 @@ def test_cli_continues_from_init_checkpoint_on_the_training_file(
     assert before.keys() == after.keys()
     for name in before:
         np.testing.assert_allclose(after[name], before[name], err_msg=name)
+
+
+def test_quickstart_starts_from_the_shipped_pretrained_encoder():
+    flag_values = parse_train_flags(f"--flagfile={REPO_ROOT / 'configs' / 'quickstart.flags'}")
+    assert flag_values.pretrain_epochs == 0  # pretrained beforehand, not in the run
+    config_file = REPO_ROOT / flag_values.bert_config_file
+    weights = _encoder_weights(config_file, str(REPO_ROOT / flag_values.init_checkpoint))
+    table = weights["word_embeddings/embeddings:0"]
+    assert table.shape == (hub_modules.count_vocab(REPO_ROOT / flag_values.vocab_file), 128)
+    # Trained, not the random init (truncated normal, stddev 0.02).
+    assert table.std() > 0.04
 
 
 def test_pretraining_killed_mid_run_resumes_after_its_last_finished_epoch(
