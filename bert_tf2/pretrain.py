@@ -187,10 +187,15 @@ def main(argv):
     logging.info("Pretrained encoder written to %s", path)
 
 
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines every flag `main` reads: module, data and pretraining flags, and the output."""
+    project_flags.define_module_flags(flag_values)
+    project_flags.define_data_flags(flag_values)
+    project_flags.define_pretraining_flags(flag_values)
+    project_flags.define_pretrain_cli_flags(flag_values)
+
+
 if __name__ == "__main__":
-    project_flags.define_module_flags()
-    project_flags.define_data_flags()
-    project_flags.define_pretraining_flags()
-    project_flags.define_pretrain_cli_flags()
+    define_flags()
     flags.mark_flags_as_required(["vocab_file", "bert_config_file", "output_checkpoint"])
     app.run(main)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (the export's preprocessing needs its ops)
+from absl import flags
 
-from bert_tf2 import export, io_utils
+from bert_tf2 import export, io_utils, pretrain
 from tests.conftest import REPO_ROOT, parse_train_flags
 
 
@@ -70,5 +71,11 @@ def test_failed_write_leaves_no_partial_directory(tmp_path):
 
 def test_flag_files_parse():
     for flagfile in sorted((REPO_ROOT / "configs").glob("*.flags")):
-        flag_values = parse_train_flags(f"--flagfile={flagfile}", "--model_dir=/tmp/x")
-        assert flag_values.batch_size > 0, flagfile
+        if flagfile.name.startswith("pretrain_"):  # flags of bert_tf2.pretrain
+            flag_values = flags.FlagValues()
+            pretrain.define_flags(flag_values)
+            flag_values(["pretrain", f"--flagfile={flagfile}"])
+            assert flag_values.pretrain_epochs > 0 and flag_values.output_checkpoint, flagfile
+        else:
+            flag_values = parse_train_flags(f"--flagfile={flagfile}", "--model_dir=/tmp/x")
+            assert flag_values.batch_size > 0, flagfile
