@@ -52,6 +52,16 @@ class Examples:
         return len(self.texts)
 
 
+def reader_options(flags_) -> Dict[str, object]:
+    """`read_examples`'s keyword arguments, from the data flags (`define_data_flags`).
+
+    Every command that reads labelled files (train, pretrain, evaluate) reads them this way.
+    """
+    return dict(text_column=flags_.text_column, label_column=flags_.label_column,
+                label_map=parse_label_map(flags_.label_map),
+                skip_bad_rows=flags_.skip_bad_rows)
+
+
 def parse_label_map(spec: Optional[str]) -> Mapping[str, int]:
     """Parses `--label_map=差:0,好:1` into a mapping; empty or None gives the default map."""
     if not spec:

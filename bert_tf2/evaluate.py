@@ -340,10 +340,7 @@ def run(flags_) -> Dict[str, object]:
                              f"{saved_model}; TF Serving loads that directory")
     predictor = predict.Predictor(saved_model)
     if flags_.data:
-        examples = data.read_examples(flags_.data, text_column=flags_.text_column,
-                                      label_column=flags_.label_column,
-                                      label_map=data.parse_label_map(flags_.label_map),
-                                      skip_bad_rows=flags_.skip_bad_rows)
+        examples = data.read_examples(flags_.data, **data.reader_options(flags_))
     else:
         examples = data.builtin_corpus_splits(seed=flags_.seed)["test"]
 

@@ -162,10 +162,7 @@ def main(argv):
     tf_keras.utils.set_random_seed(flags_.seed)
     try:
         texts = data.load_splits(flags_.train_data, None, None, seed=flags_.seed,
-                                 text_column=flags_.text_column,
-                                 label_column=flags_.label_column,
-                                 label_map=data.parse_label_map(flags_.label_map),
-                                 skip_bad_rows=flags_.skip_bad_rows)["train"].texts
+                                 **data.reader_options(flags_))["train"].texts
     except data.DataError as error:
         sys.exit(f"pretrain: {error}")
     bert_config = hub_modules.read_bert_config(flags_.bert_config_file)

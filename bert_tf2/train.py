@@ -66,10 +66,7 @@ def run(flags_) -> Dict[str, Dict[str, float]]:
     if flags_.export_dir and distribution.is_chief():
         _check_writable_dir(flags_.export_dir, "--export_dir")
     splits = data.load_splits(flags_.train_data, flags_.eval_data, flags_.test_data,
-                              seed=flags_.seed, text_column=flags_.text_column,
-                              label_column=flags_.label_column,
-                              label_map=data.parse_label_map(flags_.label_map),
-                              skip_bad_rows=flags_.skip_bad_rows)
+                              seed=flags_.seed, **data.reader_options(flags_))
     if flags_.build_missing_modules:
         _build_missing_modules(flags_, splits["train"].texts, model_dir)
     preprocessor = model_lib.load_preprocessor(flags_.preprocess_handle)

@@ -6,6 +6,7 @@ import bert_tf2  # noqa: F401
 import pytest
 
 from bert_tf2 import data
+from tests.conftest import parse_train_flags
 
 
 def test_builtin_corpus_is_clean_and_split_stably(corpus_splits):
@@ -57,6 +58,10 @@ def test_custom_columns_and_label_map(tmp_path):
     assert examples.labels == (1, 0)
     with pytest.raises(data.DataError, match="NAME:0"):
         data.parse_label_map("good=1")
+    # The same file read the way every command reads it: through the data flags.
+    flag_values = parse_train_flags("--text_column=评论", "--label_column=评价",
+                                    "--label_map=差评:0,好评:1")
+    assert data.read_examples(str(path), **data.reader_options(flag_values)) == examples
 
 
 @pytest.mark.parametrize("content, message", [
