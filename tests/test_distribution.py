@@ -245,9 +245,12 @@ def test_jit_compile_and_steps_per_execution_run_on_cpu(tiny_hub_modules, small_
     original = model_lib.build_classifier
     monkeypatch.setattr(model_lib, "build_classifier",
                         lambda *a, **k: built.append(original(*a, **k)) or built[-1])
+    # --seq_length=16: one length bucket, so one shape to compile. XLA on the CPU takes
+    # seconds per program, and a second bucket made this test take 59 s instead of 38 s.
     flag_values = parse_train_flags(
         *tiny_train_args(tiny_hub_modules, tmp_path / "model", ""), *small_data,
-        "--jit_compile", "--steps_per_execution=2", "--train_steps=4", "--eval_batch_size=32")
+        "--jit_compile", "--steps_per_execution=2", "--train_steps=4", "--eval_batch_size=32",
+        "--seq_length=16")
     metrics = train.run(flag_values)
     classifier = built[0]
     assert classifier._jit_compile is True
