@@ -70,12 +70,21 @@ def test_failed_write_leaves_no_partial_directory(tmp_path):
 
 
 def test_flag_files_parse():
+    pretraining_outputs, pretraining_inputs = set(), set()
     for flagfile in sorted((REPO_ROOT / "configs").glob("*.flags")):
         if flagfile.name.startswith("pretrain_"):  # flags of bert_tf2.pretrain
             flag_values = flags.FlagValues()
             pretrain.define_flags(flag_values)
             flag_values(["pretrain", f"--flagfile={flagfile}"])
             assert flag_values.pretrain_epochs > 0 and flag_values.output_checkpoint, flagfile
+            pretraining_outputs.add(flag_values.output_checkpoint)
+            if flag_values.init_checkpoint:
+                pretraining_inputs.add(flag_values.init_checkpoint)
         else:
             flag_values = parse_train_flags(f"--flagfile={flagfile}", "--model_dir=/tmp/x")
             assert flag_values.batch_size > 0, flagfile
+            if flagfile.name == "quickstart.flags":
+                pretraining_inputs.add(flag_values.init_checkpoint)
+    # The quickstart, and a pretraining run that continues another, start from what a
+    # pretraining flag file writes: the files say how the shipped encoder was made.
+    assert pretraining_inputs <= pretraining_outputs
