@@ -68,6 +68,20 @@ def tiny_hub_modules(tmp_path_factory, tiny_vocab_file, tiny_bert_config_file):
         bert_config_file=tiny_bert_config_file, seq_length=TINY_SEQ_LENGTH)
 
 
+@pytest.fixture(scope="session")
+def dropout_free_modules(tmp_path_factory, tiny_vocab_file):
+    """Tiny hub modules without dropout: runs that should compute the same (one seed twice,
+    two strategies) then do."""
+    from bert_tf2 import hub_modules
+    root = tmp_path_factory.mktemp("dropout_free")
+    with open(tiny_vocab_file, encoding="utf-8") as f:
+        vocab_size = sum(1 for _ in f)
+    config = write_bert_config(root / "bert_config.json", vocab_size, hidden_dropout_prob=0.0,
+                               attention_probs_dropout_prob=0.0)
+    return hub_modules.build_hub_modules(str(root / "modules"), vocab_file=tiny_vocab_file,
+                                         bert_config_file=config, seq_length=TINY_SEQ_LENGTH)
+
+
 def write_jsonl(path: pathlib.Path, examples, n: int, stride: int = 1) -> str:
     """The first `n` of every `stride`-th example, as the JSONL `train` reads; returns `path`."""
     with open(path, "w", encoding="utf-8") as f:

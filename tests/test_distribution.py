@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 
 from bert_tf2 import data, distribution
-from tests.conftest import (REPO_ROOT, TINY_SEQ_LENGTH, corpus_data_flags, parse_train_flags,
-                            tiny_train_args, write_bert_config)
+from tests.conftest import REPO_ROOT, corpus_data_flags, parse_train_flags, tiny_train_args
 
 SUBPROCESS_TIMEOUT_S = 300
 
@@ -35,19 +34,6 @@ def small_data(tmp_path_factory, corpus_splits):
     """Small train/dev/test JSONL files (128/64/64 rows) from the built-in corpus."""
     return corpus_data_flags(tmp_path_factory.mktemp("small_data"), corpus_splits,
                              {"train": 128, "dev": 64, "test": 64}, stride=5)
-
-
-@pytest.fixture(scope="module")
-def dropout_free_modules(tmp_path_factory, tiny_vocab_file):
-    """Tiny hub modules without dropout, so runs on different strategies compute the same."""
-    from bert_tf2 import hub_modules
-    root = tmp_path_factory.mktemp("dropout_free")
-    with open(tiny_vocab_file, encoding="utf-8") as f:
-        vocab_size = sum(1 for _ in f)
-    config = write_bert_config(root / "bert_config.json", vocab_size, hidden_dropout_prob=0.0,
-                               attention_probs_dropout_prob=0.0)
-    return hub_modules.build_hub_modules(str(root / "modules"), vocab_file=tiny_vocab_file,
-                                         bert_config_file=config, seq_length=TINY_SEQ_LENGTH)
 
 
 def free_port() -> int:

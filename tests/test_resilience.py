@@ -19,8 +19,7 @@ import tensorflow as tf
 import tf_keras
 
 from bert_tf2 import export, train
-from tests.conftest import (REPO_ROOT, TINY_SEQ_LENGTH, parse_train_flags, write_bert_config,
-                            write_jsonl)
+from tests.conftest import REPO_ROOT, TINY_SEQ_LENGTH, parse_train_flags, write_jsonl
 
 RESUMING = re.compile(r"Resuming from step (\d+) \(epoch (\d+)\)")
 FINISHED = re.compile(r"Finished after (\d+) optimizer steps")
@@ -102,19 +101,6 @@ def test_sigkilled_cli_run_resumes_from_its_last_backup(tmp_path, tiny_hub_modul
     assert [int(n) for n in FINISHED.findall(log)] == [total_steps]
     assert _final_checkpoint(model_dir)[ITER_KEY] == total_steps
     assert not (model_dir / "backup").exists(), "a finished run leaves no backup"
-
-
-@pytest.fixture(scope="module")
-def dropout_free_modules(tmp_path_factory, tiny_vocab_file):
-    """Tiny modules without dropout, so two runs with one seed give identical weights."""
-    from bert_tf2 import hub_modules
-    root = tmp_path_factory.mktemp("deterministic")
-    with open(tiny_vocab_file, encoding="utf-8") as f:
-        vocab_size = sum(1 for _ in f)
-    config = write_bert_config(root / "bert_config.json", vocab_size,
-                               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return hub_modules.build_hub_modules(str(root / "modules"), vocab_file=tiny_vocab_file,
-                                         bert_config_file=config, seq_length=TINY_SEQ_LENGTH)
 
 
 class _Crash(Exception):
