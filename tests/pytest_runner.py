@@ -1,17 +1,34 @@
 """Bazel py_test entry point: runs one pytest file, as `python -m pytest FILE` would.
 
-    pytest_runner.py tests/test_x.py [more pytest arguments]
+    pytest_runner.py [--tiny_fixtures=DIR] tests/test_x.py [more pytest arguments]
 
 The tests are pytest-style (fixtures from tests/conftest.py), so every py_test in tests/BUILD
 has this file as its main and its own test file as the first argument. It runs from the
 runfiles root (Bazel's working directory for tests), where pytest.ini is, so rootdir,
 `tests.conftest` and the `bert_tf2` package resolve as they do from a checkout. It also wires
 in what Bazel provides: the JUnit XML report (XML_OUTPUT_FILE), the per-test scratch directory
-(TEST_TMPDIR) and `bazel test --test_filter=EXPR` (TESTBRIDGE_TEST_ONLY, passed to `-k`).
+(TEST_TMPDIR), `bazel test --test_filter=EXPR` (TESTBRIDGE_TEST_ONLY, passed to `-k`), test
+sharding (a target's `shard_count`: shard i of n runs the tests i, i + n, i + 2n, ... of the
+file) and the tiny fixtures that //tests:tiny_fixtures built once for all targets
+(`--tiny_fixtures=DIR`, passed to conftest.py as BERT_TF2_TINY_FIXTURES; see
+tests/tiny_fixtures.py).
 """
 
 import os
+import pathlib
 import sys
+
+
+class _Shard:
+    """pytest plugin: keeps every `total`-th collected test, starting at `index`."""
+
+    def __init__(self, index: int, total: int):
+        self.index, self.total = index, total
+
+    def pytest_collection_modifyitems(self, config, items):
+        kept = items[self.index::self.total]
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
 
 
 def main(argv):
@@ -23,6 +40,10 @@ def main(argv):
 
     import pytest  # pylint: disable=g-import-not-at-top  (after the sys.path fix)
 
+    argv = list(argv)
+    prefix = "--tiny_fixtures="
+    if len(argv) > 1 and argv[1].startswith(prefix):
+        os.environ["BERT_TF2_TINY_FIXTURES"] = os.path.abspath(argv.pop(1)[len(prefix):])
     args = ["-p", "no:cacheprovider", "-rs"]
     xml_output = os.environ.get("XML_OUTPUT_FILE")
     if xml_output:
@@ -33,7 +54,12 @@ def main(argv):
     test_filter = os.environ.get("TESTBRIDGE_TEST_ONLY")
     if test_filter:
         args += ["-k", test_filter]
-    return pytest.main(args + argv[1:])
+    plugins = []
+    if "TEST_TOTAL_SHARDS" in os.environ:
+        pathlib.Path(os.environ["TEST_SHARD_STATUS_FILE"]).touch()  # "sharding understood"
+        plugins.append(_Shard(int(os.environ["TEST_SHARD_INDEX"]),
+                              int(os.environ["TEST_TOTAL_SHARDS"])))
+    return pytest.main(args + argv[1:], plugins=plugins)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from official.nlp import optimization
 from official.nlp.tools import tf2_bert_encoder_checkpoint_converter
 
 from bert_tf2 import checkpoints, hub_modules, model
-from tests.conftest import REAL_LAYOUT_DIR, write_bert_config
+from tests.conftest import REAL_LAYOUT_DIR
+from tests.tiny_fixtures import write_bert_config
 
 TINY_SIZES = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=64, max_position_embeddings=40, type_vocab_size=2)

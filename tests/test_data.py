@@ -6,7 +6,7 @@ import bert_tf2  # noqa: F401
 import pytest
 
 from bert_tf2 import data
-from tests.conftest import parse_train_flags
+from tests.tiny_fixtures import parse_train_flags
 
 
 def test_builtin_corpus_is_clean_and_split_stably(corpus_splits):

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from bert_tf2 import data, distribution
-from tests.conftest import REPO_ROOT, corpus_data_flags, parse_train_flags, tiny_train_args
+from tests.conftest import REPO_ROOT
+from tests.tiny_fixtures import corpus_data_flags, parse_train_flags, tiny_train_args
 
 SUBPROCESS_TIMEOUT_S = 300
 

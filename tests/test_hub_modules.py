@@ -10,7 +10,7 @@ import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401
 
 from bert_tf2 import hub_modules
-from tests.conftest import TINY_SEQ_LENGTH, write_bert_config
+from tests.tiny_fixtures import TINY_SEQ_LENGTH, write_bert_config
 
 
 def test_preprocess_module_has_the_tf_hub_interface(tiny_hub_modules):

@@ -22,7 +22,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from bert_tf2 import checkpoints, distribution, hub_modules
 from bert_tf2 import model as model_lib
-from tests.conftest import corpus_data_flags, parse_train_flags, tiny_train_args
+from tests.tiny_fixtures import corpus_data_flags, parse_train_flags, tiny_train_args
 
 _MATMULS = ("MatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum")
 

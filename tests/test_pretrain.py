@@ -10,7 +10,8 @@ import tensorflow as tf
 import tensorflow_hub as hub
 
 from bert_tf2 import checkpoints, data, hub_modules, model, pretrain
-from tests.conftest import REPO_ROOT, parse_train_flags, write_jsonl
+from tests.conftest import REPO_ROOT
+from tests.tiny_fixtures import parse_train_flags, write_jsonl
 
 
 def test_masking_selects_only_real_tokens(tiny_hub_modules, corpus_splits):

@@ -19,7 +19,8 @@ import tensorflow as tf
 import tf_keras
 
 from bert_tf2 import export, train
-from tests.conftest import REPO_ROOT, TINY_SEQ_LENGTH, parse_train_flags, write_jsonl
+from tests.conftest import REPO_ROOT
+from tests.tiny_fixtures import TINY_SEQ_LENGTH, parse_train_flags, write_jsonl
 
 RESUMING = re.compile(r"Resuming from step (\d+) \(epoch (\d+)\)")
 FINISHED = re.compile(r"Finished after (\d+) optimizer steps")

@@ -40,7 +40,8 @@ from tensorflow_serving.config import model_server_config_pb2
 from bert_tf2 import export
 from bert_tf2.serving import client as client_lib
 from bert_tf2.serving import config as config_lib
-from tests.conftest import REPO_ROOT, parse_train_flags
+from tests.conftest import REPO_ROOT
+from tests.tiny_fixtures import parse_train_flags
 
 MODEL_NAME = "sentiment"
 TEXTS = ["这本书写得太好了，强烈推荐！", "质量很差，非常失望。", "很好", ""]

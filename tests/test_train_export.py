@@ -12,7 +12,8 @@ import tensorflow_text  # noqa: F401  (the export's preprocessing needs its ops)
 from absl import flags
 
 from bert_tf2 import export, io_utils, pretrain
-from tests.conftest import REPO_ROOT, parse_train_flags
+from tests.conftest import REPO_ROOT
+from tests.tiny_fixtures import parse_train_flags
 
 
 def test_run_writes_metrics_history_and_checkpoint(tiny_training_run):

@@ -1,0 +1,170 @@
+"""The tiny fixtures the tests share: a vocab, hub modules, one trained-and-exported run.
+
+They live under one directory. Under pytest, the session fixtures in conftest.py build each
+piece the first time a test asks for it, in a temporary directory. Under Bazel, building
+them in every test target (each its own pytest session) would repeat ~40 s of work 13 times,
+so the action //tests:tiny_fixtures runs this file once,
+
+    python tests/tiny_fixtures.py OUTPUT_DIR
+
+and the test targets find OUTPUT_DIR through the environment variable BERT_TF2_TINY_FIXTURES
+(set by pytest_runner.py), where every piece is then already built.
+
+Everything is kept small (a 1-layer, 16-wide encoder) so the suite stays fast on 2 CPU cores.
+"""
+
+import json
+import os
+import pathlib
+import sys
+from typing import Dict
+
+if __name__ == "__main__":  # As a script (the Bazel action): import from the repository root.
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import bert_tf2  # noqa: F401,E402  (selects Keras 2 before TensorFlow loads)
+from absl import flags  # noqa: E402
+
+ENV_VAR = "BERT_TF2_TINY_FIXTURES"
+TINY_SEQ_LENGTH = 32
+TRAIN_RUN_ROWS = {"train": 160, "dev": 160, "test": 160}
+
+
+def write_bert_config(path: pathlib.Path, vocab_size: int, **sizes) -> str:
+    """A Google-style bert_config.json for a 1-layer, 16-wide BERT; `sizes` override."""
+    config = dict(attention_probs_dropout_prob=0.1, hidden_act="gelu", hidden_dropout_prob=0.1,
+                  hidden_size=16, initializer_range=0.02, intermediate_size=32,
+                  max_position_embeddings=128, num_attention_heads=2, num_hidden_layers=1,
+                  type_vocab_size=2, vocab_size=vocab_size)
+    config.update(sizes)
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return str(path)
+
+
+def write_jsonl(path: pathlib.Path, examples, n: int, stride: int = 1) -> str:
+    """The first `n` of every `stride`-th example, as the JSONL `train` reads; returns `path`."""
+    with open(path, "w", encoding="utf-8") as f:
+        for text, label in list(zip(examples.texts, examples.labels))[::stride][:n]:
+            f.write(json.dumps({"text": text, "label": label}, ensure_ascii=False) + "\n")
+    return str(path)
+
+
+def corpus_data_flags(root: pathlib.Path, corpus_splits, sizes, stride: int = 1):
+    """--train_data/--eval_data/--test_data flags for slices of the built-in corpus's splits.
+
+    `sizes` maps a split (train, dev, test) to its number of rows; the files go under `root`.
+    """
+    flag_names = {"train": "train_data", "dev": "eval_data", "test": "test_data"}
+    return [f"--{flag_names[split]}="
+            f"{write_jsonl(root / f'{split}.jsonl', corpus_splits[split], n, stride)}"
+            for split, n in sizes.items()]
+
+
+def parse_train_flags(*args: str) -> flags.FlagValues:
+    """A private FlagValues with every train flag, parsed from `args` as on a command line."""
+    from bert_tf2 import train
+    flag_values = flags.FlagValues()
+    train.define_flags(flag_values)
+    flag_values(["train", *args])
+    return flag_values
+
+
+def tiny_train_args(modules, model_dir, export_dir, *extra: str):
+    """Command-line arguments for a few-step training run of the tiny modules."""
+    return [f"--preprocess_handle={modules.preprocess}", f"--encoder_handle={modules.encoder}",
+            f"--model_dir={model_dir}", f"--export_dir={export_dir}",
+            f"--seq_length={TINY_SEQ_LENGTH}", "--batch_size=16", "--eval_batch_size=64",
+            "--train_steps=8", "--learning_rate=1e-3", *extra]
+
+
+# ---------------------------------------------------------------------------------------------
+# The pieces. Each takes the fixtures' root directory and builds its piece there unless it is
+# already there (built earlier in this session, or by the Bazel action).
+# ---------------------------------------------------------------------------------------------
+
+def vocab_file(root: pathlib.Path, corpus_splits) -> str:
+    """A vocab of the characters in 3,000 training reviews (those seen twice or more)."""
+    from bert_tf2 import vocab
+    path = root / "vocab.txt"
+    if not path.exists():
+        vocab.write_vocab(vocab.build_vocab(corpus_splits["train"].texts[:3000], min_count=2),
+                          str(path))
+    return str(path)
+
+
+def _bert_config(root: pathlib.Path, name: str, vocab: str, **sizes) -> str:
+    """`root/name/bert_config.json`: the tiny config for `vocab`, with `sizes` overridden."""
+    from bert_tf2 import hub_modules as hub_modules_lib
+    path = root / name / "bert_config.json"
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        write_bert_config(path, hub_modules_lib.count_vocab(vocab), **sizes)
+    return str(path)
+
+
+def _modules(root: pathlib.Path, name: str, vocab: str, **sizes):
+    """Hub modules of `vocab` and `_bert_config(root, name, vocab, **sizes)`, in root/name."""
+    from bert_tf2 import hub_modules as hub_modules_lib
+    output_dir = root / name / "modules"
+    modules = hub_modules_lib.HubModules(preprocess=str(output_dir / "preprocess"),
+                                         encoder=str(output_dir / "encoder"))
+    if os.path.isdir(modules.encoder):  # written last
+        return modules
+    config = _bert_config(root, name, vocab, **sizes)
+    return hub_modules_lib.build_hub_modules(str(output_dir), vocab_file=vocab,
+                                             bert_config_file=config, seq_length=TINY_SEQ_LENGTH)
+
+
+def bert_config_file(root: pathlib.Path, vocab: str) -> str:
+    """The tiny modules' bert_config.json."""
+    return _bert_config(root, "tiny", vocab)
+
+
+def hub_modules(root: pathlib.Path, vocab: str):
+    """The tiny preprocessing and encoder modules (with dropout, as a real BERT has)."""
+    return _modules(root, "tiny", vocab)
+
+
+def dropout_free_modules(root: pathlib.Path, vocab: str):
+    """The tiny modules without dropout: runs that should compute the same (one seed twice,
+    two strategies) then do."""
+    return _modules(root, "dropout_free", vocab, hidden_dropout_prob=0.0,
+                    attention_probs_dropout_prob=0.0)
+
+
+def training_run(root: pathlib.Path, modules, corpus_splits) -> Dict[str, object]:
+    """One tiny run of `train.run` on a slice of the built-in corpus, with its outputs.
+
+    `metrics` is what `train.run` returned (kept in returned_metrics.json, next to the run's
+    own model_dir/metrics.json, so that a prebuilt run can be checked against it too).
+    """
+    run = root / "run"
+    returned = run / "returned_metrics.json"
+    if not returned.exists():
+        from bert_tf2 import train
+        run.mkdir(exist_ok=True)
+        flag_values = parse_train_flags(
+            *tiny_train_args(modules, run / "model", run / "export"),
+            *corpus_data_flags(run, corpus_splits, TRAIN_RUN_ROWS))
+        metrics = train.run(flag_values)
+        returned.write_text(json.dumps(metrics), encoding="utf-8")
+    return {"metrics": json.loads(returned.read_text(encoding="utf-8")),
+            "model_dir": str(run / "model"), "export_dir": str(run / "export"),
+            "saved_model": str(run / "export" / "1")}
+
+
+def build_all(root: pathlib.Path) -> None:
+    """Every piece, as the Bazel action builds them for all test targets."""
+    from bert_tf2 import data
+    corpus_splits = data.builtin_corpus_splits()
+    vocab = vocab_file(root, corpus_splits)
+    training_run(root, hub_modules(root, vocab), corpus_splits)
+    dropout_free_modules(root, vocab)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(f"usage: {sys.argv[0]} OUTPUT_DIR")
+    output_dir = pathlib.Path(sys.argv[1])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    build_all(output_dir)
