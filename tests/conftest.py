@@ -35,9 +35,18 @@ def corpus_splits():
 
 @pytest.fixture(scope="session")
 def tiny_fixtures_dir(tmp_path_factory) -> pathlib.Path:
-    """Where the tiny fixtures are: prebuilt by Bazel's //tests:tiny_fixtures, or built here."""
+    """Where the tiny fixtures are: prebuilt by Bazel's //tests:tiny_fixtures, or built here.
+
+    The pytest-xdist workers of one run share the directory (it is in their base temporary
+    directories' parent), so each piece is built once per run rather than once per worker.
+    """
     prebuilt = os.environ.get(tiny_fixtures.ENV_VAR)
-    return pathlib.Path(prebuilt) if prebuilt else tmp_path_factory.mktemp("tiny")
+    if prebuilt:
+        return pathlib.Path(prebuilt)
+    base = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        base = base.parent
+    return base / "tiny_fixtures"
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,9 @@
 """The tiny fixtures the tests share: a vocab, hub modules, one trained-and-exported run.
 
 They live under one directory. Under pytest, the session fixtures in conftest.py build each
-piece the first time a test asks for it, in a temporary directory. Under Bazel, building
+piece the first time a test asks for it, in a temporary directory that the pytest-xdist
+workers share: a piece is built once, by whichever worker needs it first (the others wait for
+it or find it there). Under Bazel, building
 them in every test target (each its own pytest session) would repeat ~40 s of work 13 times,
 so the action //tests:tiny_fixtures runs this file once,
 
@@ -13,11 +15,13 @@ and the test targets find OUTPUT_DIR through the environment variable BERT_TF2_T
 Everything is kept small (a 1-layer, 16-wide encoder) so the suite stays fast on 2 CPU cores.
 """
 
+import fcntl
 import json
 import os
 import pathlib
+import shutil
 import sys
-from typing import Dict
+from typing import Callable, Dict
 
 if __name__ == "__main__":  # As a script (the Bazel action): import from the repository root.
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,16 +83,35 @@ def tiny_train_args(modules, model_dir, export_dir, *extra: str):
 
 # ---------------------------------------------------------------------------------------------
 # The pieces. Each takes the fixtures' root directory and builds its piece there unless it is
-# already there (built earlier in this session, or by the Bazel action).
+# already there (built earlier in this session, by another pytest-xdist worker, or by the
+# Bazel action).
 # ---------------------------------------------------------------------------------------------
+
+def _once(path: pathlib.Path, build: Callable[[pathlib.Path], None]) -> None:
+    """`build(scratch)` renamed to `path`, unless `path` exists; one process at a time.
+
+    `path` appears whole (a rename), so a process that finds it can use it; one that finds it
+    missing waits on `path`'s lock file while another builds it, then finds it.
+    """
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            scratch = path.parent / f".{path.name}.tmp"
+            shutil.rmtree(scratch, ignore_errors=True)  # left by a build that failed
+            scratch.unlink(missing_ok=True)
+            build(scratch)
+            os.replace(scratch, path)
+
 
 def vocab_file(root: pathlib.Path, corpus_splits) -> str:
     """A vocab of the characters in 3,000 training reviews (those seen twice or more)."""
     from bert_tf2 import vocab
     path = root / "vocab.txt"
-    if not path.exists():
-        vocab.write_vocab(vocab.build_vocab(corpus_splits["train"].texts[:3000], min_count=2),
-                          str(path))
+    _once(path, lambda scratch: vocab.write_vocab(
+        vocab.build_vocab(corpus_splits["train"].texts[:3000], min_count=2), str(scratch)))
     return str(path)
 
 
@@ -96,23 +119,20 @@ def _bert_config(root: pathlib.Path, name: str, vocab: str, **sizes) -> str:
     """`root/name/bert_config.json`: the tiny config for `vocab`, with `sizes` overridden."""
     from bert_tf2 import hub_modules as hub_modules_lib
     path = root / name / "bert_config.json"
-    if not path.exists():
-        path.parent.mkdir(exist_ok=True)
-        write_bert_config(path, hub_modules_lib.count_vocab(vocab), **sizes)
+    _once(path, lambda scratch: write_bert_config(scratch, hub_modules_lib.count_vocab(vocab),
+                                                  **sizes))
     return str(path)
 
 
 def _modules(root: pathlib.Path, name: str, vocab: str, **sizes):
     """Hub modules of `vocab` and `_bert_config(root, name, vocab, **sizes)`, in root/name."""
     from bert_tf2 import hub_modules as hub_modules_lib
-    output_dir = root / name / "modules"
-    modules = hub_modules_lib.HubModules(preprocess=str(output_dir / "preprocess"),
-                                         encoder=str(output_dir / "encoder"))
-    if os.path.isdir(modules.encoder):  # written last
-        return modules
     config = _bert_config(root, name, vocab, **sizes)
-    return hub_modules_lib.build_hub_modules(str(output_dir), vocab_file=vocab,
-                                             bert_config_file=config, seq_length=TINY_SEQ_LENGTH)
+    output_dir = root / name / "modules"
+    _once(output_dir, lambda scratch: hub_modules_lib.build_hub_modules(
+        str(scratch), vocab_file=vocab, bert_config_file=config, seq_length=TINY_SEQ_LENGTH))
+    return hub_modules_lib.HubModules(preprocess=str(output_dir / "preprocess"),
+                                      encoder=str(output_dir / "encoder"))
 
 
 def bert_config_file(root: pathlib.Path, vocab: str) -> str:
@@ -138,17 +158,18 @@ def training_run(root: pathlib.Path, modules, corpus_splits) -> Dict[str, object
     `metrics` is what `train.run` returned (kept in returned_metrics.json, next to the run's
     own model_dir/metrics.json, so that a prebuilt run can be checked against it too).
     """
-    run = root / "run"
-    returned = run / "returned_metrics.json"
-    if not returned.exists():
+    def train_and_export(scratch: pathlib.Path) -> None:
         from bert_tf2 import train
-        run.mkdir(exist_ok=True)
+        scratch.mkdir()
         flag_values = parse_train_flags(
-            *tiny_train_args(modules, run / "model", run / "export"),
-            *corpus_data_flags(run, corpus_splits, TRAIN_RUN_ROWS))
+            *tiny_train_args(modules, scratch / "model", scratch / "export"),
+            *corpus_data_flags(scratch, corpus_splits, TRAIN_RUN_ROWS))
         metrics = train.run(flag_values)
-        returned.write_text(json.dumps(metrics), encoding="utf-8")
-    return {"metrics": json.loads(returned.read_text(encoding="utf-8")),
+        (scratch / "returned_metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+
+    run = root / "run"
+    _once(run, train_and_export)
+    return {"metrics": json.loads((run / "returned_metrics.json").read_text(encoding="utf-8")),
             "model_dir": str(run / "model"), "export_dir": str(run / "export"),
             "saved_model": str(run / "export" / "1")}
 
@@ -160,6 +181,8 @@ def build_all(root: pathlib.Path) -> None:
     vocab = vocab_file(root, corpus_splits)
     training_run(root, hub_modules(root, vocab), corpus_splits)
     dropout_free_modules(root, vocab)
+    for lock in root.rglob(".*.lock"):  # only this process used them
+        lock.unlink()
 
 
 if __name__ == "__main__":
