@@ -26,9 +26,9 @@ class _Shard:
         self.index, self.total = index, total
 
     def pytest_collection_modifyitems(self, config, items):
-        kept = items[self.index::self.total]
-        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
-        items[:] = kept
+        config.hook.pytest_deselected(items=[item for i, item in enumerate(items)
+                                             if i % self.total != self.index])
+        items[:] = items[self.index::self.total]
 
 
 def main(argv):

@@ -3,9 +3,9 @@
 They live under one directory. Under pytest, the session fixtures in conftest.py build each
 piece the first time a test asks for it, in a temporary directory that the pytest-xdist
 workers share: a piece is built once, by whichever worker needs it first (the others wait for
-it or find it there). Under Bazel, building
-them in every test target (each its own pytest session) would repeat ~40 s of work 13 times,
-so the action //tests:tiny_fixtures runs this file once,
+it or find it there). Under Bazel, building them in every test target (each its own pytest
+session) would repeat ~40 s of work 13 times, so the action //tests:tiny_fixtures runs this
+file once,
 
     python tests/tiny_fixtures.py OUTPUT_DIR
 
