@@ -204,18 +204,23 @@ class _UnicodeTables:
 @functools.lru_cache(maxsize=None)
 def _unicode_tables() -> _UnicodeTables:
     """The original's character predicates, evaluated on every code point."""
-    categories = np.array([unicodedata.category(chr(cp)) for cp in range(_UNICODE_SIZE)])
+    # The two-letter general categories as a [code point, letter] byte array: numpy compares
+    # bytes in milliseconds, strings in seconds (the tables take 0.4 s instead of 2.2 s).
+    categories = np.frombuffer("".join(unicodedata.category(chr(cp))
+                                       for cp in range(_UNICODE_SIZE)).encode("ascii"),
+                               np.uint8).reshape(_UNICODE_SIZE, 2)
+    major, minor = categories[:, 0], categories[:, 1]
     code_points = np.arange(_UNICODE_SIZE)
-    removed = np.char.startswith(categories, "C") | np.isin(code_points, [0, 0xFFFD])
+    removed = (major == ord("C")) | np.isin(code_points, [0, 0xFFFD])
     removed[[ord("\t"), ord("\n"), ord("\r")]] = False
     removed[_SURROGATES[0]:_SURROGATES[1] + 1] = False  # Not in any UTF-8 text.
     own_word = _in_ranges(code_points, _ASCII_PUNCTUATION_RANGES + _CHINESE_CHAR_RANGES)
-    own_word |= np.char.startswith(categories, "P")
+    own_word |= major == ord("P")
     last_own_word_char = int(np.flatnonzero(own_word)[-1])
     with tf.init_scope():  # An eager constant, also when first called while tracing.
         own_word_chars = tf.constant(own_word[:last_own_word_char + 2])
     return _UnicodeTables(removed_chars=_regex_class(removed),
-                          nonspacing_marks=_regex_class(categories == "Mn"),
+                          nonspacing_marks=_regex_class((major == ord("M")) & (minor == ord("n"))),
                           own_word_chars=own_word_chars,
                           last_own_word_char=last_own_word_char)
 
