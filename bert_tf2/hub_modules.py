@@ -21,7 +21,7 @@ import dataclasses
 import json
 import os
 import re
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from absl import app, flags, logging
@@ -75,10 +75,19 @@ def count_vocab(vocab_file: str) -> int:
 
 def export_preprocess(export_dir: str, *, vocab_file: str, normalization: str,
                       seq_length: int) -> None:
-    """Writes the preprocessing SavedModel (TF Hub's Preprocessor API for text encoders).
+    """Writes the preprocessing SavedModel (TF Hub's Preprocessor API for text encoders)."""
+    preprocessing = build_preprocess(vocab_file=vocab_file, normalization=normalization,
+                                     seq_length=seq_length)
+    with io_utils.atomic_directory(export_dir) as scratch:
+        preprocessing.save(scratch, include_optimizer=False, save_format="tf")
+
+
+def build_preprocess(*, vocab_file: str, normalization: str, seq_length: int) -> tf_keras.Model:
+    """The Keras model that the preprocessing module saves, usable as the module is.
 
     Same object layout as Model Garden's `export_tfhub_lib.create_preprocessing`, with the
-    tokenizer chosen by `normalization` (see `bert_tf2.tokenization`).
+    tokenizer chosen by `normalization` (see `bert_tf2.tokenization`): called on strings it
+    returns the encoder inputs, and it has `.tokenize` and `.bert_pack_inputs`.
     """
     tokenizer = tokenization.make_tokenizer(vocab_file, normalization)
     sentences = tf_keras.Input(shape=(), dtype=tf.string, name="sentences")
@@ -87,13 +96,23 @@ def export_preprocess(export_dir: str, *, vocab_file: str, normalization: str,
                                  special_tokens_dict=tokenizer.get_special_tokens_dict())
     preprocessing = tf_keras.Model(sentences, pack(tokens))
     preprocessing.tokenize = tf_keras.Model(sentences, tokens)
-    preprocessing.tokenize.get_special_tokens_dict = tf.train.Checkpoint()
-    preprocessing.tokenize.get_special_tokens_dict.__call__ = tf.function(
-        lambda: tokenizer.get_special_tokens_dict(), input_signature=[])
+    preprocessing.tokenize.get_special_tokens_dict = _SpecialTokensDict(
+        tokenizer.get_special_tokens_dict())
     preprocessing.bert_pack_inputs = export_tfhub_lib.BertPackInputsSavedModelWrapper(pack)
     preprocessing.normalization = tf.Variable(normalization, trainable=False)
-    with io_utils.atomic_directory(export_dir) as scratch:
-        preprocessing.save(scratch, include_optimizer=False, save_format="tf")
+    return preprocessing
+
+
+class _SpecialTokensDict(tf.Module):
+    """`tokenize.get_special_tokens_dict()` of TF Hub's API, callable before saving as after."""
+
+    def __init__(self, special_tokens: Dict[str, int]):
+        super().__init__()
+        self._special_tokens = dict(special_tokens)
+
+    @tf.function(input_signature=[])
+    def __call__(self):
+        return {key: tf.constant(value) for key, value in self._special_tokens.items()}
 
 
 def build_encoder(bert_config: configs.BertConfig) -> tf_keras.Model:

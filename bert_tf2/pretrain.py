@@ -26,7 +26,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 from typing import Optional, Sequence
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
@@ -43,7 +42,6 @@ from bert_tf2 import checkpoints
 from bert_tf2 import data
 from bert_tf2 import flags as project_flags
 from bert_tf2 import hub_modules
-from bert_tf2 import model as model_lib
 
 MASK_RATE = 0.15
 MAX_PREDICTIONS_PER_SEQUENCE = 20
@@ -166,21 +164,19 @@ def main(argv):
     except data.DataError as error:
         sys.exit(f"pretrain: {error}")
     bert_config = hub_modules.read_bert_config(flags_.bert_config_file)
-    with tempfile.TemporaryDirectory() as scratch:
-        # Tokenized by the preprocess module that the same vocab and --normalization give
-        # fine-tuning: the encoder learns the very token ids it will later be fed.
-        hub_modules.export_preprocess(os.path.join(scratch, "preprocess"),
-                                      vocab_file=flags_.vocab_file,
-                                      normalization=flags_.normalization,
-                                      seq_length=flags_.seq_length)
-        preprocessor = model_lib.load_preprocessor(os.path.join(scratch, "preprocess"))
-        path = pretrain_encoder(bert_config, preprocessor, texts,
-                                output_prefix=flags_.output_checkpoint,
-                                epochs=flags_.pretrain_epochs,
-                                batch_size=flags_.pretrain_batch_size,
-                                seq_length=flags_.seq_length,
-                                learning_rate=flags_.pretrain_learning_rate, seed=flags_.seed,
-                                init_checkpoint=flags_.init_checkpoint)
+    # Tokenized by the preprocessing that the same vocab and --normalization give fine-tuning
+    # (the model the preprocess module saves, used unsaved): the encoder learns the very token
+    # ids it will later be fed.
+    preprocessor = hub_modules.build_preprocess(vocab_file=flags_.vocab_file,
+                                                normalization=flags_.normalization,
+                                                seq_length=flags_.seq_length)
+    path = pretrain_encoder(bert_config, preprocessor, texts,
+                            output_prefix=flags_.output_checkpoint,
+                            epochs=flags_.pretrain_epochs,
+                            batch_size=flags_.pretrain_batch_size,
+                            seq_length=flags_.seq_length,
+                            learning_rate=flags_.pretrain_learning_rate, seed=flags_.seed,
+                            init_checkpoint=flags_.init_checkpoint)
     logging.info("Pretrained encoder written to %s", path)
 
 
