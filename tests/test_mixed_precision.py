@@ -22,7 +22,8 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from bert_tf2 import checkpoints, distribution, hub_modules
 from bert_tf2 import model as model_lib
-from tests.tiny_fixtures import corpus_data_flags, parse_train_flags, tiny_train_args
+from tests.tiny_fixtures import (FIXED_SHAPE_ARGS, corpus_data_flags, parse_train_flags,
+                                 tiny_train_args)
 
 _MATMULS = ("MatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum")
 
@@ -159,7 +160,8 @@ def test_bfloat16_run_trains_and_exports_in_float32(tiny_hub_modules, tiny_data,
     flag_values = parse_train_flags(
         *tiny_train_args(tiny_hub_modules, tmp_path / "model", tmp_path / "export"),
         *tiny_data, "--mixed_precision=mixed_bfloat16", "--epochs=4", "--train_steps=0",
-        "--learning_rate=5e-3", "--warmup_fraction=0", "--eval_batch_size=32")
+        "--learning_rate=5e-3", "--warmup_fraction=0", "--eval_batch_size=32",
+        *FIXED_SHAPE_ARGS)
     # The absl logger's own level (set by absl's --verbosity, which other tests change) decides
     # what reaches caplog: set it explicitly.
     with caplog.at_level(logging.INFO, logger="absl"):
@@ -197,7 +199,8 @@ def test_mixed_float16_trains_with_dynamic_loss_scaling(tiny_hub_modules, tiny_d
     built = _capture_classifiers(monkeypatch)
     flag_values = parse_train_flags(
         *tiny_train_args(tiny_hub_modules, tmp_path / "model", ""), *tiny_data,
-        "--mixed_precision=mixed_float16", "--train_steps=3", "--eval_batch_size=32")
+        "--mixed_precision=mixed_float16", "--train_steps=3", "--eval_batch_size=32",
+        *FIXED_SHAPE_ARGS)
     metrics = train.run(flag_values)
     optimizer = built[0].optimizer
     assert isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)

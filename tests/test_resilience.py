@@ -20,7 +20,8 @@ import tf_keras
 
 from bert_tf2 import export, train
 from tests.conftest import REPO_ROOT
-from tests.tiny_fixtures import TINY_SEQ_LENGTH, parse_train_flags, write_jsonl
+from tests.tiny_fixtures import (FIXED_SHAPE_ARGS, TINY_SEQ_LENGTH, parse_train_flags,
+                                 write_jsonl)
 
 RESUMING = re.compile(r"Resuming from step (\d+) \(epoch (\d+)\)")
 FINISHED = re.compile(r"Finished after (\d+) optimizer steps")
@@ -63,12 +64,15 @@ def train_file(tmp_path_factory, corpus_splits) -> str:
 def test_sigkilled_cli_run_resumes_from_its_last_backup(tmp_path, tiny_hub_modules,
                                                         corpus_splits):
     """SIGKILL a real `python -m bert_tf2.train` once a backup exists, then rerun it."""
-    total_steps, steps_per_epoch, checkpoint_steps = 600, 40, 25
+    # Killed at its first backup (step 25), the run is 175 steps (~4 s) short of its end: the
+    # poll below sees the backup within 20 ms.
+    total_steps, steps_per_epoch, checkpoint_steps = 200, 40, 25
     train_data = write_jsonl(tmp_path / "train.jsonl", corpus_splits["train"], 640)
     model_dir = tmp_path / "model"
     command = [sys.executable, "-m", "bert_tf2.train",
                *_args(tiny_hub_modules, model_dir, train_data, f"--train_steps={total_steps}",
-                      f"--checkpoint_steps={checkpoint_steps}", "--epochs=100")]
+                      f"--checkpoint_steps={checkpoint_steps}", "--epochs=100",
+                      *FIXED_SHAPE_ARGS)]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     backup_state = model_dir / "backup" / "chief" / "checkpoint"
 
@@ -163,7 +167,7 @@ def test_run_killed_after_training_resumes_and_takes_no_extra_step(
     """Killed after `fit` returned (evaluating, exporting): resumed, not restarted or overrun."""
     caplog.set_level(logging.INFO, logger="absl")
     args = _args(tiny_hub_modules, tmp_path / "m", train_file, "--train_steps=6",
-                 "--checkpoint_steps=3")
+                 "--checkpoint_steps=3", *FIXED_SHAPE_ARGS)
     with monkeypatch.context() as patch:
         def die(*args, **kwargs):
             raise _Crash("killed after training")
@@ -191,7 +195,8 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_backup(
     model_dir = tmp_path / "m"
     flag_values = parse_train_flags(*_args(
         tiny_hub_modules, model_dir, train_file, "--learning_rate=1e30",
-        "--warmup_fraction=0.1", "--train_steps=20", "--checkpoint_steps=1"))
+        "--warmup_fraction=0.1", "--train_steps=20", "--checkpoint_steps=1",
+        *FIXED_SHAPE_ARGS))
     with pytest.raises(train.NonFiniteLossError) as error:
         train.run(flag_values)
     message = str(error.value)
