@@ -141,8 +141,8 @@ def _preprocess(root: pathlib.Path, vocab: str) -> str:
 
 
 def _modules(root: pathlib.Path, name: str, vocab: str, **sizes):
-    """The tiny preprocessing module and an encoder of `_bert_config(root, name, vocab,
-    **sizes)`, in root/name/encoder, as `build_hub_modules` would write them."""
+    """The tiny preprocessing module, and an encoder module of `_bert_config(root, name, vocab,
+    **sizes)` in root/name/encoder."""
     from bert_tf2 import hub_modules as hub_modules_lib
     config = _bert_config(root, name, vocab, **sizes)
     encoder = root / name / "encoder"
