@@ -12,7 +12,7 @@ import tensorflow_hub as hub
 
 from bert_tf2 import checkpoints, data, hub_modules, model, pretrain
 from tests.conftest import REPO_ROOT
-from tests.tiny_fixtures import parse_train_flags, write_jsonl
+from tests.tiny_fixtures import TINY_SEQ_LENGTH, parse_train_flags, write_jsonl
 
 
 def test_masking_selects_only_real_tokens(tiny_hub_modules, corpus_splits):
@@ -54,8 +54,12 @@ def test_pretrained_encoder_is_exported_from_its_checkpoint_with_its_dropout_bac
                         lambda config: configs_built.append(config) or original(config))
     # The preprocessing module of this vocab and length is the tiny one, already built (its
     # export has tests of its own): a copy saves exporting it again.
-    monkeypatch.setattr(hub_modules, "export_preprocess", lambda export_dir, **_: shutil.copytree(
-        tiny_hub_modules.preprocess, export_dir))
+    def copy_tiny_preprocess(export_dir, **options):
+        assert options == dict(vocab_file=tiny_vocab_file, normalization="bert_original",
+                               seq_length=TINY_SEQ_LENGTH), options
+        shutil.copytree(tiny_hub_modules.preprocess, export_dir)
+
+    monkeypatch.setattr(hub_modules, "export_preprocess", copy_tiny_preprocess)
 
     def pretrain_fn(preprocess_path, bert_config):
         seen["checkpoint"] = pretrain.pretrain_encoder(
@@ -66,7 +70,7 @@ def test_pretrained_encoder_is_exported_from_its_checkpoint_with_its_dropout_bac
 
     modules = hub_modules.build_hub_modules(str(tmp_path / "hub"), vocab_file=tiny_vocab_file,
                                             bert_config_file=tiny_bert_config_file,
-                                            seq_length=32, pretrain=pretrain_fn)
+                                            seq_length=TINY_SEQ_LENGTH, pretrain=pretrain_fn)
     encoder = hub.KerasLayer(modules.encoder)
     exported = next(w for w in encoder.weights if "word_embeddings" in w.name)
     reader = tf.train.load_checkpoint(seen["checkpoint"])
