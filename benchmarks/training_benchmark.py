@@ -1,7 +1,8 @@
 """Training throughput: what length bucketing, the dtype policies and XLA buy.
 
 Every case trains the classifier exactly as the `train` CLI builds it
-(`train.compile_classifier`, `train.distributed_dataset`): a case *is* a list of train flags.
+(`train.compile_classifier`, `train.distributed_dataset`): a case *is* a set of changes to the
+run's `config.TrainConfig`.
 It trains on the built-in corpus's training split for --warmup_steps (tracing, XLA compiles,
 tf.data start-up; not timed) and then --steps optimizer steps, and reports examples/s over the
 timed steps. Modules are built fresh with random weights (speed does not depend on them).
@@ -23,7 +24,7 @@ import json
 import os
 import tempfile
 import time
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from absl import app, flags, logging
@@ -31,6 +32,7 @@ import tensorflow as tf
 import tf_keras
 
 from benchmarks import report
+from bert_tf2 import config as config_lib
 from bert_tf2 import data, distribution, hub_modules, model as model_lib, train
 
 FLAGS = flags.FLAGS
@@ -50,9 +52,9 @@ BERT_BASE_SIZES = dict(hidden_size=768, num_hidden_layers=12, num_attention_head
 # Dense float16/bfloat16 tensor-core peaks (NVIDIA's data sheets), by device name.
 GPU_PEAK_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12}
 
-FIXED = ("--nodynamic_padding", "--nobucket_by_length")
-DYNAMIC = ("--dynamic_padding", "--nobucket_by_length")
-BUCKETED = ("--dynamic_padding", "--bucket_by_length")
+FIXED = {"input.dynamic_padding": False, "input.bucket_by_length": False}
+DYNAMIC = {"input.dynamic_padding": True, "input.bucket_by_length": False}
+BUCKETED = {"input.dynamic_padding": True, "input.bucket_by_length": True}
 
 
 class Suite(NamedTuple):
@@ -62,7 +64,7 @@ class Suite(NamedTuple):
     batch_size: int
     steps: int
     warmup_steps: int
-    cases: Dict[str, Sequence[str]]  # row name -> train flags
+    cases: Dict[str, Dict[str, object]]  # row name -> TrainConfig.replace changes
     note: str
 
 
@@ -77,7 +79,8 @@ def cpu_suite() -> Suite:
             "float32, each batch padded to its longest member (`--nobucket_by_length`)":
                 DYNAMIC,
             "float32, bucketed by length (`--bucket_by_length`, the default)": BUCKETED,
-            "mixed_bfloat16, bucketed by length": (*BUCKETED, "--mixed_precision=mixed_bfloat16"),
+            "mixed_bfloat16, bucketed by length": {**BUCKETED,
+                                                   "runtime.mixed_precision": "mixed_bfloat16"},
         },
         note=("The quickstart model (configs/bert_tiny_zh.json: 2 layers, hidden 128), random "
               "weights, seq_length 256, batch 32, on the built-in corpus's training split. "
@@ -93,10 +96,11 @@ def gpu_suite() -> Suite:
         title="## Training throughput on a GPU", bert_config=config, seq_length=128,
         batch_size=64, steps=200, warmup_steps=30,
         cases={
-            "float32 (TF32 matmuls)": (*FIXED, "--mixed_precision=float32"),
-            "mixed_float16": (*FIXED, "--mixed_precision=mixed_float16"),
-            "mixed_float16 + XLA (`--jit_compile`)": (*FIXED, "--mixed_precision=mixed_float16",
-                                                       "--jit_compile"),
+            "float32 (TF32 matmuls)": {**FIXED, "runtime.mixed_precision": "float32"},
+            "mixed_float16": {**FIXED, "runtime.mixed_precision": "mixed_float16"},
+            "mixed_float16 + XLA (`--jit_compile`)": {
+                **FIXED, "runtime.mixed_precision": "mixed_float16",
+                "runtime.jit_compile": True},
         },
         note=("A BERT-base-sized encoder (12 layers, hidden 768, 12 heads; the quickstart vocab "
               "of 4,452 tokens), random weights, seq_length 128 with every batch padded to 128, "
@@ -120,20 +124,24 @@ class _Timer(tf_keras.callbacks.Callback):
         self.end = time.perf_counter()
 
 
-def examples_per_second(flag_values, train_examples: data.Examples, suite: Suite) -> float:
+def examples_per_second(config: config_lib.TrainConfig, train_examples: data.Examples,
+                        suite: Suite) -> float:
     """Trains one case for warmup + timed steps; examples/s over the timed ones."""
     tf_keras.backend.clear_session()
-    with distribution.dtype_policy(flag_values.mixed_precision):
-        strategy = distribution.get_strategy(flag_values.distribution_strategy)
-        preprocessor = model_lib.load_preprocessor(flag_values.preprocess_handle)
+    with distribution.dtype_policy(config.runtime.mixed_precision):
+        strategy = distribution.get_strategy(config.runtime.distribution_strategy)
+        preprocessor = model_lib.load_preprocessor(config.modules.preprocess_handle)
         total_steps = suite.warmup_steps + suite.steps
-        classifier = train.compile_classifier(flag_values, strategy, total_steps)
-        dataset = train.distributed_dataset(flag_values, strategy, preprocessor, train_examples,
-                                            flag_values.batch_size, training=True)
+        classifier = train.compile_classifier(config.modules.encoder_handle, config.model,
+                                              config.optimizer, config.runtime, strategy,
+                                              total_steps)
+        dataset = train.distributed_dataset(strategy, preprocessor, train_examples,
+                                            config.trainer.batch_size, config.input,
+                                            training=True, seed=config.seed)
         timer = _Timer(suite.warmup_steps)
         classifier.fit(dataset, epochs=1, steps_per_epoch=total_steps, callbacks=[timer],
                        verbose=0)
-    return suite.steps * flag_values.batch_size / (timer.end - timer.start)
+    return suite.steps * config.trainer.batch_size / (timer.end - timer.start)
 
 
 def train_flops_per_example(config: Dict[str, object], seq_length: int) -> float:
@@ -165,18 +173,19 @@ def run_suite(suite: Suite, scratch: str) -> List[Dict[str, object]]:
                                             bert_config_file=config_file,
                                             seq_length=suite.seq_length)
     train_examples = data.builtin_corpus_splits()["train"]
+    # The train CLI's defaults, on these modules, sizes and batch.
+    flag_values = flags.FlagValues()
+    train.define_flags(flag_values)
+    flag_values(["train"])
+    base = config_lib.TrainConfig.from_flags(flag_values).replace(
+        **{"model_dir": scratch, "modules.preprocess_handle": modules.preprocess,
+           "modules.encoder_handle": modules.encoder, "input.seq_length": suite.seq_length,
+           "trainer.batch_size": suite.batch_size})
     rows = []
-    for name, case_flags in suite.cases.items():
-        flag_values = flags.FlagValues()
-        train.define_flags(flag_values)
-        flag_values(["train", f"--preprocess_handle={modules.preprocess}",
-                     f"--encoder_handle={modules.encoder}", f"--model_dir={scratch}",
-                     f"--seq_length={suite.seq_length}", f"--batch_size={suite.batch_size}",
-                     *case_flags])
-        throughput = examples_per_second(flag_values, train_examples, suite)
+    for name, changes in suite.cases.items():
+        throughput = examples_per_second(base.replace(**changes), train_examples, suite)
         logging.info("%s: %.1f examples/s", name, throughput)
-        rows.append({"case": name, "flags": " ".join(case_flags),
-                     "examples_per_s": throughput})
+        rows.append({"case": name, "examples_per_s": throughput})
     return rows
 
 

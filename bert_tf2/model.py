@@ -32,6 +32,7 @@ import tf_keras
 from absl import logging
 
 from bert_tf2 import checkpoints
+from bert_tf2 import config as config_lib
 from bert_tf2 import hub_modules
 
 ENCODER_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
@@ -54,6 +55,28 @@ def build_classifier(encoder_handle: str, *, dropout_rate: float = 0.1,
         1, activation="sigmoid", dtype="float32", name="classifier",
         kernel_initializer=tf_keras.initializers.TruncatedNormal(stddev=0.02))(pooled)
     return Classifier(inputs, probability, name="bert_classifier")
+
+
+def build_classifier_for(model_config: config_lib.ModelConfig, encoder_handle: str, *,
+                         load_encoder_weights: bool = True) -> tf_keras.Model:
+    """The classifier `model_config` describes, under the global dtype policy.
+
+    Logs in which dtype the encoder computes: a hub encoder is a SavedModel, which computes in
+    the dtypes it was saved with (float32) whatever the policy; `model_config.rebuild_encoder`
+    rebuilds it as a BertEncoder that computes in the policy (`rebuild_encoder`).
+    """
+    policy = tf_keras.mixed_precision.global_policy()
+    encoder = None
+    if model_config.rebuild_encoder:
+        encoder = rebuild_encoder(encoder_handle, load_weights=load_encoder_weights)
+        if policy.compute_dtype != "float32":
+            logging.info("Mixed precision: the encoder computes in %s (rebuilt under %s); the "
+                         "head and the loss in float32", policy.compute_dtype, policy.name)
+    elif policy.compute_dtype != "float32":
+        logging.warning("Mixed precision: the encoder computes in float32 (the hub module as "
+                        "saved, --norebuild_encoder_under_policy), and so does the head: %s "
+                        "changes nothing", policy.name)
+    return build_classifier(encoder_handle, dropout_rate=model_config.dropout, encoder=encoder)
 
 
 class Classifier(tf_keras.Model):

@@ -30,7 +30,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from typing import (BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
                     TextIO, Tuple, TypeVar)
 
@@ -38,8 +37,10 @@ import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from absl import app, flags, logging
 import numpy as np
 
+from bert_tf2 import cli
 from bert_tf2 import data
 from bert_tf2 import flags as project_flags
+from bert_tf2 import io_utils
 
 FLAGS = flags.FLAGS
 OUTPUT_FIELDS = ("line", "text", "probability", "label")
@@ -55,9 +56,8 @@ def resolve_saved_model(path: str) -> str:
     """`path` if it holds a SavedModel, else the highest numeric version under it."""
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return path
-    versions = sorted(int(name) for name in (os.listdir(path) if os.path.isdir(path) else ())
-                      if name.isdigit()
-                      and os.path.isfile(os.path.join(path, name, "saved_model.pb")))
+    versions = [version for version in io_utils.existing_versions(path)
+                if os.path.isfile(os.path.join(path, str(version), "saved_model.pb"))]
     if not versions:
         raise FileNotFoundError(f"{path}: no saved_model.pb there, nor in a numeric version "
                                 "directory under it")
@@ -115,20 +115,6 @@ def predict_in_batches(predictor: Callable[[Sequence[str]], Tuple[np.ndarray, np
 # Reading
 # ---------------------------------------------------------------------------------------------
 
-class BadRows:
-    """`on_bad_row` for data.iter_rows: raises, or with `skip` counts and logs the row."""
-
-    def __init__(self, skip: bool):
-        self.skip = skip
-        self.count = 0
-
-    def __call__(self, error: data.DataError) -> None:
-        if not self.skip:
-            raise error
-        self.count += 1
-        logging.warning("Skipping bad row: %s", error)
-
-
 def input_format_of(path: str) -> str:
     """The --input_format that 'auto' means for `path`."""
     extension = os.path.splitext(path)[1].lower()
@@ -137,7 +123,7 @@ def input_format_of(path: str) -> str:
 
 
 def read_texts(path: str, *, input_format: str = "auto", text_column: str = "text",
-               bad_rows: Optional[BadRows] = None,
+               bad_rows: Optional[data.BadRows] = None,
                stream: Optional[BinaryIO] = None) -> Iterator[Tuple[int, str]]:
     """Yields (line number, text) for every input row, in order, reading as it goes.
 
@@ -145,7 +131,7 @@ def read_texts(path: str, *, input_format: str = "auto", text_column: str = "tex
     CSV/TSV/JSONL: the --text_column of each row; an empty text is still a text. A missing
     column stops the run even with --skip_bad_rows (it is a wrong flag, not a bad row).
     """
-    bad_rows = bad_rows or BadRows(skip=False)
+    bad_rows = bad_rows or data.BadRows(skip=False)
     if input_format == "auto":
         input_format = input_format_of(path)
     if input_format == "text":
@@ -154,10 +140,7 @@ def read_texts(path: str, *, input_format: str = "auto", text_column: str = "tex
         return
     for line_number, row in data.iter_rows(path, file_format=input_format, stream=stream,
                                            on_bad_row=bad_rows):
-        if text_column not in row:
-            raise data.DataError(f"{path}:{line_number}: no column {text_column!r} (columns: "
-                                 f"{', '.join(map(str, row))}); set --text_column")
-        text = row[text_column]
+        text = data.column_value(row, text_column, path, line_number, "--text_column")
         if not isinstance(text, str):
             bad_rows(data.DataError(f"{path}:{line_number}: column {text_column!r} must be "
                                     f"text, got {text!r}"))
@@ -200,20 +183,9 @@ def _open_output(path: str, stdout: Optional[TextIO]) -> Iterator[TextIO]:
     if path == STDIO:
         yield stdout if stdout is not None else sys.stdout
         return
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # Not tempfile.mkstemp: its 0600 mode would stick to the output; "x" honours the umask.
-    scratch = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
-    try:
-        # backslashreplace: a lone surrogate (from a JSON escape) is written as its \\uXXXX.
-        with open(scratch, "x", encoding="utf-8", errors="backslashreplace",
-                  newline="") as out:
-            yield out
-        os.replace(scratch, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(scratch)
-        raise
+    # backslashreplace: a lone surrogate (from a JSON escape) is written as its \\uXXXX.
+    with io_utils.atomic_file(path, errors="backslashreplace", newline="") as out:
+        yield out
 
 
 def _probability(value: np.float32) -> float:
@@ -240,7 +212,7 @@ def run(flags_, *, stdin: Optional[BinaryIO] = None,
     predictor = Predictor(flags_.saved_model)
     load_seconds = time.perf_counter() - start
 
-    bad_rows = BadRows(skip=flags_.skip_bad_rows)
+    bad_rows = data.BadRows(skip=flags_.skip_bad_rows)
     if flags_.input == STDIO:
         source, stream = "<stdin>", stdin if stdin is not None else sys.stdin.buffer
     else:
@@ -292,12 +264,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     sys.stdout.reconfigure(encoding="utf-8", errors="backslashreplace")
-    try:
-        run(FLAGS)
-    except data.DataError as error:
-        sys.exit(f"predict: {error}")
+    run(FLAGS)
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run("predict", main, define_flags)

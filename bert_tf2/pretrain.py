@@ -1,9 +1,8 @@
 """Masked-LM pretraining of a BERT encoder on the training texts, before fine-tuning.
 
-An encoder trained from random init on ~14k labelled reviews overfits: the quickstart's tiny BERT
-plateaus near 82% test accuracy. BERT's own masked-LM objective on the same texts
-("self-pretraining") first teaches it which characters go together, and fine-tuning then
-starts from there. This is the offline stand-in for the pretraining that Google's Chinese BERT
+An encoder trained from random init on a few thousand labelled reviews overfits. BERT's own
+masked-LM objective on the same texts ("self-pretraining") first teaches it which characters go
+together, and fine-tuning then starts from there (docs/quickstart.md has the numbers). This is the offline stand-in for the pretraining that Google's Chinese BERT
 had. Two ways to run it:
 
   * inside `bert_tf2.train` (--build_missing_modules --pretrain_epochs=N), for a few epochs
@@ -25,7 +24,6 @@ tokenizing with the very preprocessing module that fine-tuning and serving use.
 import math
 import os
 import shutil
-import sys
 from typing import Optional, Sequence
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
@@ -39,9 +37,11 @@ from official.nlp import optimization
 from official.nlp.modeling import models
 
 from bert_tf2 import checkpoints
+from bert_tf2 import cli
 from bert_tf2 import data
 from bert_tf2 import flags as project_flags
 from bert_tf2 import hub_modules
+from bert_tf2 import input_pipeline
 
 MASK_RATE = 0.15
 MAX_PREDICTIONS_PER_SEQUENCE = 20
@@ -51,7 +51,7 @@ def make_mlm_dataset(texts: Sequence[str], preprocessor, *, batch_size: int, seq
                      seed: int) -> tf.data.Dataset:
     """Endless shuffled batches of (pretrainer inputs, masked token ids, weights).
 
-    Batched by token length (`data.bucket_by_token_length`), each batch padded to its longest
+    Batched by token length (`input_pipeline.bucket_by_token_length`), each batch padded to its longest
     member.
     """
     special = {k: int(v) for k, v in preprocessor.tokenize.get_special_tokens_dict().items()}
@@ -90,7 +90,7 @@ def make_mlm_dataset(texts: Sequence[str], preprocessor, *, batch_size: int, seq
     dataset = dataset.shuffle(len(texts), seed=seed).repeat()
     # Batches of similar length, each padded to its longest member: reviews are short on
     # average but long-tailed, and a random batch is padded to its longest review.
-    dataset = data.bucket_by_token_length(dataset, preprocessor, seq_length=seq_length,
+    dataset = input_pipeline.bucket_by_token_length(dataset, preprocessor, seq_length=seq_length,
                                           batch_size=batch_size, drop_remainder=True)
     return dataset.map(mask_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE)
@@ -113,9 +113,8 @@ def pretrain_encoder(bert_config: configs.BertConfig, preprocessor, texts: Seque
     The backup is removed once pretraining is done.
     """
     # No dropout while pretraining: in a budget of minutes the encoder underfits masked LM, and
-    # dropout only slows it down (as in "Cramming", Geiping & Goldstein 2022). The quickstart's
-    # encoder reaches 31% masked-LM accuracy after 8 epochs without it, about 14% with it
-    # (docs/quickstart.md).
+    # dropout only slows it down (as in "Cramming", Geiping & Goldstein 2022; measured in
+    # docs/quickstart.md).
     # Dropout layers hold no weights: the module built from the checkpoint with `bert_config`
     # has the config's dropout again for fine-tuning.
     network = hub_modules.build_encoder(configs.BertConfig.from_dict(dict(
@@ -158,11 +157,8 @@ def main(argv):
     if not flags_.pretrain_epochs:
         raise app.UsageError("--pretrain_epochs must be at least 1")
     tf_keras.utils.set_random_seed(flags_.seed)
-    try:
-        texts = data.load_splits(flags_.train_data, None, None, seed=flags_.seed,
-                                 **data.reader_options(flags_))["train"].texts
-    except data.DataError as error:
-        sys.exit(f"pretrain: {error}")
+    texts = data.load_splits(flags_.train_data, None, None, seed=flags_.seed,
+                             **data.reader_options(flags_))["train"].texts
     bert_config = hub_modules.read_bert_config(flags_.bert_config_file)
     # Tokenized by the preprocessing that the same vocab and --normalization give fine-tuning
     # (the model the preprocess module saves, used unsaved): the encoder learns the very token
@@ -188,7 +184,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     project_flags.define_pretrain_cli_flags(flag_values)
 
 
-if __name__ == "__main__":
+def _define_cli_flags() -> None:
     define_flags()
     flags.mark_flags_as_required(["vocab_file", "bert_config_file", "output_checkpoint"])
-    app.run(main)
+
+
+if __name__ == "__main__":
+    cli.run("pretrain", main, _define_cli_flags)

@@ -27,8 +27,8 @@ The original rules, in order, and the graph ops that reproduce them:
 google-research/bert changed two of these rules over time: the November 2018 code that came with
 the Chinese model drops all of C* in step 2 (as HF tokenizers still does) but gives [UNK] from 100
 characters on; later code (packaged as bert-tensorflow 1.0.4) drops only Cc and Cf, keeping
-private-use and unassigned characters, and allows 200. This module takes C* and 200, as the
-project's issue 3 specifies; neither difference touches any text of the built-in corpus.
+private-use and unassigned characters, and allows 200. This module takes C* and 200 (docs/
+tokenization.md says why); neither difference touches any text of the built-in corpus.
 
 The character classes come from Python's own `unicodedata`, the database the original consults
 (the regex engine's \\p{..} classes follow another Unicode version and cannot name the unassigned
@@ -54,7 +54,8 @@ import tf_keras
 from absl import logging
 from official.nlp.modeling import layers
 
-NORMALIZATIONS = ("bert_original", "tf_hub")
+from bert_tf2.config import NORMALIZATIONS
+
 UNKNOWN_TOKEN = "[UNK]"
 MAX_CHARS_PER_WORD = 200  # The original WordpieceTokenizer's max_input_chars_per_word.
 _MAX_UTF8_BYTES_PER_CHAR = 4
@@ -205,7 +206,7 @@ class _UnicodeTables:
 def _unicode_tables() -> _UnicodeTables:
     """The original's character predicates, evaluated on every code point."""
     # The two-letter general categories as a [code point, letter] byte array: numpy compares
-    # bytes in milliseconds, strings in seconds (the tables take 0.4 s instead of 2.2 s).
+    # bytes far faster than strings.
     categories = np.frombuffer("".join(unicodedata.category(chr(cp))
                                        for cp in range(_UNICODE_SIZE)).encode("ascii"),
                                np.uint8).reshape(_UNICODE_SIZE, 2)

@@ -19,9 +19,10 @@ import collections
 from typing import Iterable, List
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import app, flags, logging
+from absl import flags, logging
 import tensorflow as tf
 
+from bert_tf2 import cli
 from bert_tf2 import data
 from bert_tf2 import flags as project_flags
 from bert_tf2 import tokenization
@@ -75,8 +76,11 @@ def main(argv):
     logging.info("Wrote %d tokens to %s", len(tokens), flags_.output)
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
     project_flags.define_data_flags()
     project_flags.define_vocab_flags()
     flags.mark_flag_as_required("output")
-    app.run(main)
+
+
+if __name__ == "__main__":
+    cli.run("vocab", main, define_flags)

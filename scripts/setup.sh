@@ -9,10 +9,10 @@ python="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-# uv installs the same pinned versions as pip would, in about 70 s instead of 120 s on a new
-# machine: it downloads the ~1 GB of wheels in parallel. It reads PyPI (or UV_INDEX_URL), not
-# pip's configuration. --compile-bytecode: where PYTHONDONTWRITEBYTECODE is set, a package
-# installed without .pyc files is compiled again at every import (TensorFlow: +8 s a process).
+# uv installs the same pinned versions as pip would, faster: it downloads the ~1 GB of wheels
+# in parallel (docs/bazel.md has the timings). It reads PyPI (or UV_INDEX_URL), not pip's
+# configuration. --compile-bytecode: where PYTHONDONTWRITEBYTECODE is set, a package installed
+# without .pyc files is compiled again at every import.
 .venv/bin/python -m pip install --quiet "uv==0.13.9"
 .venv/bin/python -m uv pip install --quiet --python .venv/bin/python --compile-bytecode \
   -r "$requirements"

@@ -15,6 +15,10 @@ import pytest
 from tests import tiny_fixtures
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Tests that take these build or train models: they are slow (pytest.ini), like the tests that
+# start a CLI process, which say so themselves.
+_SLOW_FIXTURES = {"tiny_hub_modules", "dropout_free_modules", "tiny_training_run",
+                  "tiny_bert_config_file"}
 REAL_LAYOUT_DIR = REPO_ROOT.parent / "shared" / "data" / "bert_zh_layout"
 
 
@@ -72,3 +76,9 @@ def dropout_free_modules(tiny_fixtures_dir, tiny_vocab_file):
 @pytest.fixture(scope="session")
 def tiny_training_run(tiny_fixtures_dir, tiny_hub_modules, corpus_splits):
     return tiny_fixtures.training_run(tiny_fixtures_dir, tiny_hub_modules, corpus_splits)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

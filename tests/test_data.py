@@ -5,8 +5,8 @@ import json
 import bert_tf2  # noqa: F401
 import pytest
 
-from bert_tf2 import data
-from tests.tiny_fixtures import parse_train_flags
+from bert_tf2 import data, input_pipeline
+from tests.tiny_fixtures import train_config
 
 
 def test_builtin_corpus_is_clean_and_split_stably(corpus_splits):
@@ -59,9 +59,8 @@ def test_custom_columns_and_label_map(tmp_path):
     with pytest.raises(data.DataError, match="NAME:0"):
         data.parse_label_map("good=1")
     # The same file read the way every command reads it: through the data flags.
-    flag_values = parse_train_flags("--text_column=评论", "--label_column=评价",
-                                    "--label_map=差评:0,好评:1")
-    assert data.read_examples(str(path), **data.reader_options(flag_values)) == examples
+    config = train_config("--text_column=评论", "--label_column=评价", "--label_map=差评:0,好评:1")
+    assert data.read_examples(str(path), **data.reader_options(config.data)) == examples
 
 
 @pytest.mark.parametrize("content, message", [
@@ -123,12 +122,12 @@ def test_dataset_pads_each_batch_only_to_its_longest_member(tiny_hub_modules):
     from bert_tf2 import model
     preprocessor = model.load_preprocessor(tiny_hub_modules.preprocess)
     examples = data.Examples(("好", "很好很好很好", "这本书非常好看，推荐给大家阅读"), (1, 1, 1), "t")
-    batches = list(data.make_dataset(examples, batch_size=2, preprocessor=preprocessor,
+    batches = list(input_pipeline.make_dataset(examples, batch_size=2, preprocessor=preprocessor,
                                      seq_length=12, training=False))
     first, second = batches[0][0], batches[1][0]
     assert first["input_word_ids"].shape == (2, 8)  # 6 characters + [CLS] + [SEP]
     assert second["input_word_ids"].shape == (1, 12)  # capped at seq_length
     assert first["input_mask"].numpy().sum() == 3 + 8
-    fixed = list(data.make_dataset(examples, batch_size=2, preprocessor=preprocessor,
+    fixed = list(input_pipeline.make_dataset(examples, batch_size=2, preprocessor=preprocessor,
                                    seq_length=12, training=False, dynamic_padding=False))
     assert fixed[0][0]["input_word_ids"].shape == (2, 12)

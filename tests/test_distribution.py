@@ -19,9 +19,9 @@ import bert_tf2  # noqa: F401
 import numpy as np
 import pytest
 
-from bert_tf2 import data, distribution
+from bert_tf2 import data, distribution, input_pipeline
 from tests.conftest import REPO_ROOT
-from tests.tiny_fixtures import corpus_data_flags, parse_train_flags, tiny_train_args
+from tests.tiny_fixtures import corpus_data_flags, tiny_train_args, train_config
 
 SUBPROCESS_TIMEOUT_S = 300
 
@@ -143,9 +143,9 @@ def _lengths(tiny_preprocessor, texts):
 
 
 def test_length_buckets_end_at_seq_length():
-    assert data.length_buckets(128) == (16, 32, 48, 64, 96, 128)
-    assert data.length_buckets(100) == (16, 32, 48, 64, 96, 100)
-    assert data.length_buckets(512)[-1] == 512 and data.length_buckets(8) == (8,)
+    assert input_pipeline.length_buckets(128) == (16, 32, 48, 64, 96, 128)
+    assert input_pipeline.length_buckets(100) == (16, 32, 48, 64, 96, 100)
+    assert input_pipeline.length_buckets(512)[-1] == 512 and input_pipeline.length_buckets(8) == (8,)
 
 
 def test_bucketed_evaluation_keeps_every_example_once(corpus_splits, tiny_preprocessor):
@@ -154,9 +154,9 @@ def test_bucketed_evaluation_keeps_every_example_once(corpus_splits, tiny_prepro
     seq_length = 128
     lengths = dict(zip(examples.texts, np.minimum(_lengths(tiny_preprocessor, examples.texts),
                                                   seq_length)))
-    buckets = data.length_buckets(seq_length)
+    buckets = input_pipeline.length_buckets(seq_length)
     seen, padded, unbucketed_padded = [], 0, 0
-    for inputs, labels in data.make_dataset(examples, batch_size=32,
+    for inputs, labels in input_pipeline.make_dataset(examples, batch_size=32,
                                             preprocessor=tiny_preprocessor,
                                             seq_length=seq_length, training=False,
                                             bucket_by_length=True):
@@ -170,7 +170,7 @@ def test_bucketed_evaluation_keeps_every_example_once(corpus_splits, tiny_prepro
         padded += mask.size
     expected = sorted((int(lengths[t]), y) for t, y in zip(examples.texts, examples.labels))
     assert sorted(seen) == expected  # every example exactly once, with its label
-    for inputs, _ in data.make_dataset(examples, batch_size=32, preprocessor=tiny_preprocessor,
+    for inputs, _ in input_pipeline.make_dataset(examples, batch_size=32, preprocessor=tiny_preprocessor,
                                        seq_length=seq_length, training=False):
         unbucketed_padded += inputs["input_mask"].numpy().size
     assert padded < 0.6 * unbucketed_padded
@@ -178,7 +178,7 @@ def test_bucketed_evaluation_keeps_every_example_once(corpus_splits, tiny_prepro
 
 def test_bucketed_training_batches_are_full_and_shuffled(corpus_splits, tiny_preprocessor):
     examples = corpus_splits["train"]
-    dataset = data.make_dataset(examples, batch_size=16, preprocessor=tiny_preprocessor,
+    dataset = input_pipeline.make_dataset(examples, batch_size=16, preprocessor=tiny_preprocessor,
                                 seq_length=64, training=True, seed=3, bucket_by_length=True)
     widths = collections.Counter()
     first = None
@@ -188,7 +188,7 @@ def test_bucketed_training_batches_are_full_and_shuffled(corpus_splits, tiny_pre
         if first is None:
             first = inputs["input_word_ids"].numpy()
     assert len(widths) > 3  # short and long batches
-    again = next(iter(data.make_dataset(examples, batch_size=16, preprocessor=tiny_preprocessor,
+    again = next(iter(input_pipeline.make_dataset(examples, batch_size=16, preprocessor=tiny_preprocessor,
                                         seq_length=64, training=True, seed=4,
                                         bucket_by_length=True)))
     assert not np.array_equal(first, again[0]["input_word_ids"].numpy()) or (
@@ -200,17 +200,17 @@ def test_pad_to_bucket_boundary_gives_few_shapes(corpus_splits, tiny_preprocesso
                              "dev")
     for bucket in (True, False):
         widths = {inputs["input_word_ids"].shape[1]
-                  for inputs, _ in data.make_dataset(
+                  for inputs, _ in input_pipeline.make_dataset(
                       examples, batch_size=16, preprocessor=tiny_preprocessor, seq_length=100,
                       training=False, bucket_by_length=bucket, pad_to_bucket_boundary=True)}
-        assert widths <= set(data.length_buckets(100)), widths
+        assert widths <= set(input_pipeline.length_buckets(100)), widths
 
 
 def test_skip_batches_with_bucketing_resumes_the_same_stream(corpus_splits, tiny_preprocessor):
     examples = corpus_splits["train"]
 
     def batches(skip):
-        dataset = data.make_dataset(examples, batch_size=8, preprocessor=tiny_preprocessor,
+        dataset = input_pipeline.make_dataset(examples, batch_size=8, preprocessor=tiny_preprocessor,
                                     seq_length=64, training=True, seed=5, bucket_by_length=True,
                                     skip_batches=skip)
         return [inputs["input_word_ids"].numpy() for inputs, _ in dataset.take(6)]
@@ -226,25 +226,18 @@ def test_skip_batches_with_bucketing_resumes_the_same_stream(corpus_splits, tiny
 
 def test_jit_compile_and_steps_per_execution_run_on_cpu(tiny_hub_modules, small_data, tmp_path,
                                                         monkeypatch):
-    from bert_tf2 import model as model_lib
     from bert_tf2 import train
-    built = []
-    original = model_lib.build_classifier
-    monkeypatch.setattr(model_lib, "build_classifier",
-                        lambda *a, **k: built.append(original(*a, **k)) or built[-1])
-    # --seq_length=16: one length bucket, so one shape to compile. XLA on the CPU takes
-    # seconds per program, and a second bucket made this test take 59 s instead of 38 s.
-    # LLVM's optimization level only changes how fast the compiled code runs, not what it
-    # computes: at 0 this test's training (compiling included) takes 11 s instead of 45 s. (XLA
-    # reads its flags once per process, at its first compilation; this file holds the only XLA
-    # test.)
+    # --seq_length=16: one length bucket, so one shape to compile (XLA on the CPU takes
+    # seconds per program). LLVM's optimization level only changes how fast the compiled code
+    # runs, not what it computes, and level 0 compiles far faster. (XLA reads its flags once per
+    # process, at its first compilation; this file holds the only XLA test.)
     monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
-    flag_values = parse_train_flags(
+    result = train.run(train_config(
         *tiny_train_args(tiny_hub_modules, tmp_path / "model", ""), *small_data,
         "--jit_compile", "--steps_per_execution=2", "--train_steps=4", "--eval_batch_size=32",
-        "--seq_length=16")
-    metrics = train.run(flag_values)
-    classifier = built[0]
+        "--seq_length=16"))
+    assert result.config.input.pad_to_bucket_boundary, "XLA implies few shapes"
+    classifier, metrics = result.classifier, result.metrics
     assert classifier._jit_compile is True
     assert int(classifier._steps_per_execution.numpy()) == 2
     assert int(classifier.optimizer.iterations) == 4
@@ -269,8 +262,8 @@ def test_mirrored_on_two_cpus_trains_exports_and_matches_one_device(dropout_free
         **{distribution.LOGICAL_CPUS_ENV: "2"})
     # The one-device baseline runs here meanwhile; no export: only the mirrored one's is checked.
     try:
-        train.run(parse_train_flags(*tiny_train_args(dropout_free_modules,
-                                                     tmp_path / "one" / "model", "", *common)))
+        train.run(train_config(*tiny_train_args(dropout_free_modules,
+                                                tmp_path / "one" / "model", "", *common)))
     except BaseException:
         mirrored.kill()
         raise

@@ -22,8 +22,8 @@ from tensorflow.core.protobuf import saved_model_pb2
 
 from bert_tf2 import checkpoints, distribution, hub_modules
 from bert_tf2 import model as model_lib
-from tests.tiny_fixtures import (FIXED_SHAPE_ARGS, corpus_data_flags, parse_train_flags,
-                                 tiny_train_args)
+from tests.tiny_fixtures import (FIXED_SHAPE_ARGS, corpus_data_flags, tiny_train_args,
+                                 train_config)
 
 _MATMULS = ("MatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum")
 
@@ -135,14 +135,6 @@ def test_exported_encoder_module_is_float32_under_a_mixed_policy(
 # Training runs
 # ---------------------------------------------------------------------------------------------
 
-def _capture_classifiers(monkeypatch):
-    built = []
-    original = model_lib.build_classifier
-    monkeypatch.setattr(model_lib, "build_classifier",
-                        lambda *a, **k: built.append(original(*a, **k)) or built[-1])
-    return built
-
-
 def _saved_dtypes(saved_model_dir) -> set:
     proto = saved_model_pb2.SavedModel()
     with open(f"{saved_model_dir}/saved_model.pb", "rb") as f:
@@ -154,10 +146,9 @@ def _saved_dtypes(saved_model_dir) -> set:
 
 
 def test_bfloat16_run_trains_and_exports_in_float32(tiny_hub_modules, tiny_data, tmp_path,
-                                                    set_policy, monkeypatch, caplog):
+                                                    set_policy, caplog):
     from bert_tf2 import train
-    built = _capture_classifiers(monkeypatch)
-    flag_values = parse_train_flags(
+    config = train_config(
         *tiny_train_args(tiny_hub_modules, tmp_path / "model", tmp_path / "export"),
         *tiny_data, "--mixed_precision=mixed_bfloat16", "--epochs=4", "--train_steps=0",
         "--learning_rate=5e-3", "--warmup_fraction=0", "--eval_batch_size=32",
@@ -165,9 +156,9 @@ def test_bfloat16_run_trains_and_exports_in_float32(tiny_hub_modules, tiny_data,
     # The absl logger's own level (set by absl's --verbosity, which other tests change) decides
     # what reaches caplog: set it explicitly.
     with caplog.at_level(logging.INFO, logger="absl"):
-        metrics = train.run(flag_values)
+        result = train.run(config)
     assert "the encoder computes in bfloat16 (rebuilt under mixed_bfloat16)" in caplog.text
-    trained = built[0]
+    trained, metrics = result.classifier, result.metrics
     encoder = next(layer for layer in trained.layers if isinstance(layer, tf_keras.Model))
     assert computed_dtypes(encoder) == {"bfloat16"}
     assert trained.get_layer("classifier").compute_dtype == "float32"
@@ -194,15 +185,14 @@ def test_bfloat16_run_trains_and_exports_in_float32(tiny_hub_modules, tiny_data,
 
 
 def test_mixed_float16_trains_with_dynamic_loss_scaling(tiny_hub_modules, tiny_data, tmp_path,
-                                                        set_policy, monkeypatch):
+                                                        set_policy):
     from bert_tf2 import train
-    built = _capture_classifiers(monkeypatch)
-    flag_values = parse_train_flags(
+    config = train_config(
         *tiny_train_args(tiny_hub_modules, tmp_path / "model", ""), *tiny_data,
         "--mixed_precision=mixed_float16", "--train_steps=3", "--eval_batch_size=32",
         *FIXED_SHAPE_ARGS)
-    metrics = train.run(flag_values)
-    optimizer = built[0].optimizer
+    result = train.run(config)
+    metrics, optimizer = result.metrics, result.classifier.optimizer
     assert isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
     assert optimizer.dynamic
     assert int(optimizer.iterations.numpy()) == 3
@@ -211,13 +201,14 @@ def test_mixed_float16_trains_with_dynamic_loss_scaling(tiny_hub_modules, tiny_d
 
 def test_without_rebuilding_the_hub_encoder_stays_float32_and_says_so(tiny_hub_modules,
                                                                       set_policy, caplog):
-    from bert_tf2 import train
-    flag_values = parse_train_flags(
+    config = train_config(
         *tiny_train_args(tiny_hub_modules, "/tmp/unused", ""),
         "--mixed_precision=mixed_bfloat16", "--norebuild_encoder_under_policy")
+    assert not config.model.rebuild_encoder
     set_policy("mixed_bfloat16")
     with caplog.at_level(logging.WARNING):
-        classifier = train._build_classifier(flag_values)
+        classifier = model_lib.build_classifier_for(config.model,
+                                                    config.modules.encoder_handle)
     assert isinstance(classifier.get_layer("encoder"), hub.KerasLayer)
     assert "the encoder computes in float32" in caplog.text
 

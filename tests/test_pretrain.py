@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from bert_tf2 import checkpoints, data, hub_modules, model, pretrain
+from bert_tf2 import checkpoints, hub_modules, input_pipeline, model, pretrain
 from tests.conftest import REPO_ROOT
-from tests.tiny_fixtures import TINY_SEQ_LENGTH, parse_train_flags, write_jsonl
+from tests.tiny_fixtures import TINY_SEQ_LENGTH, train_config, write_jsonl
 
 
 def test_masking_selects_only_real_tokens(tiny_hub_modules, corpus_splits):
@@ -27,7 +27,7 @@ def test_masking_selects_only_real_tokens(tiny_hub_modules, corpus_splits):
     # One length bucket per batch, padded to its longest member.
     lengths = inputs["input_mask"].numpy().sum(axis=1)
     assert word_ids.shape[1] == lengths.max()
-    assert len({int(np.searchsorted(data.length_buckets(32), n)) for n in lengths}) == 1
+    assert len({int(np.searchsorted(input_pipeline.length_buckets(32), n)) for n in lengths}) == 1
     selected = weights > 0
     assert 0.10 < selected.sum() / inputs["input_mask"].numpy().sum() < 0.20
     masked_positions = positions[selected]
@@ -120,12 +120,13 @@ def test_cli_continues_from_init_checkpoint_on_the_training_file(
 
 
 def test_quickstart_starts_from_the_shipped_pretrained_encoder():
-    flag_values = parse_train_flags(f"--flagfile={REPO_ROOT / 'configs' / 'quickstart.flags'}")
-    assert flag_values.pretrain_epochs == 0  # pretrained beforehand, not in the run
-    config_file = REPO_ROOT / flag_values.bert_config_file
-    weights = _encoder_weights(config_file, str(REPO_ROOT / flag_values.init_checkpoint))
+    config = train_config(f"--flagfile={REPO_ROOT / 'configs' / 'quickstart.flags'}")
+    assert config.pretrain.epochs == 0  # pretrained beforehand, not in the run
+    modules = config.modules
+    weights = _encoder_weights(REPO_ROOT / modules.bert_config_file,
+                               str(REPO_ROOT / modules.init_checkpoint))
     table = weights["word_embeddings/embeddings:0"]
-    assert table.shape == (hub_modules.count_vocab(REPO_ROOT / flag_values.vocab_file), 128)
+    assert table.shape == (hub_modules.count_vocab(REPO_ROOT / modules.vocab_file), 128)
     # Trained, not the random init (truncated normal, stddev 0.02).
     assert table.std() > 0.04
 

@@ -18,10 +18,9 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from bert_tf2 import export, train
+from bert_tf2 import crash_safety, export, plots, train
 from tests.conftest import REPO_ROOT
-from tests.tiny_fixtures import (FIXED_SHAPE_ARGS, TINY_SEQ_LENGTH, parse_train_flags,
-                                 write_jsonl)
+from tests.tiny_fixtures import FIXED_SHAPE_ARGS, TINY_SEQ_LENGTH, train_config, write_jsonl
 
 RESUMING = re.compile(r"Resuming from step (\d+) \(epoch (\d+)\)")
 FINISHED = re.compile(r"Finished after (\d+) optimizer steps")
@@ -64,7 +63,7 @@ def train_file(tmp_path_factory, corpus_splits) -> str:
 def test_sigkilled_cli_run_resumes_from_its_last_backup(tmp_path, tiny_hub_modules,
                                                         corpus_splits):
     """SIGKILL a real `python -m bert_tf2.train` once a backup exists, then rerun it."""
-    # Killed at its first backup (step 25), the run is 175 steps (~4 s) short of its end: the
+    # Killed at its first backup (step 25), the run is 175 steps (seconds) short of its end: the
     # poll below sees the backup within 20 ms.
     total_steps, steps_per_epoch, checkpoint_steps = 200, 40, 25
     train_data = write_jsonl(tmp_path / "train.jsonl", corpus_splits["train"], 640)
@@ -112,43 +111,37 @@ class _Crash(Exception):
     """Stands in for the process dying: `fit` is left without running its end-of-train hooks."""
 
 
-def _crash_at_step(monkeypatch, step: int) -> None:
-    original = train._StopAtStep.on_train_batch_end
+class _CrashAtStep(tf_keras.callbacks.Callback):
+    """Crashes the run once the optimizer has taken `step` steps, before that step's backup."""
 
-    def crash(self, batch, logs=None):
-        if int(self.model.optimizer.iterations) == step:
-            raise _Crash(f"crash at step {step}")
-        return original(self, batch, logs)
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
 
-    monkeypatch.setattr(train._StopAtStep, "on_train_batch_end", crash)
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations) == self.step:
+            raise _Crash(f"crash at step {self.step}")
 
 
 def test_resume_mid_epoch_continues_exactly_where_the_run_stopped(
-        tmp_path, dropout_free_modules, train_file, monkeypatch, caplog):
+        tmp_path, dropout_free_modules, train_file, caplog):
     """Model, optimizer, step and data position: the resumed run ends bit-identical."""
     caplog.set_level(logging.INFO, logger="absl")
     args = ["--train_steps=25", "--epochs=3", "--checkpoint_steps=4", "--dropout=0"]
-    backed_up = []
-    back_up = train._Backup._back_up_finite
-
-    def record(self, step, epoch):
-        backed_up.append(step)
-        back_up(self, step, epoch)
-
-    monkeypatch.setattr(train._Backup, "_back_up_finite", record)
-    train.run(parse_train_flags(*_args(dropout_free_modules, tmp_path / "a", train_file, *args)))
+    result = train.run(train_config(*_args(dropout_free_modules, tmp_path / "a", train_file,
+                                           *args)))
     # Every 4 steps and at each epoch end (10 steps an epoch), but not the last step (25).
-    assert backed_up == [4, 8, 10, 12, 16, 20, 24]
+    assert result.backed_up_steps == (4, 8, 10, 12, 16, 20, 24)
+    assert result.optimizer_steps == 25
     assert FINISHED.findall(caplog.text) == ["25"]
 
-    with monkeypatch.context() as patch:
-        _crash_at_step(patch, 15)  # mid epoch 2; the last backup is of step 12
-        with pytest.raises(_Crash):
-            train.run(parse_train_flags(*_args(dropout_free_modules, tmp_path / "b", train_file,
-                                               *args)))
-    assert train._backed_up_step(str(tmp_path / "b" / "backup")) == 12
+    resumed_config = train_config(*_args(dropout_free_modules, tmp_path / "b", train_file, *args))
+    with pytest.raises(_Crash):  # mid epoch 2; the last backup is of step 12
+        train.run(resumed_config, callbacks=[_CrashAtStep(15)])
+    assert crash_safety.backed_up_step(str(tmp_path / "b" / "backup")) == 12
     caplog.clear()
-    train.run(parse_train_flags(*_args(dropout_free_modules, tmp_path / "b", train_file, *args)))
+    result = train.run(resumed_config)
+    assert result.backed_up_steps == (16, 20, 24)
     assert RESUMING.findall(caplog.text) == [("12", "2")]
     assert FINISHED.findall(caplog.text) == ["25"]
 
@@ -164,21 +157,21 @@ def test_resume_mid_epoch_continues_exactly_where_the_run_stopped(
 
 def test_run_killed_after_training_resumes_and_takes_no_extra_step(
         tmp_path, tiny_hub_modules, train_file, monkeypatch, caplog):
-    """Killed after `fit` returned (evaluating, exporting): resumed, not restarted or overrun."""
+    """Killed after `fit` returned (plotting, evaluating, exporting): resumed, not restarted."""
     caplog.set_level(logging.INFO, logger="absl")
     args = _args(tiny_hub_modules, tmp_path / "m", train_file, "--train_steps=6",
                  "--checkpoint_steps=3", *FIXED_SHAPE_ARGS)
     with monkeypatch.context() as patch:
         def die(*args, **kwargs):
             raise _Crash("killed after training")
-        patch.setattr(train.plots, "plot_training_curves", die)
+        patch.setattr(plots, "plot_training_curves", die)
         with pytest.raises(_Crash):
-            train.run(parse_train_flags(*args))
+            train.run(train_config(*args))
     assert FINISHED.findall(caplog.text) == ["6"]
     # The last step is not backed up: fit cannot resume from it without taking one more.
-    assert train._backed_up_step(str(tmp_path / "m" / "backup")) == 3
+    assert crash_safety.backed_up_step(str(tmp_path / "m" / "backup")) == 3
     caplog.clear()
-    train.run(parse_train_flags(*args))
+    train.run(train_config(*args))
     assert RESUMING.findall(caplog.text) == [("3", "1")]
     assert FINISHED.findall(caplog.text) == ["6"]
     assert _final_checkpoint(tmp_path / "m")[ITER_KEY] == 6
@@ -193,12 +186,12 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_backup(
         tmp_path, tiny_hub_modules, train_file):
     # Warmup makes step 1 a no-op (learning rate 0), so a good backup exists; then 1e30 blows up.
     model_dir = tmp_path / "m"
-    flag_values = parse_train_flags(*_args(
+    config = train_config(*_args(
         tiny_hub_modules, model_dir, train_file, "--learning_rate=1e30",
         "--warmup_fraction=0.1", "--train_steps=20", "--checkpoint_steps=1",
         *FIXED_SHAPE_ARGS))
-    with pytest.raises(train.NonFiniteLossError) as error:
-        train.run(flag_values)
+    with pytest.raises(crash_safety.NonFiniteLossError) as error:
+        train.run(config)
     message = str(error.value)
     match = re.search(r"loss is (nan|-?inf) at optimizer step (\d+) \(epoch 1\).*"
                       r"last good backup, of step (\d+)", message)
@@ -206,21 +199,23 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_backup(
     assert 0 < int(match.group(3)) < int(match.group(2))
     weights = _backup_weights(model_dir / "backup")
     assert weights and all(np.all(np.isfinite(w)) for w in weights.values())
-    assert train._backed_up_step(str(model_dir / "backup")) == int(match.group(3))
+    assert crash_safety.backed_up_step(str(model_dir / "backup")) == int(match.group(3))
     assert not (model_dir / "checkpoints").exists()
 
 
 def test_backup_refuses_non_finite_weights(tmp_path):
     model = tf_keras.Sequential([tf_keras.layers.Dense(1, input_shape=(2,))])
     model.compile(optimizer="sgd", loss="mse")
-    backup = train._Backup(str(tmp_path / "backup"), checkpoint_steps=1)
+    backup = crash_safety.Backup(str(tmp_path / "backup"), checkpoint_steps=1)
     backup.set_model(model)
     backup.on_train_begin()
     model.layers[0].kernel.assign([[np.nan], [1.0]])
-    with pytest.raises(train.NonFiniteLossError, match="weights hold NaN or Inf at optimizer "
-                                                       "step 0 .*No backup had been written"):
-        backup._back_up_at(0, 0)
-    assert train._backed_up_step(str(tmp_path / "backup")) is None
+    with pytest.raises(crash_safety.NonFiniteLossError,
+                       match="weights hold NaN or Inf at optimizer step 0 .*No backup had been "
+                             "written"):
+        backup.back_up(0, 0)
+    assert crash_safety.backed_up_step(str(tmp_path / "backup")) is None
+    assert backup.steps == []
 
 
 @pytest.mark.parametrize("flag", ["model_dir", "export_dir"])
@@ -229,12 +224,12 @@ def test_output_dir_that_cannot_be_created_fails_before_training(tmp_path, flag)
     blocker.write_text("not a directory")
     dirs = {"model_dir": tmp_path / "m", "export_dir": tmp_path / "e"}
     dirs[flag] = blocker / "sub"
-    flag_values = parse_train_flags(f"--model_dir={dirs['model_dir']}",
-                                    f"--export_dir={dirs['export_dir']}",
-                                    "--train_data=/nonexistent/never/read.csv")
-    with pytest.raises(train.OutputDirError,
+    config = train_config(f"--model_dir={dirs['model_dir']}",
+                          f"--export_dir={dirs['export_dir']}",
+                          "--train_data=/nonexistent/never/read.csv")
+    with pytest.raises(crash_safety.OutputDirError,
                        match=rf"--{flag}={re.escape(str(blocker / 'sub'))} is not a writable"):
-        train.run(flag_values)
+        train.run(config)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through chmod 0o555")
@@ -243,9 +238,9 @@ def test_read_only_model_dir_fails_before_training(tmp_path):
     read_only.mkdir()
     read_only.chmod(0o555)
     try:
-        with pytest.raises(train.OutputDirError, match="is not a writable directory"):
-            train.run(parse_train_flags(f"--model_dir={read_only}",
-                                        "--train_data=/nonexistent/never/read.csv"))
+        with pytest.raises(crash_safety.OutputDirError, match="is not a writable directory"):
+            train.run(train_config(f"--model_dir={read_only}",
+                                   "--train_data=/nonexistent/never/read.csv"))
     finally:
         read_only.chmod(0o755)
 
@@ -256,11 +251,10 @@ def test_full_disk_fails_before_training(tmp_path, tiny_hub_modules, train_file,
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, 10 << 30, 1 << 20))
     model_dir = tmp_path / "m"
-    flag_values = parse_train_flags(*_args(tiny_hub_modules, model_dir, train_file,
-                                           "--train_steps=2"))
-    with pytest.raises(train.OutputDirError,
+    config = train_config(*_args(tiny_hub_modules, model_dir, train_file, "--train_steps=2"))
+    with pytest.raises(crash_safety.OutputDirError,
                        match=rf"--model_dir={re.escape(str(model_dir))}: only 1 MiB free"):
-        train.run(flag_values)
+        train.run(config)
     assert sorted(os.listdir(model_dir)) == []  # no backup, logs or history: never trained
 
 
@@ -271,13 +265,13 @@ def test_free_space_estimate_covers_backups_and_export(tmp_path, monkeypatch):
     free = {str(tmp_path / "m"): 10 << 30, str(tmp_path / "e"): 100 << 20}
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(0, 0, free[str(path)]))
     bert_base = 102_000_000
-    with pytest.raises(train.OutputDirError, match=r"--export_dir=.*: only 100 MiB free.*"
-                                                   r"about 453 MiB"):
-        train._check_free_space(bert_base, str(tmp_path / "m"), str(tmp_path / "e"))
-    train._check_free_space(bert_base, str(tmp_path / "m"), None)
+    with pytest.raises(crash_safety.OutputDirError,
+                       match=r"--export_dir=.*: only 100 MiB free.*about 453 MiB"):
+        crash_safety.check_free_space(bert_base, str(tmp_path / "m"), str(tmp_path / "e"))
+    crash_safety.check_free_space(bert_base, str(tmp_path / "m"), None)
     free[str(tmp_path / "m")] = 2 << 30  # < 2 backups of weights + 2 Adam slots (~2.3 GiB)
-    with pytest.raises(train.OutputDirError, match="--model_dir"):
-        train._check_free_space(bert_base, str(tmp_path / "m"), None)
+    with pytest.raises(crash_safety.OutputDirError, match="--model_dir"):
+        crash_safety.check_free_space(bert_base, str(tmp_path / "m"), None)
 
 
 # ---------------------------------------------------------------------------------------------

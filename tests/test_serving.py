@@ -37,7 +37,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from bert_tf2 import export
+from bert_tf2 import export, io_utils
 from bert_tf2.serving import client as client_lib
 from bert_tf2.serving import config as config_lib
 from tests.conftest import REPO_ROOT
@@ -452,7 +452,7 @@ def test_retention_applies_only_after_a_complete_export(loaded, tmp_path, monkey
 
     path = export.export_text_classifier(_Wrapper(loaded), str(export_dir), keep=2)
     assert path.endswith(os.sep + "3")
-    assert export.existing_versions(str(export_dir)) == [2, 3]
+    assert io_utils.existing_versions(str(export_dir)) == [2, 3]
     assert sorted(os.listdir(export_dir)) == ["2", "3", "notes"]  # no hidden leftovers
     assert (export_dir / "3" / export.WARMUP_FILE).is_file()
 
@@ -635,7 +635,7 @@ def test_client_cli_prints_json_lines(rest_server, reference, tmp_path, capsys):
     assert [row["text"] for row in rows] == TEXTS[:3]
     np.testing.assert_allclose([row["probability"] for row in rows], reference[:3], atol=1e-5)
 
-    with pytest.raises(SystemExit, match="error: .*unreachable"):
+    with pytest.raises(SystemExit, match="serving.client: .*unreachable"):
         client_lib.main([], _flag_values(
             client_lib.define_flags, f"--server=127.0.0.1:{free_loopback_port()}",
             "--text=很好", "--retries=0"))

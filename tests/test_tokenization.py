@@ -3,7 +3,7 @@
 The reference is Google's own code, `bert.tokenization` from the bert-tensorflow package (a
 test-only dependency), with two shims: its `preserve_unused_tokens` flag is read as its default
 (False) without parsing absl flags, and `_is_control` is the November 2018 rule (all of C*) that
-issue 3 specifies, where the packaged later code drops only Cc and Cf (see
+this project follows, where the packaged later code drops only Cc and Cf (see
 `test_packaged_reference_keeps_private_use_and_unassigned_chars`).
 """
 

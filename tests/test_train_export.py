@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 
 import bert_tf2  # noqa: F401
 import numpy as np
@@ -11,9 +12,10 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (the export's preprocessing needs its ops)
 from absl import flags
 
-from bert_tf2 import export, io_utils, pretrain
+from bert_tf2 import cli, config, export, io_utils, pretrain, train
 from tests.conftest import REPO_ROOT
-from tests.tiny_fixtures import parse_train_flags
+from tests.tiny_fixtures import (FIXED_SHAPE_ARGS, corpus_data_flags, parse_train_flags,
+                                 tiny_train_args, train_config)
 
 
 def test_run_writes_metrics_history_and_checkpoint(tiny_training_run):
@@ -57,7 +59,7 @@ def test_a_second_export_adds_a_version_and_keeps_the_first(tiny_training_run, t
     path = export.export_text_classifier(Wrapper(), str(tmp_path))
     assert path.endswith("/1")
     path = export.export_text_classifier(Wrapper(), str(tmp_path))
-    assert path.endswith("/2") and export.existing_versions(str(tmp_path)) == [1, 2]
+    assert path.endswith("/2") and io_utils.existing_versions(str(tmp_path)) == [1, 2]
     with pytest.raises(FileExistsError):
         export.export_text_classifier(Wrapper(), str(tmp_path), version=1)
 
@@ -89,3 +91,49 @@ def test_flag_files_parse():
     # The quickstart, and a pretraining run that continues another, start from what a
     # pretraining flag file writes: the files say how the shipped encoder was made.
     assert pretraining_inputs <= pretraining_outputs
+
+
+def test_run_config_round_trips_and_flags_beside_it_override(tmp_path):
+    quickstart = f"--flagfile={REPO_ROOT / 'configs' / 'quickstart.flags'}"
+    recorded = train_config(quickstart)
+    path = tmp_path / config.RUN_CONFIG_FILE
+    path.write_text(recorded.to_json(), encoding="utf-8")
+    assert config.load(str(path)) == recorded
+    assert train_config(f"--run_config={path}") == recorded
+    # A flag beside it overrides its value, and what that flag implies is derived again.
+    changed = train_config(f"--run_config={path}", "--jit_compile", "--seed=7")
+    assert changed == recorded.replace(**{"runtime.jit_compile": True, "seed": 7})
+    assert changed.input.pad_to_bucket_boundary and not recorded.input.pad_to_bucket_boundary
+
+
+def test_implied_settings_are_derived_in_the_config():
+    assert not train_config().model.rebuild_encoder  # float32: the module computes as saved
+    assert train_config("--mixed_precision=mixed_bfloat16").model.rebuild_encoder
+    assert not train_config("--mixed_precision=mixed_bfloat16",
+                            "--norebuild_encoder_under_policy").model.rebuild_encoder
+    assert train_config("--jit_compile").input.pad_to_bucket_boundary
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not a run_config.json"),
+    ('{"model_dir": "m"}', "missing fields"),
+])
+def test_a_bad_run_config_is_a_user_error_naming_the_file(tmp_path, content, message):
+    path = tmp_path / "run_config.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(cli.UserError, match=rf"--run_config={re.escape(str(path))}: .*{message}"):
+        train_config(f"--run_config={path}")
+    with pytest.raises(cli.UserError, match="cannot read it"):
+        train_config(f"--run_config={tmp_path / 'missing.json'}")
+
+
+def test_a_run_config_restarts_the_same_run(dropout_free_modules, corpus_splits, tmp_path):
+    data_flags = corpus_data_flags(tmp_path, corpus_splits, {"train": 64, "dev": 32})
+    first = train.run(train_config(*tiny_train_args(dropout_free_modules, tmp_path / "a", ""),
+                                   *data_flags, "--train_steps=4", *FIXED_SHAPE_ARGS))
+    recorded = tmp_path / "a" / config.RUN_CONFIG_FILE
+    assert config.load(str(recorded)) == first.config
+    again = train.run(train_config(f"--run_config={recorded}", f"--model_dir={tmp_path / 'b'}"))
+    assert again.config == first.config.replace(model_dir=str(tmp_path / "b"))
+    assert again.optimizer_steps == first.optimizer_steps == 4
+    assert again.metrics == first.metrics

@@ -4,7 +4,7 @@ They live under one directory. Under pytest, the session fixtures in conftest.py
 piece the first time a test asks for it, in a temporary directory that the pytest-xdist
 workers share: a piece is built once, by whichever worker needs it first (the others wait for
 it or find it there). Under Bazel, building them in every test target (each its own pytest
-session) would repeat ~40 s of work 13 times, so the action //tests:tiny_fixtures runs this
+session) would repeat their build in every target, so the action //tests:tiny_fixtures runs this
 file once,
 
     python tests/tiny_fixtures.py OUTPUT_DIR
@@ -35,8 +35,8 @@ TRAIN_RUN_ROWS = {"train": 160, "dev": 160, "test": 160}
 
 
 # Every batch padded to --seq_length, without length buckets: a single input shape, so a run
-# builds simpler pipelines and traces its functions once (a tiny run takes ~14 s instead of
-# ~18 s). For the tests whose subject is not the input pipeline.
+# builds simpler pipelines and traces its functions once, which is faster. For the tests whose
+# subject is not the input pipeline.
 FIXED_SHAPE_ARGS = ("--nodynamic_padding", "--nobucket_by_length")
 
 
@@ -77,6 +77,12 @@ def parse_train_flags(*args: str) -> flags.FlagValues:
     train.define_flags(flag_values)
     flag_values(["train", *args])
     return flag_values
+
+
+def train_config(*args: str):
+    """The `config.TrainConfig` that `python -m bert_tf2.train ARGS` would run."""
+    from bert_tf2 import config
+    return config.TrainConfig.from_flags(parse_train_flags(*args))
 
 
 def tiny_train_args(modules, model_dir, export_dir, *extra: str):
@@ -171,17 +177,17 @@ def dropout_free_modules(root: pathlib.Path, vocab: str):
 def training_run(root: pathlib.Path, modules, corpus_splits) -> Dict[str, object]:
     """One tiny run of `train.run` on a slice of the built-in corpus, with its outputs.
 
-    `metrics` is what `train.run` returned (kept in returned_metrics.json, next to the run's
-    own model_dir/metrics.json, so that a prebuilt run can be checked against it too).
+    `metrics` is the metrics `train.run` returned (kept in returned_metrics.json, next to the
+    run's own model_dir/metrics.json, so that a prebuilt run can be checked against it too).
     """
     def train_and_export(scratch: pathlib.Path) -> None:
         from bert_tf2 import train
         scratch.mkdir()
-        flag_values = parse_train_flags(
+        result = train.run(train_config(
             *tiny_train_args(modules, scratch / "model", scratch / "export"),
-            *corpus_data_flags(scratch, corpus_splits, TRAIN_RUN_ROWS))
-        metrics = train.run(flag_values)
-        (scratch / "returned_metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+            *corpus_data_flags(scratch, corpus_splits, TRAIN_RUN_ROWS)))
+        (scratch / "returned_metrics.json").write_text(json.dumps(result.metrics),
+                                                       encoding="utf-8")
 
     run = root / "run"
     _once(run, train_and_export)

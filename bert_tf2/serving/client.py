@@ -42,6 +42,7 @@ from tensorflow_serving.apis import classification_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from bert_tf2 import cli
 from bert_tf2 import export
 from bert_tf2 import flags as project_flags
 
@@ -57,7 +58,7 @@ class Prediction:
     probability: float  # P(positive)
 
 
-class ServingError(Exception):
+class ServingError(cli.UserError):
     """TF Serving could not answer the request; the message says why."""
 
 
@@ -357,6 +358,7 @@ def read_texts(texts: Sequence[str], input_path: Optional[str]) -> List[str]:
     return result
 
 
+@cli.one_line_errors("serving.client")
 def main(argv, flag_values: Optional[flags.FlagValues] = None) -> None:
     del argv
     flags_ = flag_values or FLAGS
@@ -372,11 +374,8 @@ def main(argv, flag_values: Optional[flags.FlagValues] = None) -> None:
                              retries=flags_.retries, backoff=flags_.backoff)
     except ValueError as error:
         raise app.UsageError(str(error)) from None
-    try:
-        with client:
-            predictions = client.classify_texts(texts, flags_.signature)
-    except ServingError as error:
-        sys.exit(f"error: {error}")
+    with client:
+        predictions = client.classify_texts(texts, flags_.signature)
     for prediction in predictions:
         print(json.dumps(dataclasses.asdict(prediction), ensure_ascii=False), flush=True)
 

@@ -37,8 +37,9 @@ from google.protobuf import text_format
 from tensorflow_serving.config import file_system_storage_path_source_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from bert_tf2 import export
+from bert_tf2 import cli
 from bert_tf2 import flags as project_flags
+from bert_tf2 import io_utils
 
 FLAGS = flags.FLAGS
 _VersionPolicy = (file_system_storage_path_source_pb2
@@ -97,7 +98,7 @@ def parse_config_text(text: str) -> model_server_config_pb2.ModelServerConfig:
 
 def check_export_dir(export_dir: str, version_policy: str) -> None:
     """Logs what the server will find under `export_dir` (which may only exist there)."""
-    versions = export.existing_versions(export_dir)
+    versions = io_utils.existing_versions(export_dir)
     if not versions:
         logging.warning("%s holds no numeric version directories yet; TF Serving will wait "
                         "until one appears", export_dir)
@@ -116,15 +117,12 @@ def write_config(output: str, text: str) -> None:
     if output == "-":
         sys.stdout.write(text)
         return
-    directory = os.path.dirname(os.path.abspath(output))
-    os.makedirs(directory, exist_ok=True)
-    temporary = f"{output}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as f:
-        f.write(text)
     # Atomic: a server started with --model_config_file_poll_wait_seconds re-reads the file.
-    os.replace(temporary, output)
+    with io_utils.atomic_file(output) as f:
+        f.write(text)
 
 
+@cli.one_line_errors("serving.config")
 def main(argv, flag_values: Optional[flags.FlagValues] = None) -> None:
     del argv
     flags_ = flag_values or FLAGS

@@ -1,0 +1,44 @@
+"""What every command line shares: a user's mistake ends as one line and exit status 1.
+
+  if __name__ == "__main__":
+      cli.run("predict", main, define_flags)
+
+An error the user can fix (a flag, a file, a row) is a `UserError` whose message names the
+flag or file:line and says what to do; the command prints `NAME: message` on stderr and exits
+with status 1, without a traceback (with `--verbosity=1` the traceback is shown too). Any
+other exception is a bug and keeps its traceback. Imports no TensorFlow.
+"""
+
+import functools
+import sys
+from typing import Callable, Sequence
+
+from absl import app, logging
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the message says which flag, file or row, and how."""
+
+
+def one_line_errors(name: str):
+    """Decorates a `main`: a UserError ends as `NAME: message` on stderr and exit status 1."""
+    def decorate(main: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(main)
+        def wrapped(*args, **kwargs):
+            try:
+                return main(*args, **kwargs)
+            except UserError as error:
+                if logging.level_debug():
+                    raise
+                sys.exit(f"{name}: {error}")
+
+        return wrapped
+
+    return decorate
+
+
+def run(name: str, main: Callable[[Sequence[str]], None],
+        define_flags: Callable[[], None]) -> None:
+    """Defines the command's flags, parses them and runs `main` with one-line user errors."""
+    define_flags()
+    app.run(one_line_errors(name)(main))

@@ -1,0 +1,276 @@
+"""What a training run is, as data: frozen config objects built once from the flags.
+
+  TrainConfig
+    model_dir, seed
+    data       DataConfig       where the labelled examples come from and how rows are read
+    input      InputConfig      how the tf.data pipeline pads and batches them
+    modules    ModulesConfig    the TF Hub preprocess/encoder modules (and how to build them)
+    pretrain   PretrainConfig   masked-LM pretraining of a newly built encoder
+    model      ModelConfig      the classifier over the encoder
+    optimizer  OptimizerConfig  AdamW and its warmup/decay schedule
+    trainer    TrainerConfig    batch sizes, epochs, step cap, backups
+    runtime    RuntimeConfig    strategy, dtype policy, XLA, steps per execution
+    export     ExportConfig     where the SavedModel versions go
+
+`TrainConfig.from_flags(flag_values)` is the one place the training flags are read, and the
+place every implied setting is derived (`_with_implied_settings`). Each run writes the result
+to `model_dir/run_config.json`; `--run_config=that file` starts the same run again, with the
+flags given beside it overriding its values.
+
+This module imports no TensorFlow: the CLIs parse their flags before paying for it.
+"""
+
+import dataclasses
+import json
+import typing
+from typing import Any, Dict, Mapping, Optional
+
+from bert_tf2 import cli
+
+# Choices of the enum flags; the modules that implement them check against these.
+STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "tpu")
+NORMALIZATIONS = ("bert_original", "tf_hub")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+RUN_CONFIG_FILE = "run_config.json"
+# The served label is 1 where P(positive) >= this: the export, evaluate and the client use it.
+DECISION_THRESHOLD = 0.5
+
+
+def _flag(name: Optional[str] = None) -> dataclasses.Field:
+    """A field read from the flag `name` (default: the field's own name)."""
+    return dataclasses.field(metadata={"flag": name})
+
+
+def _derived() -> dataclasses.Field:
+    """A field no flag sets: `from_flags` derives it from others."""
+    return dataclasses.field(metadata={"derived": True})
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Labelled CSV/TSV/JSONL files (the built-in corpus when `train_data` is unset)."""
+
+    train_data: Optional[str] = _flag()
+    eval_data: Optional[str] = _flag()
+    test_data: Optional[str] = _flag()
+    text_column: str = _flag()
+    label_column: str = _flag()
+    label_map: Optional[str] = _flag()  # '差评:0,好评:1'; None: the default names
+    skip_bad_rows: bool = _flag()
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+    """How examples become batches: token budget, padding and length buckets."""
+
+    seq_length: int = _flag()
+    dynamic_padding: bool = _flag()
+    bucket_by_length: bool = _flag()
+    # XLA compiles one program per input shape: under --jit_compile a batch is padded to the
+    # next bucket boundary instead of its longest member.
+    pad_to_bucket_boundary: bool = _derived()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModulesConfig:
+    """The preprocess and encoder modules, and what to build them from when missing."""
+
+    preprocess_handle: str = _flag()
+    encoder_handle: str = _flag()
+    build_missing: bool = _flag("build_missing_modules")
+    vocab_file: Optional[str] = _flag()
+    bert_config_file: Optional[str] = _flag()
+    init_checkpoint: Optional[str] = _flag()
+    normalization: str = _flag()
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """Masked-LM pretraining of a newly built encoder on the training texts (0 epochs: none)."""
+
+    epochs: int = _flag("pretrain_epochs")
+    learning_rate: float = _flag("pretrain_learning_rate")
+    batch_size: int = _flag("pretrain_batch_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The classifier: encoder -> pooled [CLS] -> dropout -> Dense(1, sigmoid)."""
+
+    dropout: float = _flag()
+    rebuild_encoder_under_policy: bool = _flag()
+    # A SavedModel computes in the dtypes it was saved with, so only a mixed policy with
+    # --rebuild_encoder_under_policy rebuilds the encoder as a BertEncoder in that policy.
+    rebuild_encoder: bool = _derived()
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with linear warmup, then linear decay to 0."""
+
+    learning_rate: float = _flag()
+    warmup_fraction: float = _flag()
+    weight_decay: float = _flag()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+    """How long to train, on how large batches, and how often to back up."""
+
+    batch_size: int = _flag()
+    eval_batch_size: int = _flag()
+    epochs: int = _flag()
+    train_steps: Optional[int] = _flag()  # a cap on optimizer steps; None or 0: no cap
+    checkpoint_steps: Optional[int] = _flag()
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and in what precision the steps run."""
+
+    distribution_strategy: str = _flag()
+    num_gpus: Optional[int] = _flag()
+    tpu: Optional[str] = _flag()
+    mixed_precision: str = _flag()
+    jit_compile: bool = _flag()
+    steps_per_execution: int = _flag()
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """Where the SavedModel versions go (none without `export_dir`) and how many stay."""
+
+    export_dir: Optional[str] = _flag()
+    keep_exports: Optional[int] = _flag()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run, from data to export."""
+
+    model_dir: str = _flag()
+    seed: int = _flag()
+    data: DataConfig
+    input: InputConfig
+    modules: ModulesConfig
+    pretrain: PretrainConfig
+    model: ModelConfig
+    optimizer: OptimizerConfig
+    trainer: TrainerConfig
+    runtime: RuntimeConfig
+    export: ExportConfig
+
+    @classmethod
+    def from_flags(cls, flag_values) -> "TrainConfig":
+        """The run the parsed training flags describe (`bert_tf2.train.define_flags`).
+
+        With --run_config, that file's run, where each flag given on the command line (or in
+        a flag file) overrides the value it sets.
+        """
+        base = {}
+        if flag_values.run_config:
+            base = flag_values_of(load(flag_values.run_config))
+
+        def value(name: str):
+            flag = flag_values[name]
+            return flag.value if flag.present or name not in base else base[name]
+
+        return _with_implied_settings(_build(cls, value))
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with `changes` ("runtime.jit_compile": True, "seed": 1, ...) and the
+        settings they imply derived again."""
+        config = self
+        for path, value in changes.items():
+            config = _replace_path(config, path.split("."), value)
+        return _with_implied_settings(config)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        return _from_dict(cls, values, "run config")
+
+
+def _with_implied_settings(config: TrainConfig) -> TrainConfig:
+    """`config` with its derived fields set from the settings that imply them."""
+    return dataclasses.replace(
+        config,
+        input=dataclasses.replace(config.input,
+                                  pad_to_bucket_boundary=config.runtime.jit_compile),
+        model=dataclasses.replace(config.model, rebuild_encoder=(
+            config.runtime.mixed_precision != "float32"
+            and config.model.rebuild_encoder_under_policy)))
+
+
+def _replace_path(obj, path, value):
+    if len(path) == 1:
+        return dataclasses.replace(obj, **{path[0]: value})
+    return dataclasses.replace(obj, **{path[0]: _replace_path(getattr(obj, path[0]), path[1:],
+                                                              value)})
+
+
+def _build(cls, value):
+    """`cls` with each flag field read by `value(flag name)`; derived fields are None."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for field in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[field.name]):
+            values[field.name] = _build(hints[field.name], value)
+        elif field.metadata.get("derived"):
+            values[field.name] = None
+        else:
+            values[field.name] = value(field.metadata.get("flag") or field.name)
+    return cls(**values)
+
+
+def flag_values_of(config: TrainConfig) -> Dict[str, Any]:
+    """{flag name: value} for every flag field of `config` (derived fields left out)."""
+    result = {}
+
+    def collect(obj):
+        for field in dataclasses.fields(obj):
+            value = getattr(obj, field.name)
+            if dataclasses.is_dataclass(value):
+                collect(value)
+            elif not field.metadata.get("derived"):
+                result[field.metadata.get("flag") or field.name] = value
+
+    collect(config)
+    return result
+
+
+def _from_dict(cls, values: Mapping[str, Any], where: str):
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{where}: expected an object, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    missing = sorted(names - set(values))
+    if unknown or missing:
+        raise ValueError(f"{where}: " + "; ".join(
+            part for part in (f"unknown fields {', '.join(unknown)}" if unknown else "",
+                              f"missing fields {', '.join(missing)}" if missing else "")
+            if part))
+    return cls(**{name: (_from_dict(hints[name], value, f"{where}.{name}")
+                         if dataclasses.is_dataclass(hints[name]) else value)
+                  for name, value in values.items()})
+
+
+def load(path: str) -> TrainConfig:
+    """The TrainConfig in a `run_config.json`; a UserError names the file and what is wrong."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+        return TrainConfig.from_dict(values)
+    except OSError as error:
+        raise cli.UserError(f"--run_config={path}: cannot read it: "
+                            f"{error.strerror or error}") from error
+    except (ValueError, TypeError) as error:
+        raise cli.UserError(f"--run_config={path}: not a run_config.json that "
+                            f"bert_tf2.train wrote: {error}") from error

@@ -1,0 +1,186 @@
+"""Crash safety: output checks before training, backups, resume and the NaN guard.
+
+What a user can count on is in docs/crash_safety.md. `bert_tf2.train` uses these callbacks in
+this order: StopOnNonFiniteLoss first (a NaN step never reaches a backup), the loggers,
+StopAtStep, then Backup last (an epoch is backed up only once it is logged).
+"""
+
+import math
+import os
+import shutil
+import tempfile
+from typing import List, Optional
+
+import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+import tensorflow as tf
+import tf_keras
+
+from bert_tf2 import cli
+
+
+class StopAtStep(tf_keras.callbacks.Callback):
+    """Stops `fit` once the optimizer has taken `total_steps` steps (the --train_steps cap)."""
+
+    def __init__(self, total_steps: int):
+        super().__init__()
+        self.total_steps = total_steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        del batch, logs
+        if int(self.model.optimizer.iterations.numpy()) >= self.total_steps:
+            self.model.stop_training = True
+
+
+class OutputDirError(cli.UserError, RuntimeError):
+    """--model_dir or --export_dir cannot take the run's output; found before training starts."""
+
+
+class NonFiniteLossError(cli.UserError, RuntimeError):
+    """The training loss became NaN or infinite; the message names the step."""
+
+
+# Space for TensorBoard logs, history, plots and the vocab, on top of the weights.
+_FREE_SPACE_SLACK_BYTES = 64 << 20
+
+
+def check_writable_dir(path: str, flag: str) -> None:
+    """Creates `path` if needed and proves it writable with a probe file, or raises."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe-"):
+            pass
+    except OSError as error:
+        raise OutputDirError(f"{flag}={path} is not a writable directory: "
+                             f"{error.strerror or error}") from error
+
+
+def check_free_space(num_params: int, model_dir: str, export_dir: Optional[str]) -> None:
+    """Raises if a directory's disk has less room than the run will write there.
+
+    Backups hold the float32 weights and AdamW's two slots (12 bytes a parameter) and a new
+    one is written before the old one is removed; an export holds the weights once.
+    """
+    needs = [("--model_dir", model_dir, 2 * 12 * num_params + _FREE_SPACE_SLACK_BYTES)]
+    if export_dir:
+        needs.append(("--export_dir", export_dir, 4 * num_params + _FREE_SPACE_SLACK_BYTES))
+    for flag, path, needed in needs:
+        free = shutil.disk_usage(path).free
+        if free < needed:
+            raise OutputDirError(
+                f"{flag}={path}: only {free / 2**20:.0f} MiB free on its disk, but the run "
+                f"writes about {needed / 2**20:.0f} MiB there ({num_params:,} parameters); "
+                "free some space or choose another directory")
+
+
+def backed_up_step(backup_dir: str) -> Optional[int]:
+    """The optimizer step of the backup that `fit` will resume from, or None if there is none."""
+    checkpoint = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+    if not checkpoint:
+        return None
+    reader = tf.train.load_checkpoint(checkpoint)
+    names = sorted(reader.get_variable_to_shape_map())
+    # model/optimizer/iter, or .../base_optimizer/iter under a LossScaleOptimizer.
+    for name in names:
+        if name.startswith("model/optimizer/") and name.endswith(
+                "/iter/.ATTRIBUTES/VARIABLE_VALUE"):
+            return int(reader.get_tensor(name))
+    return int(reader.get_tensor("train_counter/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+class Backup(tf_keras.callbacks.BackupAndRestore):
+    """Backs up at every epoch end and, with `checkpoint_steps`, every N optimizer steps.
+
+    Keras' integer `save_freq` (which also makes `fit` resume mid-epoch) counts batches since
+    `fit` started and then drops the epoch-end backup; this counts optimizer steps, so backups
+    fall on the same steps after a resume, and keeps the epoch-end one. It also records the
+    last batch a `steps_per_execution` call ran (Keras records the first), so a resume starts
+    right after it.
+    """
+
+    def __init__(self, backup_dir: str, checkpoint_steps: Optional[int] = None):
+        # `run` deletes the backup once the model is evaluated and exported, not `fit`.
+        super().__init__(backup_dir, save_freq=checkpoint_steps or "epoch",
+                         delete_checkpoint=False)
+        self.checkpoint_steps = checkpoint_steps
+        self.steps: List[int] = []  # the optimizer steps backed up, in order
+        self._last_step = self._backed_up_step = None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)  # restores the backup, if any
+        self._last_step = self._backed_up_step = int(self.model.optimizer.iterations.numpy())
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.checkpoint_steps:
+            return super().on_train_batch_end(batch, logs)
+        self._training_state.backup_if_preempted()
+        self._training_state._ckpt_saved_batch.assign(batch)  # the call's last batch
+        step = int(self.model.optimizer.iterations.numpy())
+        if step // self.checkpoint_steps > self._last_step // self.checkpoint_steps:
+            self.back_up(step, self._current_epoch)
+        self._last_step = step
+        return None
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step != self._backed_up_step:
+            self.back_up(step, epoch)
+
+    def back_up(self, step: int, epoch: int) -> None:
+        """Backs up the state after `step`, unless it is the run's last or holds NaN/Inf.
+
+        Not the last step (`StopAtStep` has just stopped `fit`): `fit` cannot resume from
+        there (it would take a step more), so a run killed after it, in evaluation or export,
+        resumes from the backup before and retakes the steps since. The loss guard sees a
+        step's loss, computed before its update; this sees the update.
+        """
+        if self.model.stop_training:
+            return
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(weight))
+                                for weight in self.model.trainable_weights])
+        if not bool(finite):
+            raise non_finite_error("the weights hold NaN or Inf", step, epoch, self.backup_dir)
+        self._backup(epoch=epoch)
+        self._backed_up_step = step
+        self.steps.append(step)
+
+
+class StopOnNonFiniteLoss(tf_keras.callbacks.Callback):
+    """Raises NonFiniteLossError at the first NaN/Inf loss, before anything saves the weights.
+
+    Unlike Keras' TerminateOnNaN, which ends `fit` normally (whose BackupAndRestore then deletes
+    the backup and whose epoch end would back up the NaN weights), raising keeps the last good
+    backup for a resume.
+    """
+
+    def __init__(self, backup_dir: str):
+        super().__init__()
+        self.backup_dir = backup_dir
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs)
+
+    def _check(self, logs) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise non_finite_error(f"the training loss is {float(loss)}",
+                                   int(self.model.optimizer.iterations.numpy()), self._epoch,
+                                   self.backup_dir)
+
+
+def non_finite_error(what: str, step: int, epoch: int, backup_dir: str) -> NonFiniteLossError:
+    """The error for NaN/Inf at `step`, saying which backup a rerun resumes from."""
+    last_good = backed_up_step(backup_dir)
+    return NonFiniteLossError(
+        f"{what} at optimizer step {step} (epoch {epoch + 1}); training stopped and these "
+        "weights were not saved. "
+        + (f"The last good backup, of step {last_good}, is kept in {backup_dir}: the same "
+           "command resumes from it (fix the cause first, e.g. with a lower --learning_rate; "
+           "delete it to start over)." if last_good is not None else
+           "No backup had been written yet; try a lower --learning_rate."))
