@@ -12,6 +12,9 @@
     runtime    RuntimeConfig    strategy, dtype policy, XLA, steps per execution
     export     ExportConfig     where the SavedModel versions go
 
+`PredictConfig` and `EvaluateConfig` describe a run of `bert_tf2.predict` and
+`bert_tf2.evaluate` the same way.
+
 `TrainConfig.from_flags(flag_values)` is the one place the training flags are read, and the
 place every implied setting is derived (`_with_implied_settings`). Each run writes the result
 to `model_dir/run_config.json`; `--run_config=that file` starts the same run again, with the
@@ -24,6 +27,8 @@ import dataclasses
 import json
 import typing
 from typing import Any, Dict, Mapping, Optional
+
+from absl import app
 
 from bert_tf2 import cli
 
@@ -274,3 +279,74 @@ def load(path: str) -> TrainConfig:
     except (ValueError, TypeError) as error:
         raise cli.UserError(f"--run_config={path}: not a run_config.json that "
                             f"bert_tf2.train wrote: {error}") from error
+
+
+# ---------------------------------------------------------------------------------------------
+# The inference commands
+# ---------------------------------------------------------------------------------------------
+
+_TRAINING_DATA_FLAGS = ("train_data", "eval_data", "test_data")
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig:
+    """One `bert_tf2.predict` run: which model, what it reads and what it writes."""
+
+    saved_model: str = _flag()
+    batch_size: int = _flag()
+    input: str = _flag()
+    input_format: str = _flag()
+    text_column: str = _flag()
+    skip_bad_rows: bool = _flag()
+    output: str = _flag()
+    format: Optional[str] = _flag()
+    progress: bool = _flag()
+
+    @classmethod
+    def from_flags(cls, flag_values) -> "PredictConfig":
+        """The run the parsed flags of `bert_tf2.predict` describe."""
+        _reject_training_data_flags(flag_values, "predict reads --input")
+        return _with_model_checked(_build(cls, lambda name: flag_values[name].value))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """One `bert_tf2.evaluate` run: which model, on what data, and where the report goes."""
+
+    saved_model: Optional[str] = _flag()
+    batch_size: int = _flag()
+    data: Optional[str] = _flag()  # None: the built-in test split of `seed`
+    text_column: str = _flag()
+    label_column: str = _flag()
+    label_map: Optional[str] = _flag()
+    skip_bad_rows: bool = _flag()
+    seed: int = _flag()
+    output_dir: Optional[str] = _flag()
+    history: Optional[str] = _flag()
+    num_wrong: int = _flag()
+    calibration_bins: int = _flag()
+
+    @classmethod
+    def from_flags(cls, flag_values) -> "EvaluateConfig":
+        """The run the parsed flags of `bert_tf2.evaluate` describe."""
+        _reject_training_data_flags(flag_values, "evaluate reads --data")
+        config = _build(cls, lambda name: flag_values[name].value)
+        if not config.saved_model and config.history:
+            return config  # only plots the training curves
+        return _with_model_checked(config)
+
+
+def _reject_training_data_flags(flag_values, what_instead: str) -> None:
+    for name in _TRAINING_DATA_FLAGS:
+        if flag_values[name].value:
+            raise app.UsageError(f"--{name} is a training flag; {what_instead}")
+
+
+def _with_model_checked(config):
+    """`config`, once its --saved_model and --batch_size are checked."""
+    if not config.saved_model:
+        raise app.UsageError("--saved_model is required"
+                             + (" (or --history)" if hasattr(config, "history") else ""))
+    if config.batch_size < 1:
+        raise app.UsageError(f"--batch_size must be at least 1, got {config.batch_size}")
+    return config

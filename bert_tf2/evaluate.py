@@ -31,7 +31,7 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from bert_tf2 import cli
-from bert_tf2 import config
+from bert_tf2 import config as config_lib
 from bert_tf2 import data
 from bert_tf2 import flags as project_flags
 from bert_tf2 import io_utils
@@ -41,7 +41,7 @@ from bert_tf2 import predict
 FLAGS = flags.FLAGS
 CLASS_NAMES = ("negative", "positive")  # label 0, label 1
 # The served model's cut: label = probability >= it.
-DEFAULT_THRESHOLD = config.DECISION_THRESHOLD
+DEFAULT_THRESHOLD = config_lib.DECISION_THRESHOLD
 REPORT_FILE = "report.json"
 PLOT_FILES = {"roc": "roc.png", "precision_recall": "precision_recall.png",
               "confusion_matrix": "confusion_matrix.png", "reliability": "reliability.png"}
@@ -309,52 +309,45 @@ def _inside(path: str, directory: str) -> bool:
 # The command
 # ---------------------------------------------------------------------------------------------
 
-def run(flags_) -> Dict[str, object]:
+def run(config: config_lib.EvaluateConfig) -> Dict[str, object]:
     """Evaluates --saved_model on --data (or the built-in test split); returns the report.
 
     With only --history, plots the training curves and returns {"training_curves": path}.
     """
-    for name in ("train_data", "eval_data", "test_data"):
-        if flags_[name].value:
-            raise app.UsageError(f"--{name} is a training flag; evaluate reads --data")
-    if not flags_.saved_model:
-        if not flags_.history:
-            raise app.UsageError("--saved_model (or --history) is required")
-        output_dir = flags_.output_dir or os.path.dirname(os.path.abspath(flags_.history))
-        path = plots.plot_training_curves(flags_.history,
+    if not config.saved_model:
+        output_dir = config.output_dir or os.path.dirname(os.path.abspath(config.history))
+        path = plots.plot_training_curves(config.history,
                                           os.path.join(output_dir, TRAINING_CURVES_FILE))
         print(f"Training curves: {path}")
         return {"training_curves": path}
-    if flags_.batch_size < 1:
-        raise app.UsageError(f"--batch_size must be at least 1, got {flags_.batch_size}")
 
-    saved_model = predict.resolve_saved_model(flags_.saved_model)
-    output_dir = flags_.output_dir or default_output_dir(saved_model)
+    saved_model = predict.resolve_saved_model(config.saved_model)
+    output_dir = config.output_dir or default_output_dir(saved_model)
     if _inside(output_dir, saved_model):
         raise app.UsageError(f"--output_dir={output_dir} is inside the SavedModel "
                              f"{saved_model}; TF Serving loads that directory")
     predictor = predict.Predictor(saved_model)
-    if flags_.data:
-        examples = data.read_examples(flags_.data, **data.reader_options(flags_))
+    if config.data:
+        examples = data.read_examples(config.data, **data.reader_options(config))
     else:
-        examples = data.builtin_corpus_splits(seed=flags_.seed)["test"]
+        examples = data.builtin_corpus_splits(seed=config.seed)["test"]
 
     start = time.perf_counter()
     probabilities = np.concatenate([
         batch_probabilities for _, batch_probabilities, _ in predict.predict_in_batches(
-            predictor, examples.texts, flags_.batch_size, total=len(examples), progress=True)])
+            predictor, examples.texts, config.batch_size, total=len(examples), progress=True)])
     seconds = time.perf_counter() - start
 
     report = {"saved_model": predictor.path, "data": examples.source,
               "skipped_rows": examples.skipped_rows}
     report.update(evaluate_predictions(examples.labels, probabilities, texts=examples.texts,
-                                       num_bins=flags_.calibration_bins,
-                                       num_wrong=flags_.num_wrong))
+                                       num_bins=config.calibration_bins,
+                                       num_wrong=config.num_wrong))
     report["examples_per_second"] = len(examples) / seconds if seconds > 0 else None
     os.makedirs(output_dir, exist_ok=True)
     report["plots"] = write_plots(examples.labels, probabilities, report, output_dir)
-    if flags_.history:
-        plots.plot_training_curves(flags_.history,
+    if config.history:
+        plots.plot_training_curves(config.history,
                                    os.path.join(output_dir, TRAINING_CURVES_FILE))
         report["plots"]["training_curves"] = TRAINING_CURVES_FILE
     report["output_dir"] = os.path.abspath(output_dir)
@@ -376,7 +369,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     sys.stdout.reconfigure(encoding="utf-8", errors="backslashreplace")
-    run(FLAGS)
+    run(config_lib.EvaluateConfig.from_flags(FLAGS))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from absl import app, flags, logging
 import numpy as np
 
 from bert_tf2 import cli
+from bert_tf2 import config as config_lib
 from bert_tf2 import data
 from bert_tf2 import flags as project_flags
 from bert_tf2 import io_utils
@@ -197,43 +198,40 @@ def _probability(value: np.float32) -> float:
 # The command
 # ---------------------------------------------------------------------------------------------
 
-def run(flags_, *, stdin: Optional[BinaryIO] = None,
+def run(config: config_lib.PredictConfig, *, stdin: Optional[BinaryIO] = None,
         stdout: Optional[TextIO] = None) -> Dict[str, object]:
     """Predicts every row of --input into --output; returns counts and timings.
 
     `stdin` (binary) and `stdout` (text) replace the process's own for '-' (tests use this).
     """
-    _reject_unused_flags(flags_)
-    if flags_.batch_size < 1:
-        raise app.UsageError(f"--batch_size must be at least 1, got {flags_.batch_size}")
-    output_format = flags_.format or (output_format_of(flags_.output)
-                                      if flags_.output != STDIO else "jsonl")
+    output_format = config.format or (output_format_of(config.output)
+                                      if config.output != STDIO else "jsonl")
     start = time.perf_counter()
-    predictor = Predictor(flags_.saved_model)
+    predictor = Predictor(config.saved_model)
     load_seconds = time.perf_counter() - start
 
-    bad_rows = data.BadRows(skip=flags_.skip_bad_rows)
-    if flags_.input == STDIO:
+    bad_rows = data.BadRows(skip=config.skip_bad_rows)
+    if config.input == STDIO:
         source, stream = "<stdin>", stdin if stdin is not None else sys.stdin.buffer
     else:
-        source, stream = flags_.input, None
-    rows = read_texts(source, input_format=flags_.input_format, text_column=flags_.text_column,
+        source, stream = config.input, None
+    rows = read_texts(source, input_format=config.input_format, text_column=config.text_column,
                       bad_rows=bad_rows, stream=stream)
     count = 0
     start = time.perf_counter()
-    with _open_output(flags_.output, stdout) as out:
+    with _open_output(config.output, stdout) as out:
         write = _row_writer(out, output_format)
         for batch, probabilities, labels in predict_in_batches(
-                predictor, rows, flags_.batch_size, text_of=lambda row: row[1],
-                progress=flags_.progress):
+                predictor, rows, config.batch_size, text_of=lambda row: row[1],
+                progress=config.progress):
             for (line_number, text), probability, label in zip(batch, probabilities, labels):
                 write({"line": line_number, "text": text,
                        "probability": _probability(probability), "label": int(label)})
             count += len(batch)
-            if flags_.output == STDIO:
+            if config.output == STDIO:
                 out.flush()  # downstream readers of a pipe see each batch as it is done
     seconds = time.perf_counter() - start
-    summary = {"saved_model": predictor.path, "input": source, "output": flags_.output,
+    summary = {"saved_model": predictor.path, "input": source, "output": config.output,
                "rows": count, "skipped_rows": bad_rows.count, "seconds": seconds,
                "texts_per_second": count / seconds if seconds > 0 else float("inf"),
                "load_seconds": load_seconds}
@@ -245,16 +243,8 @@ def run(flags_, *, stdin: Optional[BinaryIO] = None,
     return summary
 
 
-def _reject_unused_flags(flags_) -> None:
-    for name in ("train_data", "eval_data", "test_data"):
-        if flags_[name].value:
-            raise app.UsageError(f"--{name} is a training flag; predict reads --input")
-    if not flags_.saved_model:
-        raise app.UsageError("--saved_model is required")
-
-
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
-    """Defines every flag `run` reads: model, data-column and prediction flags."""
+    """Defines every flag `PredictConfig.from_flags` reads."""
     project_flags.define_inference_flags(flag_values)
     project_flags.define_data_flags(flag_values)
     project_flags.define_prediction_flags(flag_values)
@@ -264,7 +254,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     sys.stdout.reconfigure(encoding="utf-8", errors="backslashreplace")
-    run(FLAGS)
+    run(config_lib.PredictConfig.from_flags(FLAGS))
 
 
 if __name__ == "__main__":

@@ -278,6 +278,7 @@ def test_mirrored_on_two_cpus_trains_exports_and_matches_one_device(dropout_free
                                                                   abs=2e-3), (split, name)
 
 
+@pytest.mark.slow
 def test_batch_size_that_does_not_split_over_replicas_is_a_one_line_error(tmp_path):
     process = start_train(["--distribution_strategy=mirrored", "--batch_size=15",
                            f"--model_dir={tmp_path}"],
@@ -289,6 +290,7 @@ def test_batch_size_that_does_not_split_over_replicas_is_a_one_line_error(tmp_pa
         "replicas"), stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_tpu_cli_fails_at_once_with_a_one_line_error(tmp_path):
     start = time.monotonic()
     returncode, _, stderr = finish(start_train(["--distribution_strategy=tpu",

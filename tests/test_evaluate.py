@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from bert_tf2 import data, evaluate, plots
+from bert_tf2 import config, data, evaluate, plots
 
 # The hand-worked fixture. Sorted by probability:
 #
@@ -186,11 +186,12 @@ def test_default_output_dir_is_beside_the_saved_model():
     assert not evaluate._inside("/e/export/eval-3", "/e/export/3")
 
 
-def parse_evaluate_flags(*args: str) -> flags.FlagValues:
+def parse_evaluate_flags(*args: str) -> config.EvaluateConfig:
+    """The `config.EvaluateConfig` that `python -m bert_tf2.evaluate ARGS` would run."""
     flag_values = flags.FlagValues()
     evaluate.define_flags(flag_values)
     flag_values(["evaluate", *args])
-    return flag_values
+    return config.EvaluateConfig.from_flags(flag_values)
 
 
 def test_history_alone_only_plots_curves(tmp_path, capsys):

@@ -12,7 +12,7 @@ from absl import flags
 import numpy as np
 import pytest
 
-from bert_tf2 import data, predict
+from bert_tf2 import config, data, predict
 from tests.conftest import REPO_ROOT
 
 
@@ -31,7 +31,8 @@ def run_predict(tiny_training_run, predictor, monkeypatch):
         predict.define_flags(flag_values)
         flag_values(["predict", f"--saved_model={tiny_training_run['saved_model']}", *args])
         stdout = io.StringIO()
-        summary = predict.run(flag_values, stdin=io.BytesIO(stdin) if stdin is not None else None,
+        summary = predict.run(config.PredictConfig.from_flags(flag_values),
+                              stdin=io.BytesIO(stdin) if stdin is not None else None,
                               stdout=stdout)
         return summary, stdout.getvalue()
 

@@ -313,6 +313,7 @@ def test_failed_export_leaves_no_version_and_no_scratch(tmp_path, monkeypatch, s
 # The command line: errors are one line, not a traceback
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["bad_label", "unwritable_model_dir"])
 def test_cli_reports_errors_in_one_line_without_a_traceback(tmp_path, case):
     bad_csv = tmp_path / "reviews.csv"
