@@ -35,11 +35,17 @@ from bert_tf2 import cli
 # Choices of the enum flags; the modules that implement them check against these.
 STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "tpu")
 NORMALIZATIONS = ("bert_original", "tf_hub")
+TASKS = ("binary", "multiclass", "multilabel")
+TRUNCATIONS = ("head", "tail", "head_tail")
+CLASS_WEIGHTS = ("none", "balanced")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 RUN_CONFIG_FILE = "run_config.json"
-# The served label is 1 where P(positive) >= this: the export, evaluate and the client use it.
+# The served label is 1 where P(positive) >= this (a multilabel class is on where its
+# probability is): the export, evaluate and the client use it.
 DECISION_THRESHOLD = 0.5
+# The binary task's class names: its label ids, as the classify signature reports them.
+BINARY_CLASS_NAMES = ("0", "1")
 
 
 def _flag(name: Optional[str] = None) -> dataclasses.Field:
@@ -54,14 +60,20 @@ def _derived() -> dataclasses.Field:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Labelled CSV/TSV/JSONL files (the built-in corpus when `train_data` is unset)."""
+    """Labelled CSV/TSV/JSONL files (the built-in corpus when `train_data` is unset): which
+    columns hold the text(s) and the label, and what a label is (the task)."""
 
     train_data: Optional[str] = _flag()
     eval_data: Optional[str] = _flag()
     test_data: Optional[str] = _flag()
+    column_names: Optional[str] = _flag()  # 'a,b,c': the columns of headerless CSV/TSV files
     text_column: str = _flag()
+    text_b_column: Optional[str] = _flag()  # the second text of sentence pairs
     label_column: str = _flag()
-    label_map: Optional[str] = _flag()  # '差评:0,好评:1'; None: the default names
+    task: str = _flag()  # binary | multiclass | multilabel
+    label_map: Optional[str] = _flag()  # binary: '差评:0,好评:1'; None: the default names
+    class_names: Optional[str] = _flag()  # 'a,b,c'; None: the training split's labels, sorted
+    label_separator: str = _flag()  # multilabel: between the labels of one cell
     skip_bad_rows: bool = _flag()
 
 
@@ -70,6 +82,7 @@ class InputConfig:
     """How examples become batches: token budget, padding and length buckets."""
 
     seq_length: int = _flag()
+    truncation: str = _flag()  # head | tail | head_tail: which tokens of a long text stay
     dynamic_padding: bool = _flag()
     bucket_by_length: bool = _flag()
     # XLA compiles one program per input shape: under --jit_compile a batch is padded to the
@@ -128,6 +141,7 @@ class TrainerConfig:
     epochs: int = _flag()
     train_steps: Optional[int] = _flag()  # a cap on optimizer steps; None or 0: no cap
     checkpoint_steps: Optional[int] = _flag()
+    class_weights: str = _flag()  # none | balanced: weigh examples by 1 / their class's share
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +162,7 @@ class ExportConfig:
 
     export_dir: Optional[str] = _flag()
     keep_exports: Optional[int] = _flag()
+    export_best: bool = _flag()  # the epoch with the best dev score, not the last
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,8 +311,11 @@ class PredictConfig:
     batch_size: int = _flag()
     input: str = _flag()
     input_format: str = _flag()
+    column_names: Optional[str] = _flag()
     text_column: str = _flag()
+    text_b_column: Optional[str] = _flag()
     skip_bad_rows: bool = _flag()
+    top_k: Optional[int] = _flag()
     output: str = _flag()
     format: Optional[str] = _flag()
     progress: bool = _flag()
@@ -316,10 +334,7 @@ class EvaluateConfig:
     saved_model: Optional[str] = _flag()
     batch_size: int = _flag()
     data: Optional[str] = _flag()  # None: the built-in test split of `seed`
-    text_column: str = _flag()
-    label_column: str = _flag()
-    label_map: Optional[str] = _flag()
-    skip_bad_rows: bool = _flag()
+    reader: DataConfig  # its columns and labels; the task and classes come from the model
     seed: int = _flag()
     output_dir: Optional[str] = _flag()
     history: Optional[str] = _flag()

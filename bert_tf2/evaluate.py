@@ -218,6 +218,107 @@ def evaluate_predictions(labels, probabilities, *, texts: Optional[Sequence[str]
 
 
 # ---------------------------------------------------------------------------------------------
+# Metrics of K classes: multiclass (class ids, [n, K] probabilities) and multilabel ([n, K] 0/1)
+# ---------------------------------------------------------------------------------------------
+
+def _per_class(class_names: Sequence[str], precision, recall, f1, support) -> Dict[str, object]:
+    return {name: {"precision": float(precision[i]), "recall": float(recall[i]),
+                   "f1": float(f1[i]), "support": int(support[i])}
+            for i, name in enumerate(class_names)}
+
+
+def multiclass_report(labels, probabilities, class_names: Sequence[str], *,
+                      texts: Optional[Sequence[object]] = None,
+                      num_wrong: int = 10) -> Dict[str, object]:
+    """Accuracy, macro/micro F1, per-class precision/recall/F1/support, the K x K confusion
+    matrix (true classes as rows), log loss, and each class's most confident errors."""
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    if y.ndim != 1 or p.shape != (len(y), len(class_names)) or not len(y):
+        raise ValueError(f"expected {len(class_names)} probabilities per label, got shapes "
+                         f"{y.shape} and {p.shape}")
+    predicted = p.argmax(axis=1)
+    ids = list(range(len(class_names)))
+    scores = sk_metrics.precision_recall_fscore_support(y, predicted, labels=ids,
+                                                        zero_division=0)
+    errors = {}
+    for i, name in enumerate(class_names):
+        wrong = np.flatnonzero((y == i) & (predicted != i))
+        wrong = wrong[np.argsort(-p[wrong, predicted[wrong]], kind="stable")][:num_wrong]
+        errors[name] = [{"index": int(j), "text": texts[j] if texts is not None else None,
+                         "predicted": class_names[predicted[j]],
+                         "probability": float(p[j, predicted[j]])} for j in wrong]
+    return {
+        "task": "multiclass", "num_examples": int(len(y)), "class_names": list(class_names),
+        "accuracy": float(sk_metrics.accuracy_score(y, predicted)),
+        "macro_f1": float(sk_metrics.f1_score(y, predicted, average="macro", zero_division=0)),
+        "micro_f1": float(sk_metrics.f1_score(y, predicted, average="micro", zero_division=0)),
+        "per_class": _per_class(class_names, *scores),
+        "log_loss": float(sk_metrics.log_loss(y, p / p.sum(axis=1, keepdims=True),
+                                              labels=ids)),
+        "confusion_matrix": sk_metrics.confusion_matrix(y, predicted, labels=ids).tolist(),
+        "most_confidently_wrong": errors,
+    }
+
+
+def multilabel_report(labels, probabilities, class_names: Sequence[str], *,
+                      threshold: float = DEFAULT_THRESHOLD) -> Dict[str, object]:
+    """Micro/macro F1, subset accuracy (every label right), Hamming loss, and per label its
+    precision/recall/F1/support and ROC-AUC (None where a label is always or never on)."""
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    if y.ndim != 2 or p.shape != y.shape or y.shape[1] != len(class_names) or not len(y):
+        raise ValueError(f"expected [n, {len(class_names)}] labels and probabilities, got "
+                         f"shapes {y.shape} and {p.shape}")
+    predicted = (p >= threshold).astype(np.int64)
+    per_label = _per_class(class_names, *sk_metrics.precision_recall_fscore_support(
+        y, predicted, zero_division=0))
+    for i, name in enumerate(class_names):
+        both = 0 < y[:, i].sum() < len(y)
+        per_label[name]["roc_auc"] = (float(sk_metrics.roc_auc_score(y[:, i], p[:, i]))
+                                      if both else None)
+    return {
+        "task": "multilabel", "num_examples": int(len(y)), "class_names": list(class_names),
+        "threshold": float(threshold),
+        "subset_accuracy": float(sk_metrics.accuracy_score(y, predicted)),
+        "micro_f1": float(sk_metrics.f1_score(y, predicted, average="micro", zero_division=0)),
+        "macro_f1": float(sk_metrics.f1_score(y, predicted, average="macro", zero_division=0)),
+        "hamming_loss": float(sk_metrics.hamming_loss(y, predicted)),
+        "per_label": per_label,
+    }
+
+
+def format_class_report(report: Mapping[str, object]) -> str:
+    """The short table printed for a multiclass or multilabel report."""
+    per_class = report.get("per_class") or report["per_label"]
+    width = max(10, *(len(name) + 2 for name in per_class))
+    lines = [f"Model {report.get('saved_model', '?')}",
+             f"Data  {report.get('data', '?')}: {report['num_examples']} examples, "
+             f"{len(per_class)} classes ({report['task']})",
+             f"{'':{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for name, m in per_class.items():
+        lines.append(f"{name:{width}}{m['precision']:10.3f}{m['recall']:10.3f}{m['f1']:10.3f}"
+                     f"{m['support']:10d}")
+    if report["task"] == "multiclass":
+        lines.append(f"accuracy {report['accuracy']:.3f}  macro F1 {report['macro_f1']:.3f}  "
+                     f"micro F1 {report['micro_f1']:.3f}  log loss {report['log_loss']:.3f}")
+        for name, errors in report["most_confidently_wrong"].items():
+            for error in errors[:3]:
+                lines.append(f"  {name} -> {error['predicted']} p={error['probability']:.3f}  "
+                             f"{_one_line(_joined(error['text']))}")
+    else:
+        lines.append(f"subset accuracy {report['subset_accuracy']:.3f}  micro F1 "
+                     f"{report['micro_f1']:.3f}  macro F1 {report['macro_f1']:.3f}  Hamming "
+                     f"loss {report['hamming_loss']:.3f}")
+    return "\n".join(lines)
+
+
+def _joined(text: object) -> Optional[str]:
+    """A text, or a (text, text_b) pair as 'text ‖ text_b'."""
+    return " ‖ ".join(text) if isinstance(text, (tuple, list)) else text
+
+
+# ---------------------------------------------------------------------------------------------
 # Report: plots, JSON, the printed table
 # ---------------------------------------------------------------------------------------------
 
@@ -290,7 +391,7 @@ def format_report(report: Mapping[str, object]) -> str:
         lines.append(f"most confidently wrong ({len(wrong)}):")
         for example in wrong:
             lines.append(f"  label {example['label']}  p={example['probability']:.3f}  "
-                         f"{_one_line(example['text'])}")
+                         f"{_one_line(_joined(example['text']))}")
     return "\n".join(lines)
 
 
@@ -327,35 +428,67 @@ def run(config: config_lib.EvaluateConfig) -> Dict[str, object]:
         raise app.UsageError(f"--output_dir={output_dir} is inside the SavedModel "
                              f"{saved_model}; TF Serving loads that directory")
     predictor = predict.Predictor(saved_model)
-    if config.data:
-        examples = data.read_examples(config.data, **data.reader_options(config))
-    else:
-        examples = data.builtin_corpus_splits(seed=config.seed)["test"]
+    examples = _labelled_examples(config, predictor)
+    texts = (list(zip(examples.texts, examples.texts_b)) if examples.texts_b
+             else examples.texts)
 
     start = time.perf_counter()
     probabilities = np.concatenate([
         batch_probabilities for _, batch_probabilities, _ in predict.predict_in_batches(
-            predictor, examples.texts, config.batch_size, total=len(examples), progress=True)])
+            predictor, texts, config.batch_size, total=len(examples), progress=True)])
     seconds = time.perf_counter() - start
 
     report = {"saved_model": predictor.path, "data": examples.source,
               "skipped_rows": examples.skipped_rows}
-    report.update(evaluate_predictions(examples.labels, probabilities, texts=examples.texts,
-                                       num_bins=config.calibration_bins,
-                                       num_wrong=config.num_wrong))
-    report["examples_per_second"] = len(examples) / seconds if seconds > 0 else None
     os.makedirs(output_dir, exist_ok=True)
-    report["plots"] = write_plots(examples.labels, probabilities, report, output_dir)
+    if predictor.task == "binary":
+        report.update(evaluate_predictions(examples.labels, probabilities, texts=texts,
+                                           num_bins=config.calibration_bins,
+                                           num_wrong=config.num_wrong))
+        report["plots"] = write_plots(examples.labels, probabilities, report, output_dir)
+    else:
+        report.update(
+            multiclass_report(examples.labels, probabilities, predictor.class_names,
+                              texts=texts, num_wrong=config.num_wrong)
+            if predictor.task == "multiclass" else
+            multilabel_report(examples.labels, probabilities, predictor.class_names))
+        report["plots"] = {}
+        if predictor.task == "multiclass":
+            plots.plot_confusion_matrix(report["confusion_matrix"], predictor.class_names,
+                                        os.path.join(output_dir, PLOT_FILES["confusion_matrix"]),
+                                        threshold=None)
+            report["plots"]["confusion_matrix"] = PLOT_FILES["confusion_matrix"]
+    report["examples_per_second"] = len(examples) / seconds if seconds > 0 else None
     if config.history:
         plots.plot_training_curves(config.history,
                                    os.path.join(output_dir, TRAINING_CURVES_FILE))
         report["plots"]["training_curves"] = TRAINING_CURVES_FILE
     report["output_dir"] = os.path.abspath(output_dir)
     io_utils.write_json(report, os.path.join(output_dir, REPORT_FILE))
-    print(format_report(report))
+    print(format_report(report) if predictor.task == "binary" else format_class_report(report))
     print(f"Report and plots: {report['output_dir']}/ ({REPORT_FILE}, "
           f"{', '.join(report['plots'].values())})")
     return report
+
+
+def _labelled_examples(config: config_lib.EvaluateConfig,
+                       predictor: "predict.Predictor") -> data.Examples:
+    """--data (or the built-in test split), labels read and encoded as the model's task and
+    classes say."""
+    if not config.data:
+        if predictor.task != "binary" or predictor.pairs:
+            raise app.UsageError(f"{predictor.path} is a {predictor.task} model"
+                                 + (" of text pairs" if predictor.pairs else "")
+                                 + ": pass --data, the built-in corpus is binary")
+        return data.encode_labels(data.builtin_corpus_splits(seed=config.seed),
+                                  data.LabelSpec())["test"]
+    predictor.check_text_b_column(config.reader.text_b_column)
+    overrides = {"task": predictor.task}
+    if predictor.task != "binary":
+        overrides["class_names"] = predictor.class_names
+    options = data.reader_options(config.reader, **overrides)
+    examples = data.read_examples(config.data, **options)
+    return data.encode_labels({"train": examples}, options["labels"])["train"]
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:

@@ -20,6 +20,14 @@ Signature contract -- the single source of truth; docs/serving.md copies this ta
 
   (method_name ... = tensorflow/serving/)
 
+That is the binary task. Multiclass: serving_default gives `probabilities` DT_FLOAT [-1, K],
+`label` DT_STRING [-1] (the argmax's class name) and `label_id` DT_INT64 [-1]; classify gives
+`scores` [-1, K] (the probabilities) and `classes` [-1, K] (the class names). Multilabel:
+`probabilities` [-1, K] and `labels` DT_INT64 [-1, K] (1 where >= 0.5); classify as
+multiclass. Sentence pairs take a second text, `text_b` (a second input of serving_default, a
+second bytes feature of classify's tf.Examples). Every version carries its class names, one a
+line in the order of the probabilities, in `assets/classes.txt`.
+
 `classify` is what TF Serving's Classify API (gRPC `PredictionService/Classify`, REST
 `:classify`) calls. Its class names are "0" and "1", the same values as serving_default's
 `label` and as the training labels, so every API reports the same ids.
@@ -35,7 +43,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Dict, List, Optional, Sequence, Set
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
@@ -48,8 +56,12 @@ from bert_tf2 import io_utils
 SERVING_SIGNATURE = "serving_default"
 PREDICT_METHOD_NAME = "tensorflow/serving/predict"
 TEXT_INPUT = "text"
-PROBABILITY_OUTPUT = "probability"
-LABEL_OUTPUT = "label"
+TEXT_B_INPUT = "text_b"  # sentence pairs: the second text
+PROBABILITY_OUTPUT = "probability"  # binary
+LABEL_OUTPUT = "label"  # binary: 0/1; multiclass: the class name
+PROBABILITIES_OUTPUT = "probabilities"  # multiclass, multilabel
+LABEL_ID_OUTPUT = "label_id"  # multiclass
+LABELS_OUTPUT = "labels"  # multilabel
 DECISION_THRESHOLD = config.DECISION_THRESHOLD
 # Each text is cut to its first MAX_TEXT_BYTES bytes before tokenizing. That is far more than
 # any seq_length needs (512 tokens of Chinese are ~1.5 KiB) and bounds the time and memory one
@@ -65,7 +77,10 @@ CLASSIFY_INPUTS = tf.saved_model.CLASSIFY_INPUTS                # inputs
 CLASSIFY_OUTPUT_SCORES = tf.saved_model.CLASSIFY_OUTPUT_SCORES  # scores
 CLASSIFY_OUTPUT_CLASSES = tf.saved_model.CLASSIFY_OUTPUT_CLASSES  # classes
 TEXT_FEATURE = "text"
-CLASS_NAMES = ("0", "1")  # column order of `scores` and `classes`: negative, positive
+TEXT_B_FEATURE = "text_b"
+CLASS_NAMES = config.BINARY_CLASS_NAMES  # binary `scores` columns: negative, positive
+# The class names, one a line, in the order of the probabilities (every task).
+CLASSES_FILE = os.path.join("assets", "classes.txt")
 
 # Warm-up.
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -80,31 +95,61 @@ WARMUP_REVIEWS = (
 
 
 class ServingModule(tf.Module):
-    """Holds the text classifier and the signature functions that TF Serving calls."""
+    """Holds the text classifier and the signature functions that TF Serving calls.
 
-    def __init__(self, text_classifier: tf_keras.Model):
+    `task` and `class_names` choose the outputs (the contract above); with `pairs` both
+    signatures take a second text, `text_b`.
+    """
+
+    def __init__(self, text_classifier: tf_keras.Model, *, task: str = "binary",
+                 class_names: Sequence[str] = CLASS_NAMES, pairs: bool = False):
         super().__init__()
         self.text_classifier = text_classifier
+        self.task, self.class_names, self.pairs = task, tuple(class_names), pairs
+        text_specs = [tf.TensorSpec([None], tf.string, name=name) for name in self.text_inputs]
+        self.serve = tf.function(self._serve_pair if pairs else self._serve_one,
+                                 input_signature=text_specs)
+        self.classify = tf.function(
+            self._classify, input_signature=[tf.TensorSpec([None], tf.string,
+                                                            name=CLASSIFY_INPUTS)])
 
-    def _probability(self, text):
-        text = tf.strings.substr(text, 0, MAX_TEXT_BYTES)  # see MAX_TEXT_BYTES
-        probability = tf.reshape(self.text_classifier(text, training=False), [-1])
-        return tf.cast(probability, tf.float32)
+    @property
+    def text_inputs(self) -> Sequence[str]:
+        return (TEXT_INPUT, TEXT_B_INPUT) if self.pairs else (TEXT_INPUT,)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=TEXT_INPUT)])
-    def serve(self, text):
-        probability = self._probability(text)
-        label = tf.cast(probability >= DECISION_THRESHOLD, tf.int64)
-        return {PROBABILITY_OUTPUT: probability, LABEL_OUTPUT: label}
+    def _probabilities(self, texts):
+        """[batch] or [batch, classes] float32 probabilities of the texts (one or two lists)."""
+        texts = [tf.strings.substr(text, 0, MAX_TEXT_BYTES) for text in texts]  # see there
+        probabilities = self.text_classifier(texts if self.pairs else texts[0], training=False)
+        if self.task == "binary":
+            probabilities = tf.reshape(probabilities, [-1])
+        return tf.cast(probabilities, tf.float32)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=CLASSIFY_INPUTS)])
-    def classify(self, inputs):
+    def _serve_one(self, text):
+        return self._outputs(self._probabilities([text]))
+
+    def _serve_pair(self, text, text_b):
+        return self._outputs(self._probabilities([text, text_b]))
+
+    def _outputs(self, probabilities) -> Dict[str, tf.Tensor]:
+        if self.task == "binary":
+            return {PROBABILITY_OUTPUT: probabilities,
+                    LABEL_OUTPUT: tf.cast(probabilities >= DECISION_THRESHOLD, tf.int64)}
+        if self.task == "multilabel":
+            return {PROBABILITIES_OUTPUT: probabilities,
+                    LABELS_OUTPUT: tf.cast(probabilities >= DECISION_THRESHOLD, tf.int64)}
+        label_id = tf.argmax(probabilities, axis=1, output_type=tf.int64)
+        return {PROBABILITIES_OUTPUT: probabilities, LABEL_ID_OUTPUT: label_id,
+                LABEL_OUTPUT: tf.gather(tf.constant(self.class_names), label_id)}
+
+    def _classify(self, inputs):
         features = tf.io.parse_example(
-            inputs, {TEXT_FEATURE: tf.io.FixedLenFeature([], tf.string)})
-        probability = self._probability(features[TEXT_FEATURE])
-        scores = tf.stack([1.0 - probability, probability], axis=1)
-        classes = tf.broadcast_to(tf.constant([CLASS_NAMES]),
-                                  [tf.shape(probability)[0], len(CLASS_NAMES)])
+            inputs, {name: tf.io.FixedLenFeature([], tf.string) for name in self.text_inputs})
+        probabilities = self._probabilities([features[name] for name in self.text_inputs])
+        scores = (tf.stack([1.0 - probabilities, probabilities], axis=1)
+                  if self.task == "binary" else probabilities)
+        classes = tf.broadcast_to(tf.constant([self.class_names]),
+                                  [tf.shape(scores)[0], len(self.class_names)])
         return {CLASSIFY_OUTPUT_SCORES: scores, CLASSIFY_OUTPUT_CLASSES: classes}
 
     def signature_functions(self) -> Dict[str, tf.types.experimental.ConcreteFunction]:
@@ -115,9 +160,12 @@ class ServingModule(tf.Module):
 
 def export_text_classifier(text_classifier: tf_keras.Model, export_dir: str,
                            version: Optional[int] = None,
-                           keep: Optional[int] = None) -> str:
+                           keep: Optional[int] = None, *, task: str = "binary",
+                           class_names: Sequence[str] = CLASS_NAMES,
+                           pairs: bool = False) -> str:
     """Writes `export_dir/<version>` atomically and returns its path.
 
+    `task`, `class_names` and `pairs` choose the signatures' inputs and outputs (`ServingModule`).
     `version` defaults to one more than the highest existing version (1 for the first).
     `keep=N` (N >= 1) removes all but the newest N versions, only once the new version is in
     place; None keeps every version.
@@ -127,11 +175,12 @@ def export_text_classifier(text_classifier: tf_keras.Model, export_dir: str,
     if version is None:
         version = (io_utils.existing_versions(export_dir) or [0])[-1] + 1
     final_path = os.path.join(export_dir, str(version))
-    module = ServingModule(text_classifier)
+    module = ServingModule(text_classifier, task=task, class_names=class_names, pairs=pairs)
     with io_utils.atomic_directory(final_path) as scratch:
         tf.saved_model.save(module, scratch, signatures=module.signature_functions())
         set_method_names(scratch, {CLASSIFY_SIGNATURE: CLASSIFY_METHOD_NAME})
-        write_warmup_requests(scratch)
+        write_warmup_requests(scratch, pairs=pairs)
+        write_class_names(scratch, class_names)
     if keep is not None:
         prune_versions(export_dir, keep)
     return final_path
@@ -196,49 +245,77 @@ def custom_ops(saved_model_dir: str) -> Set[str]:
     return {op for op in graph_ops(saved_model_dir) if not hasattr(tf.raw_ops, op)}
 
 
-def warmup_requests(texts: Sequence[str] = WARMUP_REVIEWS):
+def warmup_requests(texts: Sequence[str] = WARMUP_REVIEWS, pairs: bool = False):
     """The `PredictionLog`s written as the warm-up file: real requests for both signatures.
 
     A full batch and a single text through serving_default (batch sizes 1 and N), and the
-    same batch as tf.Examples through classify. `model_spec.name` is left empty: TF Serving
-    runs warm-up records against the model being loaded, whatever name it is served under.
+    same batch as tf.Examples through classify; with `pairs`, each text goes with the next as
+    its `text_b`. `model_spec.name` is left empty: TF Serving runs warm-up records against the
+    model being loaded, whatever name it is served under.
     """
     from tensorflow_serving.apis import classification_pb2  # pylint: disable=g-import-not-at-top
     from tensorflow_serving.apis import predict_pb2  # pylint: disable=g-import-not-at-top
     from tensorflow_serving.apis import prediction_log_pb2  # pylint: disable=g-import-not-at-top
 
+    columns = {TEXT_INPUT: list(texts)}
+    if pairs:
+        columns[TEXT_B_INPUT] = list(texts[1:]) + list(texts[:1])
     logs = []
-    for batch in (list(texts), list(texts[:1])):
+    for size in (len(texts), 1):
         request = predict_pb2.PredictRequest()
         request.model_spec.signature_name = SERVING_SIGNATURE
-        request.inputs[TEXT_INPUT].CopyFrom(tf.make_tensor_proto(
-            [text.encode("utf-8") for text in batch], dtype=tf.string, shape=[len(batch)]))
+        for name, column in columns.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(
+                [text.encode("utf-8") for text in column[:size]], dtype=tf.string,
+                shape=[size]))
         logs.append(prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=request)))
     request = classification_pb2.ClassificationRequest()
     request.model_spec.signature_name = CLASSIFY_SIGNATURE
-    for text in texts:
-        request.input.example_list.examples.add().CopyFrom(text_example(text))
+    for i, text in enumerate(texts):
+        request.input.example_list.examples.add().CopyFrom(
+            text_example(text, columns[TEXT_B_INPUT][i] if pairs else None))
     logs.append(prediction_log_pb2.PredictionLog(
         classify_log=prediction_log_pb2.ClassifyLog(request=request)))
     return logs
 
 
-def text_example(text: str) -> tf.train.Example:
-    """The tf.Example the classify signature reads: bytes feature "text" holding UTF-8."""
+def text_example(text: str, text_b: Optional[str] = None) -> tf.train.Example:
+    """The tf.Example the classify signature reads: bytes feature "text" (and "text_b", for
+    pairs) holding UTF-8."""
+    values = {TEXT_FEATURE: text, **({TEXT_B_FEATURE: text_b} if text_b is not None else {})}
     return tf.train.Example(features=tf.train.Features(feature={
-        TEXT_FEATURE: tf.train.Feature(
-            bytes_list=tf.train.BytesList(value=[text.encode("utf-8")]))}))
+        name: tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode("utf-8")]))
+        for name, value in values.items()}))
 
 
-def write_warmup_requests(saved_model_dir: str, texts: Sequence[str] = WARMUP_REVIEWS) -> str:
+def write_warmup_requests(saved_model_dir: str, texts: Sequence[str] = WARMUP_REVIEWS,
+                          pairs: bool = False) -> str:
     """Writes `saved_model_dir/assets.extra/tf_serving_warmup_requests`; returns its path."""
     path = os.path.join(saved_model_dir, WARMUP_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
-        for log in warmup_requests(texts):
+        for log in warmup_requests(texts, pairs=pairs):
             writer.write(log.SerializeToString())
     return path
+
+
+def write_class_names(saved_model_dir: str, class_names: Sequence[str]) -> str:
+    """Writes `saved_model_dir/assets/classes.txt`, one class name a line; returns its path."""
+    path = os.path.join(saved_model_dir, CLASSES_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(f"{name}\n" for name in class_names)
+    return path
+
+
+def read_class_names(saved_model_dir: str) -> Tuple[str, ...]:
+    """The class names an export carries (`write_class_names`); binary's for older exports."""
+    path = os.path.join(saved_model_dir, CLASSES_FILE)
+    if not os.path.isfile(path):
+        return CLASS_NAMES
+    with open(path, encoding="utf-8") as f:
+        return tuple(line.rstrip("\n") for line in f)
 
 
 def prune_versions(export_dir: str, keep: int) -> List[int]:

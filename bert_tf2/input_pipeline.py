@@ -6,10 +6,12 @@ takes raw strings. Fine-tuning (`make_dataset`) and masked-LM pretraining (`bert
 batch this way.
 """
 
-from typing import Callable, Dict, Optional, Sequence, Tuple
+import dataclasses
+from typing import Dict, Optional, Sequence, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
+import tensorflow_text as text
 
 from bert_tf2 import data
 
@@ -25,16 +27,82 @@ def length_buckets(seq_length: int) -> Tuple[int, ...]:
     return tuple(b for b in LENGTH_BUCKET_BOUNDARIES if b < seq_length) + (seq_length,)
 
 
+@dataclasses.dataclass(frozen=True)
+class Packer:
+    """Tokenizes one or two text segments and packs them as the encoder's inputs.
+
+    `preprocessor` is a loaded TF Hub preprocessing module (`hub.load(handle)`); its
+    `.tokenize` and `.bert_pack_inputs` do the work, so the official online modules work too.
+    Segments longer than `seq_length` allows are cut by `truncation` (`trim_segments`).
+    With `dynamic_padding` a batch is padded only to its longest member (with
+    `length_boundaries`, ascending, to the first boundary that holds it), else to `seq_length`.
+    """
+
+    preprocessor: object
+    seq_length: int
+    truncation: str = "head"
+    dynamic_padding: bool = True
+    length_boundaries: Optional[Sequence[int]] = None
+
+    def tokenize(self, segments: Sequence[tf.Tensor]) -> Tuple[tf.RaggedTensor, ...]:
+        """String batches -> ragged [batch, (words), (wordpieces)] token batches."""
+        return tuple(self.preprocessor.tokenize(texts) for texts in segments)
+
+    def lengths(self, tokens: Sequence[tf.RaggedTensor]) -> tf.Tensor:
+        """The packed length of each example ([CLS] and each [SEP] included), capped."""
+        lengths = sum(tf.cast(t.merge_dims(-2, -1).row_lengths(), tf.int32) for t in tokens)
+        return tf.minimum(lengths + 1 + len(tokens), self.seq_length)
+
+    def pack(self, tokens: Sequence[tf.RaggedTensor]) -> Dict[str, tf.Tensor]:
+        """The encoder inputs (input_word_ids, input_mask, input_type_ids) of a token batch."""
+        length = tf.constant(self.seq_length, tf.int32)
+        if self.dynamic_padding:
+            longest = tf.reduce_max(tf.concat([self.lengths(tokens), [1 + len(tokens)]], 0))
+            length = longest
+            if self.length_boundaries:
+                boundaries = tf.constant(list(self.length_boundaries) + [self.seq_length],
+                                         tf.int32)
+                length = boundaries[tf.searchsorted(boundaries, tf.reshape(longest, [1]))[0]]
+            length = tf.minimum(length, self.seq_length)
+        segments = trim_segments(tokens, self.seq_length, self.truncation)
+        return self.preprocessor.bert_pack_inputs(list(segments), seq_length=length)
+
+
+def trim_segments(tokens: Sequence[tf.RaggedTensor], seq_length: int,
+                  truncation: str) -> Sequence[tf.RaggedTensor]:
+    """`tokens` cut to fit `seq_length` by `truncation`; as they are for 'head'.
+
+    Each segment keeps as many tokens as `bert_pack_inputs` would keep (its round-robin
+    trimmer): for 'head' it cuts them itself. 'tail' keeps a segment's last tokens instead of
+    its first; 'head_tail' its first quarter and last three quarters of what it keeps.
+    """
+    if truncation == "head":
+        return tokens
+    pieces = [t.merge_dims(-2, -1) for t in tokens]
+    budget = seq_length - 1 - len(pieces)
+    kept = text.RoundRobinTrimmer(max_seq_length=budget).generate_mask(pieces)
+    trimmed = []
+    for segment, mask in zip(pieces, kept):
+        keep = tf.reduce_sum(tf.cast(mask, tf.int64), axis=1)
+        head = keep // 4 if truncation == "head_tail" else tf.zeros_like(keep)
+        positions = tf.ragged.range(segment.row_lengths())
+        from_end = tf.expand_dims(segment.row_lengths() - (keep - head), 1)
+        trimmed.append(tf.ragged.boolean_mask(
+            segment, (positions < tf.expand_dims(head, 1)) | (positions >= from_end)))
+    return trimmed
+
+
 def make_dataset(examples: data.Examples, *, batch_size: int, preprocessor, seq_length: int,
                  training: bool, seed: int = 0, dynamic_padding: bool = True,
                  input_context=None, skip_batches: int = 0, bucket_by_length: bool = False,
-                 pad_to_bucket_boundary: bool = False):
-    """Batches of (encoder inputs, label) for `model.build_classifier`.
+                 pad_to_bucket_boundary: bool = False, truncation: str = "head",
+                 class_weights: Optional[Sequence[float]] = None):
+    """Batches of (encoder inputs, labels[, weights]) for `model.build_classifier`.
 
-    `preprocessor` is a loaded TF Hub preprocessing module (`hub.load(handle)`): batches are
-    tokenized with its `.tokenize` and packed with `.bert_pack_inputs`, in the input pipeline
-    and in parallel with training. With `dynamic_padding` a batch is padded only to its longest
-    member (capped at `seq_length`), so short reviews do not pay for the longest possible one.
+    The texts (and `examples.texts_b`, for pairs) are tokenized and packed by a `Packer` over
+    `preprocessor`, in the input pipeline and in parallel with training. With
+    `dynamic_padding` a batch is padded only to its longest member (capped at `seq_length`), so
+    short reviews do not pay for the longest possible one.
 
     With `bucket_by_length` each batch is made of examples from one length bucket
     (`bucket_by_token_length`), so with `dynamic_padding` a batch of short reviews stays short
@@ -53,52 +121,63 @@ def make_dataset(examples: data.Examples, *, batch_size: int, preprocessor, seq_
     tokenized, or with bucketing once they are formed): a resumed run passes the batches it
     already trained on, so it goes on where the interrupted run stopped (the shuffled order is
     fixed by `seed`).
+
+    `class_weights` (by class id) adds each example's weight to its batch, for training.
     """
-    dataset = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(examples.texts, tf.string), tf.constant(examples.labels, tf.int32)))
+    packer = Packer(preprocessor, seq_length, truncation=truncation,
+                    dynamic_padding=dynamic_padding,
+                    length_boundaries=length_buckets(seq_length) if pad_to_bucket_boundary
+                    else None)
+    dataset = tf.data.Dataset.from_tensor_slices(_tensors(examples, class_weights))
     if input_context is not None and input_context.num_input_pipelines > 1:
         dataset = dataset.shard(input_context.num_input_pipelines,
                                 input_context.input_pipeline_id)
     if training:
         dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
         dataset = dataset.repeat()
-    boundaries = length_buckets(seq_length) if pad_to_bucket_boundary else None
     if not bucket_by_length:
         dataset = dataset.batch(batch_size, drop_remainder=training)
         if skip_batches:
             dataset = dataset.skip(skip_batches)
-        pack = make_pack_fn(preprocessor, seq_length, dynamic_padding,
-                            length_boundaries=boundaries)
-        dataset = dataset.map(lambda texts, labels: (pack(texts), labels),
+        dataset = dataset.map(lambda segments, *rest: (packer.pack(packer.tokenize(segments)),
+                                                       *rest),
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return dataset.prefetch(tf.data.AUTOTUNE)
 
-    dataset = bucket_by_token_length(dataset, preprocessor, seq_length=seq_length,
-                                     batch_size=batch_size, drop_remainder=training)
+    dataset = bucket_by_token_length(dataset, packer, batch_size=batch_size,
+                                     drop_remainder=training)
     if skip_batches:
         dataset = dataset.skip(skip_batches)
-    dataset = dataset.map(
-        lambda tokens, labels: (_pack_tokens(preprocessor, tokens, seq_length,
-                                             dynamic_padding, boundaries), labels),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.map(lambda tokens, *rest: (packer.pack(tokens), *rest),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def bucket_by_token_length(dataset, preprocessor, *, seq_length: int, batch_size: int,
-                           drop_remainder: bool):
-    """Batches of (tokens, *rest) from a dataset of single (text, *rest) examples.
+def _tensors(examples: data.Examples, class_weights: Optional[Sequence[float]]):
+    """((texts[, texts_b]), labels[, weights]): what the dataset is sliced from."""
+    segments = (examples.texts,) + ((examples.texts_b,) if examples.texts_b else ())
+    labels = tf.constant(examples.labels, tf.int32)
+    tensors = (tuple(tf.constant(texts, tf.string) for texts in segments), labels)
+    if class_weights is None:
+        return tensors
+    return tensors + (tf.gather(tf.constant(class_weights, tf.float32), labels),)
 
-    The texts are tokenized in large batches (one large call is far cheaper than many small
-    ones) and split into examples again, then grouped by packed token length
-    (`length_buckets(seq_length)`): every batch holds examples of one bucket, in the order they
-    arrive. `tokens` is the preprocessor's ragged [batch, (words), (wordpieces)] output.
+
+def bucket_by_token_length(dataset, packer: Packer, *, batch_size: int, drop_remainder: bool):
+    """Batches of (tokens, *rest) from a dataset of single (segments, *rest) examples.
+
+    `segments` is a tuple of one or two string scalars. The texts are tokenized in large
+    batches (one large call is far cheaper than many small ones) and split into examples
+    again, then grouped by packed token length (`length_buckets(packer.seq_length)`): every
+    batch holds examples of one bucket, in the order they arrive. `tokens` is a tuple of the
+    preprocessor's ragged [batch, (words), (wordpieces)] outputs, one per segment.
     Fine-tuning (`make_dataset`) and masked-LM pretraining (`bert_tf2.pretrain`) batch this way.
     """
-    buckets = tf.constant(length_buckets(seq_length), tf.int32)
+    buckets = tf.constant(length_buckets(packer.seq_length), tf.int32)
 
-    def tokenize(texts, *rest):
-        tokens = preprocessor.tokenize(texts)
-        return (tokens, *rest, _token_lengths(tokens, seq_length))
+    def tokenize(segments, *rest):
+        tokens = packer.tokenize(segments)
+        return (tokens, *rest, packer.lengths(tokens))
 
     def bucket_of(*example):
         return tf.cast(tf.searchsorted(buckets, tf.reshape(example[-1], [1]))[0], tf.int64)
@@ -111,37 +190,3 @@ def bucket_by_token_length(dataset, preprocessor, *, seq_length: int, batch_size
                 reduce_func=lambda _, window: window.batch(batch_size,
                                                            drop_remainder=drop_remainder))
             .map(lambda *batch: batch[:-1]))  # the lengths have served
-
-
-def make_pack_fn(preprocessor, seq_length: int, dynamic_padding: bool, *,
-                 length_boundaries: Optional[Sequence[int]] = None,
-                 ) -> Callable[[Sequence[str]], Dict[str, object]]:
-    """A function from a string batch to the encoder's input dict, using the hub module.
-
-    With `length_boundaries` (ascending, the last >= seq_length) a dynamically padded batch is
-    padded to the first boundary that holds its longest member.
-    """
-    def pack(texts):
-        return _pack_tokens(preprocessor, preprocessor.tokenize(texts), seq_length,
-                            dynamic_padding, length_boundaries)
-
-    return pack
-
-
-def _token_lengths(tokens, seq_length: int):
-    """Packed length of each example of a [batch, (words), (wordpieces)] batch, capped."""
-    lengths = tf.cast(tokens.merge_dims(-2, -1).row_lengths(), tf.int32) + 2  # [CLS], [SEP]
-    return tf.minimum(lengths, seq_length)
-
-
-def _pack_tokens(preprocessor, tokens, seq_length: int, dynamic_padding: bool,
-                 length_boundaries: Optional[Sequence[int]] = None):
-    length = tf.constant(seq_length, tf.int32)
-    if dynamic_padding:
-        longest = tf.reduce_max(tf.concat([_token_lengths(tokens, seq_length), [2]], axis=0))
-        length = longest
-        if length_boundaries:
-            boundaries = tf.constant(list(length_boundaries) + [seq_length], tf.int32)
-            length = boundaries[tf.searchsorted(boundaries, tf.reshape(longest, [1]))[0]]
-        length = tf.minimum(length, seq_length)
-    return preprocessor.bert_pack_inputs([tokens], seq_length=length)

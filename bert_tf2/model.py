@@ -34,14 +34,18 @@ from absl import logging
 from bert_tf2 import checkpoints
 from bert_tf2 import config as config_lib
 from bert_tf2 import hub_modules
+from bert_tf2 import input_pipeline
 
 ENCODER_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
 
 
 def build_classifier(encoder_handle: str, *, dropout_rate: float = 0.1,
-                     encoder: Optional[tf_keras.layers.Layer] = None) -> tf_keras.Model:
-    """Encoder inputs (int32 [batch, seq]) -> probability of the positive class, [batch, 1].
+                     encoder: Optional[tf_keras.layers.Layer] = None, task: str = "binary",
+                     num_classes: int = 2) -> tf_keras.Model:
+    """Encoder inputs (int32 [batch, seq]) -> probabilities.
 
+    binary: P(positive), [batch, 1], by a sigmoid; multiclass: a softmax over the classes,
+    [batch, num_classes]; multilabel: a sigmoid per class, [batch, num_classes].
     The encoder is the module at `encoder_handle` as a `hub.KerasLayer`, unless `encoder` (a
     layer with the same interface, e.g. from `rebuild_encoder`) is given.
     """
@@ -52,14 +56,17 @@ def build_classifier(encoder_handle: str, *, dropout_rate: float = 0.1,
     pooled = encoder(inputs)["pooled_output"]
     pooled = tf_keras.layers.Dropout(dropout_rate, dtype="float32", name="dropout")(pooled)
     probability = tf_keras.layers.Dense(
-        1, activation="sigmoid", dtype="float32", name="classifier",
+        1 if task == "binary" else num_classes,
+        activation="softmax" if task == "multiclass" else "sigmoid", dtype="float32",
+        name="classifier",
         kernel_initializer=tf_keras.initializers.TruncatedNormal(stddev=0.02))(pooled)
     return Classifier(inputs, probability, name="bert_classifier")
 
 
 def build_classifier_for(model_config: config_lib.ModelConfig, encoder_handle: str, *,
+                         task: str = "binary", num_classes: int = 2,
                          load_encoder_weights: bool = True) -> tf_keras.Model:
-    """The classifier `model_config` describes, under the global dtype policy.
+    """The classifier `model_config` describes for `task`, under the global dtype policy.
 
     Logs in which dtype the encoder computes: a hub encoder is a SavedModel, which computes in
     the dtypes it was saved with (float32) whatever the policy; `model_config.rebuild_encoder`
@@ -76,7 +83,55 @@ def build_classifier_for(model_config: config_lib.ModelConfig, encoder_handle: s
         logging.warning("Mixed precision: the encoder computes in float32 (the hub module as "
                         "saved, --norebuild_encoder_under_policy), and so does the head: %s "
                         "changes nothing", policy.name)
-    return build_classifier(encoder_handle, dropout_rate=model_config.dropout, encoder=encoder)
+    return build_classifier(encoder_handle, dropout_rate=model_config.dropout, encoder=encoder,
+                            task=task, num_classes=num_classes)
+
+
+def loss_and_metrics(task: str, num_classes: int):
+    """The training loss and the metrics reported for `task` (the names metrics.json uses)."""
+    if task == "multiclass":
+        return (tf_keras.losses.SparseCategoricalCrossentropy(),
+                [tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                 MacroF1(num_classes)])
+    return (tf_keras.losses.BinaryCrossentropy(),
+            [tf_keras.metrics.BinaryAccuracy(name="accuracy"),
+             tf_keras.metrics.AUC(name="auc", multi_label=task == "multilabel")])
+
+
+class MacroF1(tf_keras.metrics.Metric):
+    """The unweighted mean of the per-class F1 scores of the argmax prediction.
+
+    Classes that are neither in the labels nor predicted are left out of the mean (as
+    scikit-learn's `f1_score(average="macro")` does); a class's F1 is 0 where it has no
+    true positive.
+    """
+
+    def __init__(self, num_classes: int, name: str = "macro_f1", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = num_classes
+        self.confusion = self.add_weight(name="confusion", shape=(num_classes, num_classes),
+                                         initializer="zeros", dtype=tf.float32)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        del sample_weight
+        labels = tf.reshape(tf.cast(y_true, tf.int32), [-1])
+        predicted = tf.argmax(y_pred, axis=-1, output_type=tf.int32)
+        self.confusion.assign_add(tf.math.confusion_matrix(
+            labels, predicted, num_classes=self.num_classes, dtype=tf.float32))
+
+    def result(self):
+        true_positives = tf.linalg.diag_part(self.confusion)
+        labelled = tf.reduce_sum(self.confusion, axis=1)
+        predicted = tf.reduce_sum(self.confusion, axis=0)
+        f1 = tf.math.divide_no_nan(2.0 * true_positives, labelled + predicted)
+        present = tf.cast(labelled + predicted > 0, tf.float32)
+        return tf.math.divide_no_nan(tf.reduce_sum(f1 * present), tf.reduce_sum(present))
+
+    def reset_state(self):
+        self.confusion.assign(tf.zeros_like(self.confusion))
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}
 
 
 class Classifier(tf_keras.Model):
@@ -194,17 +249,35 @@ def load_preprocessor(preprocess_handle: str):
     return hub.load(preprocess_handle)
 
 
-def build_text_classifier(preprocessor, classifier: tf_keras.Model, *,
-                          seq_length: int) -> tf_keras.Model:
-    """Raw strings (tf.string [batch]) -> probability [batch, 1], sharing `classifier`'s weights.
+def build_text_classifier(preprocessor, classifier: tf_keras.Model, *, seq_length: int,
+                          pairs: bool = False, truncation: str = "head") -> tf_keras.Model:
+    """Raw strings (tf.string [batch]) -> `classifier`'s probabilities, sharing its weights.
 
-    Uses the module's `tokenize` and `bert_pack_inputs(seq_length=...)` rather than its default
-    call, so `seq_length` can differ from the one the module was exported with (TF Hub's
-    documented way to change it).
+    Takes one string tensor, or with `pairs` a list [text, text_b]. Uses the module's
+    `tokenize` and `bert_pack_inputs(seq_length=...)` rather than its default call, so
+    `seq_length` can differ from the one the module was exported with (TF Hub's documented way
+    to change it); long texts are cut by `truncation` as in training
+    (`input_pipeline.trim_segments`).
     """
-    text = tf_keras.Input(shape=(), dtype=tf.string, name="text")
-    tokens = hub.KerasLayer(preprocessor.tokenize, name="tokenize")(text)
+    names = ("text", "text_b") if pairs else ("text",)
+    texts = [tf_keras.Input(shape=(), dtype=tf.string, name=name) for name in names]
+    tokenize = hub.KerasLayer(preprocessor.tokenize, name="tokenize")
+    tokens = [tokenize(text) for text in texts]
+    if truncation != "head":
+        tokens = TrimSegments(seq_length, truncation, name="trim")(tokens)
     encoder_inputs = hub.KerasLayer(preprocessor.bert_pack_inputs,
                                     arguments=dict(seq_length=seq_length),
-                                    name="bert_pack_inputs")([tokens])
-    return tf_keras.Model(text, classifier(encoder_inputs), name="text_classifier")
+                                    name="bert_pack_inputs")(list(tokens))
+    return tf_keras.Model(texts if pairs else texts[0], classifier(encoder_inputs),
+                          name="text_classifier")
+
+
+class TrimSegments(tf_keras.layers.Layer):
+    """`input_pipeline.trim_segments` as a layer of the exported model."""
+
+    def __init__(self, seq_length: int, truncation: str, **kwargs):
+        super().__init__(trainable=False, **kwargs)
+        self.seq_length, self.truncation = seq_length, truncation
+
+    def call(self, tokens):  # pylint: disable=arguments-differ
+        return list(input_pipeline.trim_segments(tokens, self.seq_length, self.truncation))

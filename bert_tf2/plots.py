@@ -9,10 +9,12 @@ depends on a display or on pyplot's global state, and plotting is safe from any 
 """
 
 import csv
+import functools
 import math
 import os
-from typing import Dict, List, Mapping, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -70,23 +72,59 @@ def plot_precision_recall(recall: Sequence[float], precision: Sequence[float],
 
 
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str],
-                          output_png: str, threshold: float = 0.5) -> str:
-    """Counts (and the share of each true class) with true classes as rows."""
+                          output_png: str, threshold: Optional[float] = 0.5) -> str:
+    """Counts (and the share of each true class) with true classes as rows, colored by share.
+
+    Scales to many classes (the counts are left out of the cells past 12). Chinese class names
+    are drawn in a CJK font when one is installed (`cjk_font`); without one, non-ASCII names
+    are replaced by their class index, which report.json maps back to the names.
+    """
     counts = np.asarray(matrix, dtype=np.int64)
     row_totals = counts.sum(axis=1, keepdims=True)
     shares = np.divide(counts, row_totals, out=np.zeros(counts.shape), where=row_totals > 0)
-    figure, axes = _new_figure(5, 4.4)
+    size = len(class_names)
+    figure, axes = _new_figure(max(5.0, 1.6 + 0.5 * size), max(4.4, 1.2 + 0.5 * size))
     ax = axes[0, 0]
     image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    for (row, col), count in np.ndenumerate(counts):
-        ax.text(col, row, f"{count}\n{shares[row, col]:.1%}", ha="center", va="center",
-                fontsize=12, color="white" if shares[row, col] > 0.5 else "black")
-    ticks = range(len(class_names))
-    ax.set(xticks=ticks, yticks=ticks, xticklabels=class_names, yticklabels=class_names,
-           xlabel="Predicted label", ylabel="True label",
-           title=f"Confusion matrix (threshold {threshold:g})")
+    if size <= 12:
+        for (row, col), count in np.ndenumerate(counts):
+            ax.text(col, row, f"{count}\n{shares[row, col]:.0%}" if size > 2 else
+                    f"{count}\n{shares[row, col]:.1%}", ha="center", va="center",
+                    fontsize=12 if size <= 4 else 8,
+                    color="white" if shares[row, col] > 0.5 else "black")
+    names, font = tick_labels(class_names)
+    ticks = range(size)
+    ax.set(xticks=ticks, yticks=ticks, xlabel="Predicted label", ylabel="True label",
+           title="Confusion matrix" + (f" (threshold {threshold:g})" if threshold is not None
+                                       else " (rows: share of the true class)"))
+    ax.set_xticklabels(names, rotation=45 if size > 4 else 0, ha="right" if size > 4 else "center",
+                       fontfamily=font)
+    ax.set_yticklabels(names, fontfamily=font)
     figure.colorbar(image, ax=ax, label="share of the true class")
     return _save(figure, output_png)
+
+
+# Families that draw Chinese, most common first (Linux, macOS, Windows).
+_CJK_FAMILIES = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei",
+                 "WenQuanYi Micro Hei", "PingFang SC", "Heiti SC", "Microsoft YaHei", "SimHei")
+
+
+@functools.lru_cache(maxsize=None)
+def cjk_font() -> Optional[str]:
+    """The first installed font family of _CJK_FAMILIES, or None."""
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    return next((family for family in _CJK_FAMILIES if family in installed), None)
+
+
+def tick_labels(class_names: Sequence[str]) -> Tuple[List[str], Optional[str]]:
+    """Axis labels for `class_names` and the font family to draw them in (None: the default).
+
+    Without a CJK font, a non-ASCII name would be drawn as empty boxes: it becomes its index.
+    """
+    font = cjk_font()
+    if font or all(name.isascii() for name in class_names):
+        return list(class_names), font
+    return [name if name.isascii() else str(i) for i, name in enumerate(class_names)], None
 
 
 def plot_reliability(bins: Sequence[Mapping[str, object]], ece: float, output_png: str) -> str:

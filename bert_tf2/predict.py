@@ -13,6 +13,16 @@ row, in input order, with the input's line number, the text, P(positive) and the
 
   {"line": 1, "text": "很好看", "probability": 0.93, "label": 1}
 
+For a multi-class model: the class name, its probability and the distribution (the --top_k
+most probable classes, or all); for a multi-label model, the classes that are on:
+
+  {"line": 1, "text": "...", "label": "体育", "probability": 0.91,
+   "probabilities": {"体育": 0.91, "财经": 0.06, "科技": 0.03}}
+  {"line": 1, "text": "...", "labels": ["体育", "财经"], "probabilities": {...}}
+
+A model of sentence pairs reads a second text from --text_b_column and writes it as "text_b".
+CSV/TSV outputs hold the distribution as a JSON object in their "probabilities" column.
+
 Every row is answered: blank lines and empty texts get a probability like any other text. A row
 that cannot be read (bad JSON, too many CSV fields, a text that is not a string) stops the run
 with the file name and line number, or with --skip_bad_rows is skipped, counted and logged.
@@ -44,7 +54,6 @@ from bert_tf2 import flags as project_flags
 from bert_tf2 import io_utils
 
 FLAGS = flags.FLAGS
-OUTPUT_FIELDS = ("line", "text", "probability", "label")
 STDIO = "-"
 _T = TypeVar("_T")
 
@@ -66,24 +75,53 @@ def resolve_saved_model(path: str) -> str:
 
 
 class Predictor:
-    """An exported model's `serving_default` signature: texts -> (probabilities, labels)."""
+    """An exported model's `serving_default` signature: texts -> (probabilities, labels).
+
+    `task`, `pairs` and `class_names` say what the model is, read off its signature and its
+    assets/classes.txt.
+    """
 
     def __init__(self, saved_model: str):
         import tensorflow as tf  # pylint: disable=g-import-not-at-top
         import tensorflow_text  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+        from bert_tf2 import export  # pylint: disable=g-import-not-at-top
 
         self._tf = tf
         self.path = resolve_saved_model(saved_model)
         # Keep the loaded object: the signature's variables live as long as it does.
         self._loaded = tf.saved_model.load(self.path)
         self._serve = self._loaded.signatures["serving_default"]
+        self.inputs = sorted(self._serve.structured_input_signature[1])  # text[, text_b]
+        self.pairs = export.TEXT_B_INPUT in self.inputs
+        outputs = self._serve.structured_outputs
+        self.task = ("binary" if export.PROBABILITY_OUTPUT in outputs else
+                     "multilabel" if export.LABELS_OUTPUT in outputs else "multiclass")
+        self._outputs = {"binary": (export.PROBABILITY_OUTPUT, export.LABEL_OUTPUT),
+                         "multiclass": (export.PROBABILITIES_OUTPUT, export.LABEL_ID_OUTPUT),
+                         "multilabel": (export.PROBABILITIES_OUTPUT, export.LABELS_OUTPUT),
+                         }[self.task]
+        self.class_names = export.read_class_names(self.path)
 
-    def __call__(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
-        """P(positive) as float32 [n] and the served 0/1 label as int64 [n], for n >= 1 texts."""
+    def check_text_b_column(self, text_b_column: Optional[str]) -> None:
+        """A UsageError unless --text_b_column is given exactly for a model of pairs."""
+        if self.pairs != bool(text_b_column):
+            raise app.UsageError(f"{self.path} classifies "
+                                 + ("pairs of texts: pass --text_b_column" if self.pairs else
+                                    "single texts: leave --text_b_column unset"))
+
+    def __call__(self, texts: Sequence[object]) -> Tuple[np.ndarray, np.ndarray]:
+        """Probabilities and labels for n >= 1 texts ((text, text_b) pairs for a pair model).
+
+        binary: P(positive) float32 [n] and the 0/1 label int64 [n]; multiclass: float32
+        [n, classes] and the class id int64 [n]; multilabel: float32 and 0/1 int64 [n, classes].
+        """
+        columns = list(zip(*texts)) if self.pairs else [texts]
         # "replace" only matters for lone surrogates (a JSON "\ud800" escape): they become "?".
-        encoded = [text.encode("utf-8", "replace") for text in texts]
-        outputs = self._serve(text=self._tf.constant(encoded, self._tf.string))
-        return outputs["probability"].numpy(), outputs["label"].numpy()
+        feeds = {name: self._tf.constant([text.encode("utf-8", "replace") for text in column],
+                                         self._tf.string)
+                 for name, column in zip(self.inputs, columns)}
+        outputs = self._serve(**feeds)
+        return tuple(outputs[name].numpy() for name in self._outputs)
 
 
 def predict_in_batches(predictor: Callable[[Sequence[str]], Tuple[np.ndarray, np.ndarray]],
@@ -124,29 +162,42 @@ def input_format_of(path: str) -> str:
 
 
 def read_texts(path: str, *, input_format: str = "auto", text_column: str = "text",
+               text_b_column: Optional[str] = None,
+               column_names: Optional[Sequence[str]] = None,
                bad_rows: Optional[data.BadRows] = None,
-               stream: Optional[BinaryIO] = None) -> Iterator[Tuple[int, str]]:
+               stream: Optional[BinaryIO] = None) -> Iterator[Tuple[int, object]]:
     """Yields (line number, text) for every input row, in order, reading as it goes.
 
     Plain text: every line is a text, blank ones included (only the line ending is removed).
-    CSV/TSV/JSONL: the --text_column of each row; an empty text is still a text. A missing
-    column stops the run even with --skip_bad_rows (it is a wrong flag, not a bad row).
+    CSV/TSV/JSONL: the --text_column of each row (with `text_b_column`, the pair (text,
+    text_b)); an empty text is still a text. A missing column stops the run even with
+    --skip_bad_rows (it is a wrong flag, not a bad row). `column_names` names the columns of
+    a headerless CSV/TSV.
     """
     bad_rows = bad_rows or data.BadRows(skip=False)
     if input_format == "auto":
         input_format = input_format_of(path)
     if input_format == "text":
+        if text_b_column:
+            raise data.DataError(f"{path}: plain text holds one text a line; a pair model "
+                                 "reads CSV, TSV or JSONL with --text_column and "
+                                 "--text_b_column")
         for line_number, line in enumerate(data.iter_lines(path, stream=stream), start=1):
             yield line_number, line.rstrip("\n").rstrip("\r")
         return
+    columns = [(text_column, "--text_column")] + (
+        [(text_b_column, "--text_b_column")] if text_b_column else [])
     for line_number, row in data.iter_rows(path, file_format=input_format, stream=stream,
-                                           on_bad_row=bad_rows):
-        text = data.column_value(row, text_column, path, line_number, "--text_column")
-        if not isinstance(text, str):
-            bad_rows(data.DataError(f"{path}:{line_number}: column {text_column!r} must be "
-                                    f"text, got {text!r}"))
+                                           on_bad_row=bad_rows, column_names=column_names):
+        texts = [data.column_value(row, column, path, line_number, flag)
+                 for column, flag in columns]
+        wrong = [(column, text) for (column, _), text in zip(columns, texts)
+                 if not isinstance(text, str)]
+        if wrong:
+            bad_rows(data.DataError(f"{path}:{line_number}: column {wrong[0][0]!r} must be "
+                                    f"text, got {wrong[0][1]!r}"))
             continue
-        yield line_number, text
+        yield line_number, tuple(texts) if text_b_column else texts[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,13 +220,43 @@ def _json_line(row: Dict[str, object]) -> str:
     return json.dumps(row, ensure_ascii=False).translate(_LINE_BREAKS_IN_JSON) + "\n"
 
 
-def _row_writer(out: TextIO, output_format: str) -> Callable[[Dict[str, object]], None]:
+def output_fields(task: str, pairs: bool) -> Tuple[str, ...]:
+    """The fields of an output row, in order (the CSV/TSV header)."""
+    texts = ("line", "text", "text_b") if pairs else ("line", "text")
+    return texts + {"binary": ("probability", "label"),
+                    "multiclass": ("label", "probability", "probabilities"),
+                    "multilabel": ("labels", "probabilities")}[task]
+
+
+def output_row(predictor: Predictor, line: int, text: object, probabilities: np.ndarray,
+               label: np.ndarray, top_k: Optional[int] = None) -> Dict[str, object]:
+    """One output row: the line, the text(s) and what the model answered for them."""
+    row = {"line": line}
+    row.update(zip(("text", "text_b"), text) if predictor.pairs else [("text", text)])
+    names = predictor.class_names
+    if predictor.task == "binary":
+        return {**row, "probability": _probability(probabilities), "label": int(label)}
+    ranked = np.argsort(-probabilities, kind="stable")[:top_k]
+    distribution = {names[i]: _probability(probabilities[i]) for i in ranked}
+    if predictor.task == "multiclass":
+        return {**row, "label": names[int(label)],
+                "probability": _probability(probabilities[int(label)]),
+                "probabilities": distribution}
+    return {**row, "labels": [name for name, on in zip(names, label) if on],
+            "probabilities": distribution}
+
+
+def _row_writer(out: TextIO, output_format: str,
+                fields: Sequence[str]) -> Callable[[Dict[str, object]], None]:
     if output_format == "jsonl":
         return lambda row: out.write(_json_line(row))
-    writer = csv.DictWriter(out, fieldnames=OUTPUT_FIELDS, lineterminator="\n",
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n",
                             delimiter="\t" if output_format == "tsv" else ",")
     writer.writeheader()
-    return writer.writerow
+    # Lists and distributions go into one cell each, as JSON.
+    return lambda row: writer.writerow(
+        {key: json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value
+         for key, value in row.items()})
 
 
 @contextlib.contextmanager
@@ -209,6 +290,7 @@ def run(config: config_lib.PredictConfig, *, stdin: Optional[BinaryIO] = None,
     start = time.perf_counter()
     predictor = Predictor(config.saved_model)
     load_seconds = time.perf_counter() - start
+    predictor.check_text_b_column(config.text_b_column)
 
     bad_rows = data.BadRows(skip=config.skip_bad_rows)
     if config.input == STDIO:
@@ -216,17 +298,19 @@ def run(config: config_lib.PredictConfig, *, stdin: Optional[BinaryIO] = None,
     else:
         source, stream = config.input, None
     rows = read_texts(source, input_format=config.input_format, text_column=config.text_column,
+                      text_b_column=config.text_b_column,
+                      column_names=data.parse_names(config.column_names, "--column_names"),
                       bad_rows=bad_rows, stream=stream)
     count = 0
     start = time.perf_counter()
     with _open_output(config.output, stdout) as out:
-        write = _row_writer(out, output_format)
+        write = _row_writer(out, output_format, output_fields(predictor.task, predictor.pairs))
         for batch, probabilities, labels in predict_in_batches(
                 predictor, rows, config.batch_size, text_of=lambda row: row[1],
                 progress=config.progress):
             for (line_number, text), probability, label in zip(batch, probabilities, labels):
-                write({"line": line_number, "text": text,
-                       "probability": _probability(probability), "label": int(label)})
+                write(output_row(predictor, line_number, text, probability, label,
+                                 config.top_k))
             count += len(batch)
             if config.output == STDIO:
                 out.flush()  # downstream readers of a pipe see each batch as it is done

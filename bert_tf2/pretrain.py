@@ -63,8 +63,8 @@ def make_mlm_dataset(texts: Sequence[str], preprocessor, *, batch_size: int, seq
                           special["padding_id"]])
     chooser = text.MaskValuesChooser(special["vocab_size"], special["mask_id"], 0.8)
 
-    def mask_batch(tokens):
-        tokens = tokens.merge_dims(-2, -1)[:, :seq_length - 2]
+    def mask_batch(segments):
+        tokens = segments[0].merge_dims(-2, -1)[:, :seq_length - 2]
         ids, type_ids = text.combine_segments(
             [tokens], start_of_sequence_id=special["start_of_sequence_id"],
             end_of_segment_id=special["end_of_segment_id"])
@@ -90,8 +90,10 @@ def make_mlm_dataset(texts: Sequence[str], preprocessor, *, batch_size: int, seq
     dataset = dataset.shuffle(len(texts), seed=seed).repeat()
     # Batches of similar length, each padded to its longest member: reviews are short on
     # average but long-tailed, and a random batch is padded to its longest review.
-    dataset = input_pipeline.bucket_by_token_length(dataset, preprocessor, seq_length=seq_length,
-                                          batch_size=batch_size, drop_remainder=True)
+    dataset = input_pipeline.bucket_by_token_length(
+        dataset.map(lambda text: ((text,),)),
+        input_pipeline.Packer(preprocessor, seq_length), batch_size=batch_size,
+        drop_remainder=True)
     return dataset.map(mask_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE)
 

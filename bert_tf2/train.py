@@ -13,13 +13,14 @@ backup (model, optimizer, step and data position) instead of starting over; see
 `bert_tf2.crash_safety` and docs/crash_safety.md.
 """
 
+import collections
 import dataclasses
 import json
 import math
 import os
 import shutil
 import time
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from absl import app, flags, logging
@@ -51,6 +52,10 @@ EXAMPLE_REVIEWS = ("房间很干净，服务很周到，下次还会再来。",
                    "这本书写得太好了，强烈推荐，值得一读！",
                    "书的内容很空洞，纸张也差，不值这个价。")
 Metrics = Dict[str, Dict[str, float]]
+# model_dir/classes.txt: the class names, one a line, in the order of the probabilities.
+CLASSES_FILE = "classes.txt"
+# The dev score --export_best maximises, by task.
+BEST_METRIC = {"binary": "val_accuracy", "multiclass": "val_macro_f1", "multilabel": "val_auc"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +75,13 @@ class Prepared:
     strategy: tf.distribute.Strategy
     model_dir: str     # where this process writes: model_dir, or a scratch dir on non-chiefs
     backup_dir: str    # the shared backup every worker restores from
-    splits: Dict[str, data.Examples]
+    splits: Dict[str, data.Examples]  # labels encoded; each knows its class names
     preprocessor: object
     plan: StepPlan
+
+    @property
+    def class_names(self) -> Tuple[str, ...]:
+        return self.splits["train"].class_names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +89,9 @@ class TrainResult:
     """What a run made: the trained models, their metrics, the export and the backups."""
 
     config: config_lib.TrainConfig
-    classifier: tf_keras.Model        # encoder inputs -> P(positive), as trained
-    text_classifier: tf_keras.Model   # raw strings -> P(positive), float32, what is exported
+    classifier: tf_keras.Model        # encoder inputs -> probabilities, as trained
+    text_classifier: tf_keras.Model   # raw strings -> probabilities, float32, what is exported
+    class_names: Tuple[str, ...]      # what the probabilities' columns stand for
     metrics: Metrics                  # {"dev"|"test": {metric: value}}, as in metrics.json
     export_path: Optional[str]        # export_dir/<version>, or None without an export
     optimizer_steps: int
@@ -99,14 +109,17 @@ def run(config: config_lib.TrainConfig,
     classifier, backed_up_steps = fit(config, prepared, callbacks)
     metrics = evaluate(config, prepared, classifier)
     text_classifier = model_lib.build_text_classifier(
-        prepared.preprocessor, export_copy(config, classifier),
-        seq_length=config.input.seq_length)
-    export_path = export_model(config.export, text_classifier)
+        prepared.preprocessor, export_copy(config, classifier, len(prepared.class_names)),
+        seq_length=config.input.seq_length, pairs=bool(config.data.text_b_column),
+        truncation=config.input.truncation)
+    export_path = export_model(config, text_classifier, prepared.class_names)
     if distribution.is_chief():  # kept until now, so a run killed in evaluation or export
         shutil.rmtree(prepared.backup_dir, ignore_errors=True)  # resumes, not starts over
-    print_examples(text_classifier)
+    if config.data.task == "binary" and not config.data.text_b_column:
+        print_examples(text_classifier)
     return TrainResult(config=config, classifier=classifier, text_classifier=text_classifier,
-                       metrics=metrics, export_path=export_path,
+                       class_names=prepared.class_names, metrics=metrics,
+                       export_path=export_path,
                        optimizer_steps=int(classifier.optimizer.iterations.numpy()),
                        backed_up_steps=backed_up_steps)
 
@@ -138,6 +151,9 @@ def prepare(config: config_lib.TrainConfig) -> Prepared:
     splits = data.load_splits(config.data.train_data, config.data.eval_data,
                               config.data.test_data, seed=config.seed,
                               **data.reader_options(config.data))
+    if config.export.export_best and "dev" not in splits:
+        raise cli.UserError("--export_best picks the epoch with the best dev score: pass "
+                            "--eval_data too")
     if config.modules.build_missing:
         build_missing_modules(config, splits["train"].texts, model_dir)
     # Every worker restores the chief's backup (Keras writes only the chief's copy there).
@@ -158,7 +174,8 @@ def fit(config: config_lib.TrainConfig, prepared: Prepared,
     plan, trainer = prepared.plan, config.trainer
     classifier = compile_classifier(config.modules.encoder_handle, config.model,
                                     config.optimizer, config.runtime, prepared.strategy,
-                                    plan.total_steps)
+                                    plan.total_steps, task=config.data.task,
+                                    num_classes=len(prepared.class_names))
     crash_safety.check_free_space(
         classifier.count_params(), prepared.model_dir,
         config.export.export_dir if distribution.is_chief() else None)
@@ -166,14 +183,21 @@ def fit(config: config_lib.TrainConfig, prepared: Prepared,
     io_utils.write_json(config.to_dict(),
                         os.path.join(prepared.model_dir, config_lib.RUN_CONFIG_FILE),
                         sort_keys=True)
+    with io_utils.atomic_file(os.path.join(prepared.model_dir, CLASSES_FILE)) as f:
+        f.writelines(f"{name}\n" for name in prepared.class_names)
     def dataset(examples, batch_size, training, skip_steps=0):
         return distributed_dataset(prepared.strategy, prepared.preprocessor, examples,
                                    batch_size, config.input, training=training,
-                                   seed=config.seed, skip_steps=skip_steps)
+                                   seed=config.seed, skip_steps=skip_steps,
+                                   class_weights=class_weights if training else None)
 
+    class_weights = balanced_class_weights(prepared.splits["train"], config.data.task,
+                                           trainer.class_weights)
     dev = prepared.splits.get("dev")
     backup = crash_safety.Backup(prepared.backup_dir,
                                  checkpoint_steps=trainer.checkpoint_steps)
+    best = KeepBestEpoch(os.path.join(prepared.model_dir, "best"),
+                         BEST_METRIC[config.data.task], fresh=not plan.resume_step)
     classifier.fit(
         dataset(prepared.splits["train"], trainer.batch_size, True, plan.resume_step),
         epochs=plan.epochs, steps_per_epoch=plan.steps_per_epoch,
@@ -184,11 +208,14 @@ def fit(config: config_lib.TrainConfig, prepared: Prepared,
             tf_keras.callbacks.CSVLogger(os.path.join(prepared.model_dir, "history.csv"),
                                          append=True),
             crash_safety.StopAtStep(plan.total_steps),
+            *([best] if config.export.export_best else []),
             *callbacks,
-            backup,  # last: an epoch is backed up only once it is logged
+            backup,  # last: an epoch is backed up only once it is logged (and its best kept)
         ],
         verbose=2)
     logging.info("Finished after %d optimizer steps", int(classifier.optimizer.iterations.numpy()))
+    if config.export.export_best:
+        best.restore(classifier)
     classifier.save_weights(os.path.join(prepared.model_dir, "checkpoints", "final"))
     plots.plot_training_curves(os.path.join(prepared.model_dir, "history.csv"),
                                os.path.join(prepared.model_dir, "training_curves.png"))
@@ -213,13 +240,15 @@ def evaluate(config: config_lib.TrainConfig, prepared: Prepared,
     return metrics
 
 
-def export_model(export_config: config_lib.ExportConfig,
-                 text_classifier: tf_keras.Model) -> Optional[str]:
+def export_model(config: config_lib.TrainConfig, text_classifier: tf_keras.Model,
+                 class_names: Sequence[str]) -> Optional[str]:
     """Exports `export_dir/<version>` (on the chief, with an export_dir); returns its path."""
-    if not export_config.export_dir or not distribution.is_chief():
+    if not config.export.export_dir or not distribution.is_chief():
         return None
-    path = export.export_text_classifier(text_classifier, export_config.export_dir,
-                                         keep=export_config.keep_exports)
+    path = export.export_text_classifier(text_classifier, config.export.export_dir,
+                                         keep=config.export.keep_exports,
+                                         task=config.data.task, class_names=class_names,
+                                         pairs=bool(config.data.text_b_column))
     logging.info("Exported SavedModel to %s", path)
     return path
 
@@ -259,25 +288,87 @@ def plan_steps(trainer: config_lib.TrainerConfig, num_examples: int,
                     epochs=math.ceil(total_steps / steps_per_epoch), resume_step=resume_step)
 
 
+def balanced_class_weights(train: data.Examples, task: str,
+                           class_weights: str) -> Optional[List[float]]:
+    """n / (classes * count) for each class of `train` with --class_weights=balanced."""
+    if class_weights == "none":
+        return None
+    if task == "multilabel":
+        raise cli.UserError("--class_weights=balanced weighs an example by its one class; "
+                            "for --task=multilabel leave it at none")
+    counts = collections.Counter(train.labels)
+    names = train.class_names
+    weights = [len(train) / (len(names) * max(counts[i], 1)) for i in range(len(names))]
+    logging.info("Class weights: %s", ", ".join(f"{name} {weight:.3g}"
+                                                for name, weight in zip(names, weights)))
+    return weights
+
+
+class KeepBestEpoch(tf_keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the highest `monitor` in `directory`.
+
+    `directory/best.json` names the epoch, its score and its weights (`epoch-N/weights`),
+    written after them: a run killed and resumed still knows its best epoch. A `fresh` run
+    starts without one.
+    """
+
+    def __init__(self, directory: str, monitor: str, *, fresh: bool):
+        super().__init__()
+        self.directory, self.monitor = directory, monitor
+        if fresh:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def best(self) -> Optional[Dict[str, object]]:
+        path = os.path.join(self.directory, "best.json")
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        best = self.best()
+        if value is None or (best is not None and value <= best["value"]):
+            return
+        weights = os.path.join(f"epoch-{epoch + 1}", "weights")
+        self.model.save_weights(os.path.join(self.directory, weights))
+        io_utils.write_json({"epoch": epoch + 1, "metric": self.monitor, "value": float(value),
+                             "weights": weights}, os.path.join(self.directory, "best.json"))
+        if best is not None:
+            shutil.rmtree(os.path.join(self.directory, os.path.dirname(best["weights"])),
+                          ignore_errors=True)
+
+    def restore(self, model: tf_keras.Model) -> None:
+        """Loads the best epoch's weights into `model`, if an epoch was scored."""
+        best = self.best()
+        if best is None:
+            logging.warning("--export_best: no epoch had a %s; keeping the last weights",
+                            self.monitor)
+            return
+        model.load_weights(os.path.join(self.directory, best["weights"]))
+        logging.info("Keeping epoch %d, the best by %s (%.4f)", best["epoch"], best["metric"],
+                     best["value"])
+
+
 def compile_classifier(encoder_handle: str, model_config: config_lib.ModelConfig,
                        optimizer_config: config_lib.OptimizerConfig,
                        runtime: config_lib.RuntimeConfig, strategy: tf.distribute.Strategy,
-                       total_steps: int) -> tf_keras.Model:
+                       total_steps: int, *, task: str = "binary",
+                       num_classes: int = 2) -> tf_keras.Model:
     """The classifier, built and compiled in `strategy`'s scope under the global dtype policy.
 
     AdamW with warmup and decay over `total_steps` (wrapped for dynamic loss scaling under
-    mixed_float16), binary cross-entropy, accuracy and AUC, XLA and steps per execution as
-    `runtime` says. The training benchmark compiles its cases through here too.
+    mixed_float16), the task's loss and metrics (`model.loss_and_metrics`), XLA and steps per
+    execution as `runtime` says. The training benchmark compiles its cases through here too.
     """
     with strategy.scope():
-        classifier = model_lib.build_classifier_for(model_config, encoder_handle)
+        classifier = model_lib.build_classifier_for(model_config, encoder_handle, task=task,
+                                                    num_classes=num_classes)
         optimizer = create_optimizer(optimizer_config, total_steps)
         if runtime.mixed_precision == "mixed_float16":  # float16 needs loss scaling
             optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer, dynamic=True)
-        classifier.compile(optimizer=optimizer,
-                           loss=tf_keras.losses.BinaryCrossentropy(),
-                           metrics=[tf_keras.metrics.BinaryAccuracy(name="accuracy"),
-                                    tf_keras.metrics.AUC(name="auc")],
+        loss, metrics = model_lib.loss_and_metrics(task, num_classes)
+        classifier.compile(optimizer=optimizer, loss=loss, metrics=metrics,
                            jit_compile=runtime.jit_compile,
                            steps_per_execution=runtime.steps_per_execution)
     return classifier
@@ -300,11 +391,13 @@ def create_optimizer(optimizer_config: config_lib.OptimizerConfig, total_steps: 
 def distributed_dataset(strategy: tf.distribute.Strategy, preprocessor,
                         examples: data.Examples, batch_size: int,
                         input_config: config_lib.InputConfig, *, training: bool, seed: int,
-                        skip_steps: int = 0) -> tf.distribute.DistributedDataset:
+                        skip_steps: int = 0, class_weights: Optional[Sequence[float]] = None,
+                        ) -> tf.distribute.DistributedDataset:
     """`examples` as `strategy`'s dataset: each input pipeline makes its replicas' batches.
 
     `batch_size` is global (`input_pipeline.make_dataset` gets the per-replica share).
     `skip_steps` optimizer steps' worth of batches are skipped, for a resumed run.
+    `class_weights` (by class id) weigh the training examples.
     """
     def fn(input_context):
         return input_pipeline.make_dataset(
@@ -313,6 +406,7 @@ def distributed_dataset(strategy: tf.distribute.Strategy, preprocessor,
             seed=seed, dynamic_padding=input_config.dynamic_padding,
             bucket_by_length=input_config.bucket_by_length,
             pad_to_bucket_boundary=input_config.pad_to_bucket_boundary,
+            truncation=input_config.truncation, class_weights=class_weights,
             input_context=input_context,
             # A step takes one batch per replica; this pipeline feeds its share of them.
             skip_batches=skip_steps * strategy.num_replicas_in_sync
@@ -320,7 +414,8 @@ def distributed_dataset(strategy: tf.distribute.Strategy, preprocessor,
     return strategy.distribute_datasets_from_function(fn)
 
 
-def export_copy(config: config_lib.TrainConfig, classifier: tf_keras.Model) -> tf_keras.Model:
+def export_copy(config: config_lib.TrainConfig, classifier: tf_keras.Model,
+                num_classes: int) -> tf_keras.Model:
     """`classifier`, or a plain float32 copy of it, for the export.
 
     The export computes in float32 whatever the training policy: float16 and bfloat16 are slow
@@ -334,6 +429,7 @@ def export_copy(config: config_lib.TrainConfig, classifier: tf_keras.Model) -> t
         return classifier
     with distribution.dtype_policy("float32"):
         copy = model_lib.build_classifier_for(config.model, config.modules.encoder_handle,
+                                              task=config.data.task, num_classes=num_classes,
                                               load_encoder_weights=False)
     copy.set_weights(classifier.get_weights())
     logging.info("Exporting a float32 copy of the classifier trained under %s with %s",

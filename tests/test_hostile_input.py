@@ -194,8 +194,8 @@ def test_unusual_characters_and_junk_bytes_get_a_probability(loaded, text, junk)
     ("r.jsonl", b'{"text": "a", "label": 1}\n[1, 2]\n', r"r\.jsonl:2: expected a JSON object, "
      r"got list"),
     ("r.tsv", "text\tlabel\n\t1\n".encode(), r"r\.tsv:2: column 'text' must be non-empty text"),
-    ("r.txt", b"whatever\n", r"r\.txt: unknown file type '\.txt'; expected \.csv, \.tsv or "
-     r"\.jsonl"),
+    ("r.xml", b"whatever\n", r"r\.xml: unknown file type '\.xml'; expected \.csv, \.tsv, "
+     r"\.txt \(tab-separated\) or \.jsonl"),
 ])
 def test_unusable_data_names_file_line_and_what_was_expected(tmp_path, name, content, message):
     path = tmp_path / name

@@ -456,9 +456,9 @@ def test_retention_applies_only_after_a_complete_export(loaded, tmp_path, monkey
     assert sorted(os.listdir(export_dir)) == ["2", "3", "notes"]  # no hidden leftovers
     assert (export_dir / "3" / export.WARMUP_FILE).is_file()
 
-    # A failure while writing the warm-up file (the last step inside the scratch directory)
-    # leaves no version 4, no scratch directory, and prunes nothing.
-    def fail(_):
+    # A failure while writing the warm-up file (late inside the scratch directory) leaves no
+    # version 4, no scratch directory, and prunes nothing.
+    def fail(*args, **kwargs):
         raise OSError("disk full")
     monkeypatch.setattr(export, "write_warmup_requests", fail)
     with pytest.raises(OSError, match="disk full"):

@@ -5,7 +5,10 @@
   python -m bert_tf2.serving.client --server=localhost:8500 --protocol=grpc \
       --signature=classify --input=reviews.txt
 
-Prints one JSON line per text: {"text": ..., "label": 0|1, "probability": P(positive)}.
+Prints one JSON line per text: {"text": ..., "label": 0|1, "probability": P(positive)}. For a
+multi-class model "label" is the class name and "probability" its probability, with "scores"
+the distribution (a list in class order from serving_default, {class: score} from classify);
+for a multi-label model serving_default gives "label" as the 0/1 list over the classes.
 
   signature        REST                                          gRPC
   serving_default  POST /v1/models/NAME:predict                  PredictionService/Predict
@@ -53,9 +56,16 @@ DEFAULT_BATCH_SIZE = 64
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
+    """What the server answered for one text; fields that are None are left out of output."""
+
     text: str
-    label: int          # 1: positive, 0: negative
-    probability: float  # P(positive)
+    label: object                        # binary 0/1; multiclass the class; multilabel 0/1s
+    probability: Optional[float]         # binary P(positive); multiclass the label's
+    scores: Optional[object] = None      # multi: [score, ...] or {class: score}
+
+    def as_dict(self) -> dict:
+        return {key: value for key, value in dataclasses.asdict(self).items()
+                if value is not None}
 
 
 class ServingError(cli.UserError):
@@ -97,6 +107,28 @@ def call_with_retries(attempt: Callable[[], object], *, retries: int, backoff: f
 def prediction_from_probability(text: str, probability: float) -> Prediction:
     return Prediction(text=text, label=int(probability >= export.DECISION_THRESHOLD),
                       probability=float(probability))
+
+
+def prediction_from_outputs(text: str, row: dict) -> Prediction:
+    """A serving_default answer for one text: {output name: value} (see bert_tf2.export)."""
+    if export.PROBABILITY_OUTPUT in row:
+        return prediction_from_probability(text, float(row[export.PROBABILITY_OUTPUT]))
+    scores = [float(score) for score in row[export.PROBABILITIES_OUTPUT]]
+    if export.LABELS_OUTPUT in row:
+        return Prediction(text=text, label=[int(on) for on in row[export.LABELS_OUTPUT]],
+                          probability=None, scores=scores)
+    label = row[export.LABEL_OUTPUT]
+    return Prediction(text=text, label=label.decode("utf-8") if isinstance(label, bytes)
+                      else str(label), probability=max(scores), scores=scores)
+
+
+def prediction_from_scores(text: str, scores_by_label: dict) -> Prediction:
+    """A classify answer for one text: binary as P(positive), else the top class."""
+    if set(scores_by_label) == set(export.CLASS_NAMES):
+        return prediction_from_probability(text, _positive_score(scores_by_label))
+    label = max(scores_by_label, key=scores_by_label.get)
+    return Prediction(text=text, label=label, probability=scores_by_label[label],
+                      scores=dict(scores_by_label))
 
 
 def _batches(texts: Sequence[str], batch_size: int) -> Iterable[Sequence[str]]:
@@ -170,11 +202,12 @@ class RestClient(_Client):
                                    f"{_shorten(response)}")
         self._check_count(texts, rows, "predict")
         try:
-            return [prediction_from_probability(text, float(row[export.PROBABILITY_OUTPUT]))
-                    for text, row in zip(texts, rows)]
+            return [prediction_from_outputs(text, row) for text, row in zip(texts, rows)]
         except (KeyError, TypeError, ValueError) as error:
             raise BadResponseError(f"predict response rows lack a numeric "
-                                   f"'{export.PROBABILITY_OUTPUT}': {_shorten(rows)}") from error
+                                   f"'{export.PROBABILITY_OUTPUT}' (or "
+                                   f"'{export.PROBABILITIES_OUTPUT}'): {_shorten(rows)}"
+                                   ) from error
 
     def classify(self, texts: Sequence[str]) -> List[Prediction]:
         body = {"signature_name": export.CLASSIFY_SIGNATURE,
@@ -187,9 +220,8 @@ class RestClient(_Client):
                                    f"{_shorten(response)}")
         self._check_count(texts, results, "classify")
         try:
-            return [prediction_from_probability(
-                        text, _positive_score({str(label): float(score)
-                                               for label, score in result}))
+            return [prediction_from_scores(text, {str(label): float(score)
+                                                  for label, score in result})
                     for text, result in zip(texts, results)]
         except (TypeError, ValueError) as error:
             raise BadResponseError(f"classify results are not [[label, score], ...] lists: "
@@ -290,18 +322,17 @@ class GrpcClient(_Client):
         request.inputs[export.TEXT_INPUT].CopyFrom(tf.make_tensor_proto(
             [text.encode("utf-8") for text in texts], dtype=tf.string, shape=[len(texts)]))
         response = self._call(self._stub.Predict, request)
-        if export.PROBABILITY_OUTPUT not in response.outputs:
+        if not {export.PROBABILITY_OUTPUT, export.PROBABILITIES_OUTPUT} & set(response.outputs):
             raise BadResponseError(f"Predict response has no '{export.PROBABILITY_OUTPUT}' "
                                    f"output (outputs: {sorted(response.outputs)})")
         try:
-            probabilities = tf.make_ndarray(
-                response.outputs[export.PROBABILITY_OUTPUT]).reshape([-1])
-        except (TypeError, ValueError) as error:
-            raise BadResponseError(f"Predict response: unreadable "
-                                   f"'{export.PROBABILITY_OUTPUT}': {error}") from error
-        self._check_count(texts, probabilities, "Predict")
-        return [prediction_from_probability(text, float(p))
-                for text, p in zip(texts, probabilities)]
+            columns = {name: tf.make_ndarray(tensor) for name, tensor in response.outputs.items()}
+            self._check_count(texts, next(iter(columns.values())), "Predict")
+            return [prediction_from_outputs(text, {name: column[i]
+                                                   for name, column in columns.items()})
+                    for i, text in enumerate(texts)]
+        except (TypeError, ValueError, KeyError) as error:
+            raise BadResponseError(f"Predict response: unreadable outputs: {error}") from error
 
     def classify(self, texts: Sequence[str]) -> List[Prediction]:
         request = classification_pb2.ClassificationRequest()
@@ -312,8 +343,7 @@ class GrpcClient(_Client):
         classifications = response.result.classifications
         self._check_count(texts, classifications, "Classify")
         try:
-            return [prediction_from_probability(
-                        text, _positive_score({c.label: c.score for c in item.classes}))
+            return [prediction_from_scores(text, {c.label: c.score for c in item.classes})
                     for text, item in zip(texts, classifications)]
         except ValueError as error:
             raise BadResponseError(f"Classify response: {error}") from error
@@ -377,7 +407,7 @@ def main(argv, flag_values: Optional[flags.FlagValues] = None) -> None:
     with client:
         predictions = client.classify_texts(texts, flags_.signature)
     for prediction in predictions:
-        print(json.dumps(dataclasses.asdict(prediction), ensure_ascii=False), flush=True)
+        print(json.dumps(prediction.as_dict(), ensure_ascii=False), flush=True)
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
