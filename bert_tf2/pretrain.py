@@ -2,8 +2,8 @@
 
 An encoder trained from random init on a few thousand labelled reviews overfits. BERT's own
 masked-LM objective on the same texts ("self-pretraining") first teaches it which characters go
-together, and fine-tuning then starts from there (docs/quickstart.md has the numbers). This is the offline stand-in for the pretraining that Google's Chinese BERT
-had. Two ways to run it:
+together, and fine-tuning then starts from there (docs/quickstart.md has the numbers). This is
+the offline stand-in for the pretraining that Google's Chinese BERT had. Two ways to run it:
 
   * inside `bert_tf2.train` (--build_missing_modules --pretrain_epochs=N), for a few epochs
     before fine-tuning, on the run's own training split;
@@ -51,8 +51,8 @@ def make_mlm_dataset(texts: Sequence[str], preprocessor, *, batch_size: int, seq
                      seed: int) -> tf.data.Dataset:
     """Endless shuffled batches of (pretrainer inputs, masked token ids, weights).
 
-    Batched by token length (`input_pipeline.bucket_by_token_length`), each batch padded to its longest
-    member.
+    Batched by token length (`input_pipeline.bucket_by_token_length`), each batch padded to its
+    longest member.
     """
     special = {k: int(v) for k, v in preprocessor.tokenize.get_special_tokens_dict().items()}
     max_predictions = min(MAX_PREDICTIONS_PER_SEQUENCE,

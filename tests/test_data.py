@@ -123,11 +123,12 @@ def test_dataset_pads_each_batch_only_to_its_longest_member(tiny_hub_modules):
     preprocessor = model.load_preprocessor(tiny_hub_modules.preprocess)
     examples = data.Examples(("好", "很好很好很好", "这本书非常好看，推荐给大家阅读"), (1, 1, 1), "t")
     batches = list(input_pipeline.make_dataset(examples, batch_size=2, preprocessor=preprocessor,
-                                     seq_length=12, training=False))
+                                               seq_length=12, training=False))
     first, second = batches[0][0], batches[1][0]
     assert first["input_word_ids"].shape == (2, 8)  # 6 characters + [CLS] + [SEP]
     assert second["input_word_ids"].shape == (1, 12)  # capped at seq_length
     assert first["input_mask"].numpy().sum() == 3 + 8
     fixed = list(input_pipeline.make_dataset(examples, batch_size=2, preprocessor=preprocessor,
-                                   seq_length=12, training=False, dynamic_padding=False))
+                                             seq_length=12, training=False,
+                                             dynamic_padding=False))
     assert fixed[0][0]["input_word_ids"].shape == (2, 12)

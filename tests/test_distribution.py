@@ -145,7 +145,8 @@ def _lengths(tiny_preprocessor, texts):
 def test_length_buckets_end_at_seq_length():
     assert input_pipeline.length_buckets(128) == (16, 32, 48, 64, 96, 128)
     assert input_pipeline.length_buckets(100) == (16, 32, 48, 64, 96, 100)
-    assert input_pipeline.length_buckets(512)[-1] == 512 and input_pipeline.length_buckets(8) == (8,)
+    assert input_pipeline.length_buckets(512)[-1] == 512
+    assert input_pipeline.length_buckets(8) == (8,)
 
 
 def test_bucketed_evaluation_keeps_every_example_once(corpus_splits, tiny_preprocessor):
@@ -170,8 +171,9 @@ def test_bucketed_evaluation_keeps_every_example_once(corpus_splits, tiny_prepro
         padded += mask.size
     expected = sorted((int(lengths[t]), y) for t, y in zip(examples.texts, examples.labels))
     assert sorted(seen) == expected  # every example exactly once, with its label
-    for inputs, _ in input_pipeline.make_dataset(examples, batch_size=32, preprocessor=tiny_preprocessor,
-                                       seq_length=seq_length, training=False):
+    for inputs, _ in input_pipeline.make_dataset(examples, batch_size=32,
+                                                 preprocessor=tiny_preprocessor,
+                                                 seq_length=seq_length, training=False):
         unbucketed_padded += inputs["input_mask"].numpy().size
     assert padded < 0.6 * unbucketed_padded
 
@@ -188,9 +190,9 @@ def test_bucketed_training_batches_are_full_and_shuffled(corpus_splits, tiny_pre
         if first is None:
             first = inputs["input_word_ids"].numpy()
     assert len(widths) > 3  # short and long batches
-    again = next(iter(input_pipeline.make_dataset(examples, batch_size=16, preprocessor=tiny_preprocessor,
-                                        seq_length=64, training=True, seed=4,
-                                        bucket_by_length=True)))
+    again = next(iter(input_pipeline.make_dataset(
+        examples, batch_size=16, preprocessor=tiny_preprocessor, seq_length=64, training=True,
+        seed=4, bucket_by_length=True)))
     assert not np.array_equal(first, again[0]["input_word_ids"].numpy()) or (
         first.shape != again[0]["input_word_ids"].shape)
 
@@ -210,9 +212,9 @@ def test_skip_batches_with_bucketing_resumes_the_same_stream(corpus_splits, tiny
     examples = corpus_splits["train"]
 
     def batches(skip):
-        dataset = input_pipeline.make_dataset(examples, batch_size=8, preprocessor=tiny_preprocessor,
-                                    seq_length=64, training=True, seed=5, bucket_by_length=True,
-                                    skip_batches=skip)
+        dataset = input_pipeline.make_dataset(
+            examples, batch_size=8, preprocessor=tiny_preprocessor, seq_length=64,
+            training=True, seed=5, bucket_by_length=True, skip_batches=skip)
         return [inputs["input_word_ids"].numpy() for inputs, _ in dataset.take(6)]
 
     full, resumed = batches(0), batches(3)
