@@ -131,9 +131,9 @@ def prepare(config: config_lib.TrainConfig) -> Prepared:
                        ("--eval_batch_size", config.trainer.eval_batch_size)):
         distribution.per_replica_batch_size(size, strategy.num_replicas_in_sync, flag)
     model_dir = distribution.writable_dir(config.model_dir)
-    crash_safety.check_writable_dir(model_dir, "--model_dir")
+    io_utils.check_writable_dir(model_dir, "--model_dir")
     if config.export.export_dir and distribution.is_chief():
-        crash_safety.check_writable_dir(config.export.export_dir, "--export_dir")
+        io_utils.check_writable_dir(config.export.export_dir, "--export_dir")
 
     splits = data.load_splits(config.data.train_data, config.data.eval_data,
                               config.data.test_data, seed=config.seed,
