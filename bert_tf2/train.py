@@ -218,10 +218,8 @@ def export_model(export_config: config_lib.ExportConfig,
     """Exports `export_dir/<version>` (on the chief, with an export_dir); returns its path."""
     if not export_config.export_dir or not distribution.is_chief():
         return None
-    path = export.export_text_classifier(text_classifier, export_config.export_dir,
+    return export.export_text_classifier(text_classifier, export_config.export_dir,
                                          keep=export_config.keep_exports)
-    logging.info("Exported SavedModel to %s", path)
-    return path
 
 
 def print_examples(text_classifier: tf_keras.Model) -> None:
