@@ -120,7 +120,8 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
     define.integer("batch_size", 32, "Global batch size: examples per optimizer step, split "
                    "evenly across the replicas (a multiple of their number).")
     define.integer("epochs", 3, "Passes over the training split.")
-    define.integer("train_steps", None, "Optional cap on the number of optimizer steps.")
+    define.integer("train_steps", None, "Optional cap on the number of optimizer steps; 0 (like "
+                   "unset) means no cap: --epochs alone sets the length.")
     define.integer("checkpoint_steps", None, "Back up the training state (model, optimizer, "
                    "step) to model_dir/backup every N optimizer steps as well as at the end of "
                    "each epoch, so a killed run restarted with the same command loses at most "
