@@ -21,11 +21,12 @@ import dataclasses
 import json
 import os
 import re
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from absl import flags, logging
 import tensorflow as tf
+import tensorflow_hub as hub
 import tf_keras
 from official.legacy.bert import configs
 from official.nlp.modeling import layers
@@ -198,6 +199,30 @@ def bert_config_from_variables(variables: Sequence[tf.Variable], *,
         max_position_embeddings=shape_of("position_embedding/embeddings")[0],
         type_vocab_size=shape_of("type_embeddings/embeddings")[0],
         embedding_size=embedding_size)
+
+
+class _SavedVariable(NamedTuple):
+    name: str
+    shape: Tuple[int, ...]
+
+
+def read_encoder_config(handle: str) -> configs.BertConfig:
+    """The BertConfig of the encoder module at `handle` (a path or TF Hub URL), read off the
+    variables its saved_model.pb lists, without loading the module (milliseconds, whatever its
+    size); `bert_config_from_variables` says what it can tell."""
+    from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+    path = os.path.join(hub.resolve(handle), "saved_model.pb")
+    saved_model = saved_model_pb2.SavedModel()
+    try:
+        with open(path, "rb") as f:
+            saved_model.ParseFromString(f.read())
+    except OSError as error:
+        raise cli.UserError(f"{handle}: not a SavedModel ({path}: {error.strerror})") from error
+    return bert_config_from_variables(
+        [_SavedVariable(node.variable.name, tuple(dim.size for dim in node.variable.shape.dim))
+         for meta_graph in saved_model.meta_graphs
+         for node in meta_graph.object_graph_def.nodes if node.WhichOneof("kind") == "variable"],
+        source=handle)
 
 
 def build_hub_modules(output_dir: str, *, vocab_file: str, bert_config_file: str,

@@ -140,6 +140,7 @@ def prepare(config: config_lib.TrainConfig) -> Prepared:
                               **data.reader_options(config.data))
     if config.modules.build_missing:
         build_missing_modules(config, splits["train"].texts, model_dir)
+    check_seq_length(config.input.seq_length, config.modules.encoder_handle)
     # Every worker restores the chief's backup (Keras writes only the chief's copy there).
     backup_dir = os.path.join(config.model_dir, "backup")
     return Prepared(strategy=strategy, model_dir=model_dir, backup_dir=backup_dir,
@@ -255,6 +256,20 @@ def plan_steps(trainer: config_lib.TrainerConfig, num_examples: int,
                      resume_step // steps_per_epoch + 1, backup_dir)
     return StepPlan(steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                     epochs=math.ceil(total_steps / steps_per_epoch), resume_step=resume_step)
+
+
+def check_seq_length(seq_length: int, encoder_handle: str) -> None:
+    """Refuses a --seq_length beyond the encoder's position embeddings: the run would train
+    its whole schedule on shorter batches and then fail to export."""
+    try:
+        limit = hub_modules.read_encoder_config(encoder_handle).max_position_embeddings
+    except ValueError as error:  # not a BERT encoder whose variables tell its sizes
+        logging.warning("--seq_length not checked against the encoder: %s", error)
+        return
+    if seq_length > limit:
+        raise cli.UserError(f"--seq_length={seq_length} is longer than the encoder takes: its "
+                            f"max_position_embeddings is {limit} (--encoder_handle="
+                            f"{encoder_handle}); pass --seq_length={limit} or less")
 
 
 def compile_classifier(encoder_handle: str, model_config: config_lib.ModelConfig,

@@ -165,6 +165,16 @@ def test_train_steps_0_means_no_cap(tmp_path):
     assert train.plan_steps(trainer, 100, str(tmp_path / "backup")).total_steps == 5
 
 
+def test_seq_length_beyond_the_encoders_positions_fails_before_training(
+        tiny_hub_modules, corpus_splits, tmp_path):
+    args = tiny_train_args(tiny_hub_modules, tmp_path / "model", tmp_path / "export",
+                           *corpus_data_flags(tmp_path, corpus_splits, {"train": 32}))
+    with pytest.raises(cli.UserError, match=r"^--seq_length=129 is longer than the encoder "
+                       r"takes: its max_position_embeddings is 128 .* pass --seq_length=128 "):
+        train.run(train_config(*args, "--seq_length=129"))
+    assert os.listdir(tmp_path / "model") == [] and os.listdir(tmp_path / "export") == []
+
+
 def test_a_run_config_restarts_the_same_run(dropout_free_modules, corpus_splits, tmp_path):
     data_flags = corpus_data_flags(tmp_path, corpus_splits, {"train": 64, "dev": 32})
     first = train.run(train_config(*tiny_train_args(dropout_free_modules, tmp_path / "a", ""),
