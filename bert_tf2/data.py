@@ -368,3 +368,20 @@ def load_splits(train_data: Optional[str], eval_data: Optional[str], test_data: 
         logging.info("%s split: %d rows (%d positive, %d negative) from %s", name,
                      len(examples), positives, len(examples) - positives, examples.source)
     return splits
+
+
+def warn_about_label_coverage(splits: Mapping[str, Examples]) -> None:
+    """Warns, loudly, when the training split holds a single label, or a dev/test split holds
+    a label training never shows: such a model learns one answer and its metrics mislead."""
+    trained = set(splits["train"].labels)
+    if len(trained) == 1:
+        (label,) = trained
+        logging.warning("THE TRAINING DATA HAS ONE LABEL ONLY: every row of %s is labelled %d, "
+                        "so the model can only learn to always answer %d. Check the file, "
+                        "--label_column and --label_map.", splits["train"].source, label, label)
+    for name in ("dev", "test"):
+        unseen = sorted(set(splits[name].labels) - trained) if name in splits else []
+        if unseen:
+            logging.warning("THE %s DATA HAS LABELS TRAINING NEVER SHOWS: %s (in %s); the model "
+                            "cannot learn them and its %s metrics mislead.", name.upper(),
+                            ", ".join(map(str, unseen)), splits[name].source, name)

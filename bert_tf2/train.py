@@ -138,6 +138,7 @@ def prepare(config: config_lib.TrainConfig) -> Prepared:
     splits = data.load_splits(config.data.train_data, config.data.eval_data,
                               config.data.test_data, seed=config.seed,
                               **data.reader_options(config.data))
+    data.warn_about_label_coverage(splits)
     if config.modules.build_missing:
         build_missing_modules(config, splits["train"].texts, model_dir)
     check_seq_length(config.input.seq_length, config.modules.encoder_handle)

@@ -1,6 +1,7 @@
 """Reading examples: the built-in corpus split, CSV/TSV/JSONL files, and their errors."""
 
 import json
+import logging
 
 import bert_tf2  # noqa: F401
 import pytest
@@ -131,3 +132,18 @@ def test_dataset_pads_each_batch_only_to_its_longest_member(tiny_hub_modules):
     fixed = list(input_pipeline.make_dataset(examples, batch_size=2, preprocessor=preprocessor,
                                    seq_length=12, training=False, dynamic_padding=False))
     assert fixed[0][0]["input_word_ids"].shape == (2, 12)
+
+
+def test_one_label_in_training_or_a_label_it_never_shows_is_warned_about(caplog):
+    caplog.set_level(logging.WARNING, logger="absl")
+    examples = lambda labels, source: data.Examples(("好",) * len(labels), labels, source)
+    data.warn_about_label_coverage({"train": examples((1, 1), "train.csv"),
+                                    "dev": examples((1, 0), "dev.csv"),
+                                    "test": examples((1,), "test.csv")})
+    assert "ONE LABEL ONLY: every row of train.csv is labelled 1" in caplog.text
+    assert "THE DEV DATA HAS LABELS TRAINING NEVER SHOWS: 0 (in dev.csv)" in caplog.text
+    assert "TEST" not in caplog.text
+    caplog.clear()
+    data.warn_about_label_coverage({"train": examples((0, 1), "train.csv"),
+                                    "test": examples((1,), "test.csv")})
+    assert caplog.text == ""
