@@ -63,6 +63,7 @@ class DataConfig:
     label_column: str = _flag()
     label_map: Optional[str] = _flag()  # '差评:0,好评:1'; None: the default names
     skip_bad_rows: bool = _flag()
+    encoding: str = _flag()  # a Python codec name, or 'auto' (data.iter_lines)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,6 +321,7 @@ class PredictConfig:
     input_format: str = _flag()
     text_column: str = _flag()
     skip_bad_rows: bool = _flag()
+    encoding: str = _flag()
     output: str = _flag()
     format: Optional[str] = _flag()
     progress: bool = _flag()
@@ -342,6 +344,7 @@ class EvaluateConfig:
     label_column: str = _flag()
     label_map: Optional[str] = _flag()
     skip_bad_rows: bool = _flag()
+    encoding: str = _flag()
     seed: int = _flag()
     output_dir: Optional[str] = _flag()
     history: Optional[str] = _flag()

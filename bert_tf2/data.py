@@ -6,6 +6,7 @@ they are counted and logged). Nothing is dropped silently. Plain Python, no Tens
 tf.data pipeline that batches the examples is `bert_tf2.input_pipeline`.
 """
 
+import codecs
 import contextlib
 import csv
 import dataclasses
@@ -13,6 +14,7 @@ import functools
 import glob
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
 import pathlib
@@ -59,7 +61,7 @@ def reader_options(data_config) -> Dict[str, object]:
     """
     return dict(text_column=data_config.text_column, label_column=data_config.label_column,
                 label_map=parse_label_map(data_config.label_map),
-                skip_bad_rows=data_config.skip_bad_rows)
+                skip_bad_rows=data_config.skip_bad_rows, encoding=data_config.encoding)
 
 
 def parse_label_map(spec: Optional[str]) -> Mapping[str, int]:
@@ -136,12 +138,13 @@ def _split_of(text: str, seed: int, dev_fraction: float, test_fraction: float) -
 
 def read_examples(pattern: str, *, text_column: str = "text", label_column: str = "label",
                   label_map: Optional[Mapping[str, int]] = None,
-                  skip_bad_rows: bool = False) -> Examples:
+                  skip_bad_rows: bool = False, encoding: str = "utf-8") -> Examples:
     """Reads every file matching `pattern` (a path or a glob) into one `Examples`.
 
-    The format follows the extension: `.csv`, `.tsv`, `.jsonl`/`.json`. CSV and TSV need a
-    header row naming the columns; quoted fields may hold commas and newlines; a UTF-8 BOM is
-    fine; other columns are ignored.
+    The format follows the extension: `.csv`, `.tsv` (or tab-separated `.txt`),
+    `.jsonl`/`.json`. CSV and TSV need a header row naming the columns; CSV fields may be
+    quoted and hold commas and newlines; a BOM is fine; other columns are ignored. `encoding`
+    is `iter_lines`'.
     """
     paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
     if not paths:
@@ -151,7 +154,7 @@ def read_examples(pattern: str, *, text_column: str = "text", label_column: str 
     bad_row = BadRows(skip=skip_bad_rows)
     for path in paths:
         # Rows that do not parse (malformed CSV, wrong field count, bad JSON) go to bad_row too.
-        for line, row in iter_rows(path, on_bad_row=bad_row):
+        for line, row in iter_rows(path, on_bad_row=bad_row, encoding=encoding):
             try:
                 texts.append(_text_field(row, text_column, path, line))
                 labels.append(_label_field(row, label_column, label_map, path, line))
@@ -176,8 +179,8 @@ class MissingColumn(DataError):
 class BadRows:
     """The one bad-row policy: `on_bad_row` for `iter_rows`, and what the readers call.
 
-    A bad row raises its DataError, or with `skip` (--skip_bad_rows) is counted and logged.
-    A MissingColumn always raises.
+    A bad row raises its DataError, which then says how to go on, or with `skip`
+    (--skip_bad_rows) is counted and logged. A MissingColumn always raises as it is.
     """
 
     def __init__(self, skip: bool):
@@ -185,8 +188,11 @@ class BadRows:
         self.count = 0
 
     def __call__(self, error: DataError) -> None:
-        if isinstance(error, MissingColumn) or not self.skip:
+        if isinstance(error, MissingColumn):
             raise error
+        if not self.skip:
+            raise DataError(f"{error} (pass --skip_bad_rows to skip and count such rows)"
+                            ) from error
         self.count += 1
         logging.warning("Skipping bad row: %s", error)
 
@@ -194,33 +200,37 @@ class BadRows:
 def iter_rows(path: str, *, file_format: Optional[str] = None,
               stream: Optional[BinaryIO] = None,
               on_bad_row: Optional[Callable[[DataError], None]] = None,
-              ) -> Iterator[Tuple[int, Dict[str, object]]]:
+              encoding: str = "utf-8") -> Iterator[Tuple[int, Dict[str, object]]]:
     """Yields (line number, row as a dict) for a CSV, TSV or JSONL file, reading as it goes.
 
     The line number is where the row starts in the file, counting from 1, header included,
     so it is the number an editor shows. The file is read line by line, never whole.
 
-    `file_format` ('csv', 'tsv' or 'jsonl') overrides the extension. `stream`, a binary file
+    `file_format` ('csv', 'tsv', 'txt' or 'jsonl') overrides the extension. `stream`, a binary file
     object such as `sys.stdin.buffer`, is read instead of opening `path` (which then only names
     it in messages). `on_bad_row` is given the DataError of each row that cannot be parsed (bad
     JSON, too many fields, malformed CSV) and may raise it, or count it and let reading go on;
-    by default it is raised. An unreadable file or bad UTF-8 always stops the reading.
+    by default it is raised. An unreadable file or text not in `encoding` always stops it.
+
+    TSV (and .txt) is not a quoting format: a field is everything between two tabs, quotes
+    included. CSV fields may be quoted (RFC 4180).
     """
     file_format = file_format or os.path.splitext(path)[1].lower().lstrip(".")
     on_bad_row = on_bad_row or BadRows(skip=False)
     if file_format in ("jsonl", "json"):
         parse = functools.partial(_iter_jsonl, path=path, on_bad_row=on_bad_row)
-    elif file_format in ("csv", "tsv"):
+    elif file_format in ("csv", "tsv", "txt"):
         parse = functools.partial(_iter_delimited, path=path, on_bad_row=on_bad_row,
-                                  delimiter="\t" if file_format == "tsv" else ",")
+                                  delimiter="," if file_format == "csv" else "\t")
     else:
+        _refuse_spreadsheet(path)
         raise DataError(f"{path}: unknown file type {'.' + file_format!r}; expected .csv, "
-                        ".tsv or .jsonl")
+                        ".tsv (or tab-separated .txt) or .jsonl")
     has_content = False
 
     def lines() -> Iterator[str]:
         nonlocal has_content
-        for line in iter_lines(path, stream=stream):
+        for line in iter_lines(path, stream=stream, encoding=encoding):
             has_content = has_content or bool(line.strip())
             yield line
 
@@ -231,17 +241,26 @@ def iter_rows(path: str, *, file_format: Optional[str] = None,
                            else "a header row naming the columns, then one row per example"))
 
 
-# A lone "\r" ends a line too (old Mac files), as in Python's universal newlines mode.
-_LONE_CR = re.compile(r"(?<=\r)(?!\n)")
+# Where a line ends: after "\n", or after a "\r" that no "\n" follows (old Mac files), as in
+# Python's universal newlines mode.
+_LINE_END = re.compile(r"(?<=\n)|(?<=\r)(?!\n)")
+# Office files: zip (.xlsx, .ods, .docx) and OLE (.xls, .doc) signatures.
+_SPREADSHEET_EXTENSIONS = (".xlsx", ".xlsm", ".xls", ".ods")
+_SPREADSHEET_MAGIC = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")
 
 
-def iter_lines(path: str, *, stream: Optional[BinaryIO] = None) -> Iterator[str]:
-    """Yields the lines of a UTF-8 file (or binary `stream`) one at a time, with their endings.
+def iter_lines(path: str, *, stream: Optional[BinaryIO] = None,
+               encoding: str = "utf-8") -> Iterator[str]:
+    """Yields the lines of a text file (or binary `stream`) one at a time, with their endings.
 
-    A UTF-8 BOM is dropped. Lines end at "\n", "\r\n" or "\r" only (not at the other
-    characters `str.splitlines` splits on, such as U+2028, which may sit inside a JSON string),
-    so the n-th line yielded is line n in an editor. Bad UTF-8 raises a DataError naming the line.
+    `encoding` is a Python codec name, or 'auto': UTF-8, or GB18030 (what Excel and Windows
+    save Chinese text in) when the first line that is not UTF-8 comes after ASCII only. A BOM
+    is dropped. Lines end at "\n", "\r\n" or "\r" only (not at the other characters
+    `str.splitlines` splits on, such as U+2028, which may sit inside a JSON string), so the
+    n-th line yielded is line n in an editor. Text not in the encoding, or a spreadsheet, raises
+    a DataError naming the line and what to do.
     """
+    _refuse_spreadsheet(path)
     if stream is None:
         try:
             stream = open(path, "rb")  # pylint: disable=consider-using-with
@@ -250,20 +269,88 @@ def iter_lines(path: str, *, stream: Optional[BinaryIO] = None) -> Iterator[str]
         context = stream
     else:
         context = contextlib.nullcontext()
-    offset = line_number = 0
+    decoder = _Decoder(path, encoding)
+    pending, line_number = "", 0
     with context:
-        for raw in stream:
-            try:
-                text = raw.decode("utf-8-sig" if offset == 0 else "utf-8")
-            except UnicodeDecodeError as error:
-                raise DataError(f"{path}:{line_number + 1}: not valid UTF-8 (byte offset "
-                                f"{offset + error.start}); re-save the file as UTF-8") from error
-            offset += len(raw)
-            lone_cr = text.count("\r") > text.endswith("\r\n")
-            for part in _LONE_CR.split(text) if lone_cr else (text,):
-                if part:
-                    line_number += 1
-                    yield part
+        for raw in itertools.chain(stream, [None]):  # None: the end
+            if decoder.offset == 0 and raw:
+                _refuse_spreadsheet(path, raw)
+            pending += decoder.decode(raw, line_number + 1)
+            lines, pending = _split_lines(pending, end=raw is None)
+            for line in lines:
+                line_number += 1
+                yield line
+
+
+def _split_lines(text: str, end: bool) -> Tuple[List[str], str]:
+    """The whole lines `text` starts with, and the rest; at the `end` the rest is a line too."""
+    if text.endswith("\n") and text.find("\n") == len(text) - 1 and "\r" not in text[:-2]:
+        return [text], ""  # the usual case: one line, read up to its "\n"
+    held = "\r" if not end and text.endswith("\r") else ""  # may yet become "\r\n"
+    *lines, rest = _LINE_END.split(text[:len(text) - len(held)])
+    if end:
+        return lines + [rest] if rest else lines, ""
+    return lines, rest + held
+
+
+class _Decoder:
+    """Decodes a file piece by piece (`None`: the end); see `iter_lines` for 'auto'."""
+
+    def __init__(self, path: str, encoding: str):
+        self.path = path
+        self.auto = encoding == "auto"
+        self.encoding = "utf-8" if self.auto else encoding
+        self.offset = 0  # bytes decoded so far
+        self.ascii_so_far = True
+        self._decoder = _incremental_decoder(self.encoding)
+
+    def decode(self, raw: Optional[bytes], line_number: int) -> str:
+        try:
+            text = self._decode(raw)
+        except UnicodeDecodeError as error:
+            utf8 = codecs.lookup(self.encoding).name == "utf-8"
+            raise DataError(
+                f"{self.path}:{line_number}: not valid {'UTF-8' if utf8 else self.encoding} "
+                f"(byte offset {self.offset + error.start}); "
+                + ("re-save it as UTF-8 or pass --encoding=gb18030" if utf8 else
+                   "pass the file's --encoding, or re-save it as UTF-8")) from error
+        self.offset += len(raw or b"")
+        return text
+
+    def _decode(self, raw: Optional[bytes]) -> str:
+        try:
+            text = self._decoder.decode(raw or b"", final=raw is None)
+        except UnicodeDecodeError:
+            if not (self.auto and self.ascii_so_far):
+                raise
+            self.auto, self.encoding = False, "gb18030"  # ASCII reads the same in both
+            self._decoder = _incremental_decoder(self.encoding)
+            text = self._decoder.decode(raw or b"", final=raw is None)
+        self.ascii_so_far = self.ascii_so_far and text.isascii()
+        return text
+
+
+def _incremental_decoder(encoding: str) -> codecs.IncrementalDecoder:
+    if codecs.lookup(encoding).name == "utf-8":
+        encoding = "utf-8-sig"  # drops a BOM at the start
+    return codecs.getincrementaldecoder(encoding)(errors="strict")
+
+
+def check_encoding(encoding: str) -> bool:
+    """Whether `encoding` is one `iter_lines` reads: 'auto' or a Python text codec."""
+    try:
+        "".encode(encoding)  # refuses unknown codecs and bytes-to-bytes ones such as base64
+    except LookupError:
+        return encoding == "auto"
+    return True
+
+
+def _refuse_spreadsheet(path: str, head: bytes = b"") -> None:
+    """Raises a DataError when `path` (by its extension) or its first bytes are an Office file."""
+    if path.lower().endswith(_SPREADSHEET_EXTENSIONS) or head.startswith(_SPREADSHEET_MAGIC):
+        raise DataError(f"{path}: a spreadsheet (or another Office or zip file), not text: "
+                        "export it as CSV UTF-8 (in Excel: File > Save As > CSV UTF-8) and "
+                        "pass that file")
 
 
 def _bad_row(on_bad_row: Callable[[DataError], None], message: str,
@@ -290,10 +377,17 @@ def _iter_jsonl(lines: Iterable[str], *, path: str, on_bad_row: Callable[[DataEr
         yield line_number, row
 
 
+# csv's default limit is 128 KiB a field; a text of megabytes is cut to the model's tokens
+# anyway, so it is read rather than refused.
+_FIELD_SIZE_LIMIT = 2**31 - 1
+
+
 def _iter_delimited(lines: Iterable[str], *, path: str, delimiter: str,
                     on_bad_row: Callable[[DataError], None],
                     ) -> Iterator[Tuple[int, Dict[str, object]]]:
-    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    csv.field_size_limit(_FIELD_SIZE_LIMIT)
+    reader = csv.reader(lines, delimiter=delimiter, strict=True,
+                        quoting=csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE)
     try:
         header = next(reader, None)
     except csv.Error as error:
@@ -340,8 +434,9 @@ def _label_field(row: Mapping[str, object], column: str, label_map: Mapping[str,
                  path: str, line: int) -> int:
     value = column_value(row, column, path, line, "--label_column")
     key = str(value).strip() if not isinstance(value, bool) else str(int(value))
-    if isinstance(value, float) and value.is_integer():  # JSON 1.0, as pandas writes labels
-        key = str(int(value))
+    if key not in label_map:  # 1.0 or "1.0" (as pandas writes labels) in every format
+        with contextlib.suppress(ValueError):
+            key = str(int(float(key))) if float(key).is_integer() else key
     if key not in label_map:
         raise DataError(f"{path}:{line}: label {value!r} in column {column!r} is not one of "
                         f"{', '.join(sorted(label_map))}; pass --label_map to name yours")

@@ -6,7 +6,8 @@
 
 Input (--input, '-' for stdin; --input_format, else by extension): plain text with one text per
 line, CSV/TSV with a header (the text in --text_column; other columns are ignored), or JSONL.
-UTF-8 with or without a BOM; CSV fields may be quoted and hold commas and newlines.
+UTF-8 with or without a BOM, or --encoding; CSV fields may be quoted and hold commas and
+newlines (TSV fields are everything between tabs, quotes included).
 
 Output (--output, '-' for stdout; --format, else by extension, else JSONL): one row per input
 row, in input order, with the input's line number, the text, P(positive) and the served label:
@@ -124,8 +125,8 @@ def input_format_of(path: str) -> str:
 
 
 def read_texts(path: str, *, input_format: str = "auto", text_column: str = "text",
-               bad_rows: Optional[data.BadRows] = None,
-               stream: Optional[BinaryIO] = None) -> Iterator[Tuple[int, str]]:
+               bad_rows: Optional[data.BadRows] = None, stream: Optional[BinaryIO] = None,
+               encoding: str = "utf-8") -> Iterator[Tuple[int, str]]:
     """Yields (line number, text) for every input row, in order, reading as it goes.
 
     Plain text: every line is a text, blank ones included (only the line ending is removed).
@@ -136,11 +137,12 @@ def read_texts(path: str, *, input_format: str = "auto", text_column: str = "tex
     if input_format == "auto":
         input_format = input_format_of(path)
     if input_format == "text":
-        for line_number, line in enumerate(data.iter_lines(path, stream=stream), start=1):
+        for line_number, line in enumerate(data.iter_lines(path, stream=stream,
+                                                           encoding=encoding), start=1):
             yield line_number, line.rstrip("\n").rstrip("\r")
         return
     for line_number, row in data.iter_rows(path, file_format=input_format, stream=stream,
-                                           on_bad_row=bad_rows):
+                                           on_bad_row=bad_rows, encoding=encoding):
         text = data.column_value(row, text_column, path, line_number, "--text_column")
         if not isinstance(text, str):
             bad_rows(data.DataError(f"{path}:{line_number}: column {text_column!r} must be "
@@ -216,7 +218,7 @@ def run(config: config_lib.PredictConfig, *, stdin: Optional[BinaryIO] = None,
     else:
         source, stream = config.input, None
     rows = read_texts(source, input_format=config.input_format, text_column=config.text_column,
-                      bad_rows=bad_rows, stream=stream)
+                      bad_rows=bad_rows, stream=stream, encoding=config.encoding)
     count = 0
     start = time.perf_counter()
     with _open_output(config.output, stdout) as out:
