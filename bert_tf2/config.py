@@ -323,6 +323,7 @@ class PredictConfig:
     skip_bad_rows: bool = _flag()
     encoding: str = _flag()
     output: str = _flag()
+    overwrite: bool = _flag()  # replace an existing --output file
     format: Optional[str] = _flag()
     progress: bool = _flag()
 

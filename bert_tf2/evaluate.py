@@ -326,6 +326,7 @@ def run(config: config_lib.EvaluateConfig) -> Dict[str, object]:
     if _inside(output_dir, saved_model):
         raise app.UsageError(f"--output_dir={output_dir} is inside the SavedModel "
                              f"{saved_model}; TF Serving loads that directory")
+    io_utils.check_writable_dir(output_dir, "--output_dir")  # before the model loads
     predictor = predict.Predictor(saved_model)
     if config.data:
         examples = data.read_examples(config.data, **data.reader_options(config))

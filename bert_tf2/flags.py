@@ -213,6 +213,8 @@ def define_prediction_flags(flag_values: flags.FlagValues = flags.FLAGS):
                 "auto: by extension (.csv, .tsv, .jsonl/.json), else plain text, one text per "
                 "line (stdin too). CSV/TSV need a header; the text is in --text_column.")
     define.string("output", "-", "Where the predictions go: a file, or '-' for stdout.")
+    define.bool("overwrite", False, "Replace --output if it exists (by default an existing "
+                "file is refused).")
     define.enum("format", None, ["jsonl", "csv", "tsv"], "Output format; default: by "
                 "--output's extension, else jsonl.")
     define.bool("progress", True, "Show a progress bar on stderr (when it is a terminal and "

@@ -24,9 +24,7 @@ def check_writable_dir(path: str, flag: str) -> None:
     """Creates directory `path` if needed and proves it writable with a probe file, or raises
     an OutputError naming `flag`."""
     try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe-"):
-            pass
+        _probe(path)
     except OSError as error:
         raise OutputError(f"{flag}={path} is not a writable directory: "
                           f"{error.strerror or error}") from error
@@ -43,7 +41,18 @@ def check_writable_file(path: str, flag: str, *, overwrite: bool = True) -> None
     if not overwrite and os.path.lexists(path):
         raise OutputError(f"{flag}={path} already exists; pass --overwrite to replace it, or "
                           "choose another file")
-    check_writable_dir(os.path.dirname(os.path.abspath(path)), f"{flag}={path}: its directory")
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        _probe(directory)
+    except OSError as error:
+        raise OutputError(f"{flag}={path} cannot be written: {directory} is not a writable "
+                          f"directory ({error.strerror or error})") from error
+
+
+def _probe(directory: str) -> None:
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-"):
+        pass
 
 
 @contextlib.contextmanager
