@@ -533,6 +533,24 @@ def test_config_cli_writes_models_config(tmp_path, saved_model):
                                          f"--export_dir={export_dir}", "--version_policy=x"))
 
 
+def test_config_cli_refuses_a_version_dir_and_an_unwritable_output(tmp_path):
+    version = tmp_path / "export" / "3"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(SystemExit, match=rf"^serving.config: --export_dir={re.escape(str(version))}"
+                       rf": that is a version directory; pass its parent "
+                       rf"{re.escape(str(tmp_path / 'export'))}$"):
+        config_lib.main([], _flag_values(config_lib.define_flags, f"--export_dir={version}"))
+    (tmp_path / "a_file").write_text("")
+    output = tmp_path / "a_file" / "models.config"
+    with pytest.raises(SystemExit, match=rf"^serving.config: --output={re.escape(str(output))} "
+                       "cannot be written: ") as error:
+        config_lib.main([], _flag_values(config_lib.define_flags,
+                                         f"--export_dir={tmp_path / 'export'}",
+                                         f"--output={output}"))
+    assert ".tmp-" not in str(error.value)
+
+
 def test_client_reads_input_in_its_encoding(tmp_path):
     path = tmp_path / "reviews.txt"
     path.write_bytes("质量很差\r\n\n很好\n".encode("gb18030"))
