@@ -1,5 +1,6 @@
 """End to end: a tiny run trains, evaluates, checkpoints and exports a raw-text SavedModel."""
 
+import importlib
 import json
 import os
 import pathlib
@@ -70,6 +71,15 @@ def test_failed_write_leaves_no_partial_directory(tmp_path):
             pathlib.Path(scratch, "saved_model.pb").write_bytes(b"half")
             raise RuntimeError("disk full")
     assert os.listdir(tmp_path) == []
+
+
+def test_tensorflow_cpp_log_is_kept_to_warnings_unless_the_user_set_it(monkeypatch):
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    importlib.reload(bert_tf2)
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    importlib.reload(bert_tf2)
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
 
 
 def test_flag_files_parse():
