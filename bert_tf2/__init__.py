@@ -11,9 +11,12 @@ The stages, one module each, in the order a batch flows through them:
 
 TF Hub's KerasLayer needs Keras 2, so the whole package runs on `tf_keras`. The switch must be
 set before TensorFlow is first imported, which is why it lives here: every entry point imports
-this package first.
+this package first. For the same reason this is where TensorFlow's C++ log is kept to warnings
+and errors (its INFO lines about CPU instructions and CUDA drivers are noise to a user), unless
+TF_CPP_MIN_LOG_LEVEL is set already: a value the user chose is kept.
 """
 
 import os
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

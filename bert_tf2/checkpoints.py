@@ -32,6 +32,8 @@ import tensorflow as tf
 import tf_keras
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from bert_tf2 import cli
+
 TF1_GOOGLE_BERT = "TF1 Google BERT checkpoint (name-based)"
 MODEL_GARDEN_ENCODER = "Model Garden TF2 encoder checkpoint (object-based)"
 BERT_TF2_CLASSIFIER = "bert_tf2.train classifier checkpoint (object-based)"
@@ -87,7 +89,7 @@ _PREFIX_FILE_SUFFIX = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
 _LISTED = 10  # Names shown per problem in an error message.
 
 
-class CheckpointError(ValueError):
+class CheckpointError(cli.UserError, ValueError):
     """A checkpoint that cannot be found or does not fit the encoder; says which and why."""
 
 

@@ -75,6 +75,7 @@ class DataConfig:
     class_names: Optional[str] = _flag()  # 'a,b,c'; None: the training split's labels, sorted
     label_separator: str = _flag()  # multilabel: between the labels of one cell
     skip_bad_rows: bool = _flag()
+    encoding: str = _flag()  # a Python codec name, or 'auto' (data.iter_lines)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +197,7 @@ class TrainConfig:
             flag = flag_values[name]
             return flag.value if flag.present or name not in base else base[name]
 
-        return _with_implied_settings(_build(cls, value))
+        return _checked(_with_implied_settings(_build(cls, value)))
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with `changes` ("runtime.jit_compile": True, "seed": 1, ...) and the
@@ -226,6 +227,28 @@ def _with_implied_settings(config: TrainConfig) -> TrainConfig:
         model=dataclasses.replace(config.model, rebuild_encoder=(
             config.runtime.mixed_precision != "float32"
             and config.model.rebuild_encoder_under_policy)))
+
+
+def _checked(config: TrainConfig) -> TrainConfig:
+    """`config`, once every number of the run is in its range; else a UserError naming the
+    flag, its value and the range. Each of these would otherwise train a broken model (or
+    none) and still end with status 0."""
+    ranges = (  # flag, value, valid, the range in words
+        ("learning_rate", config.optimizer.learning_rate, lambda v: v > 0, "> 0"),
+        ("seq_length", config.input.seq_length, lambda v: v >= 8, ">= 8"),
+        ("epochs", config.trainer.epochs, lambda v: v >= 1, ">= 1"),
+        ("train_steps", config.trainer.train_steps, lambda v: v is None or v >= 0,
+         ">= 0 (0: no cap)"),
+        ("batch_size", config.trainer.batch_size, lambda v: v >= 1, ">= 1"),
+        ("eval_batch_size", config.trainer.eval_batch_size, lambda v: v >= 1, ">= 1"),
+        ("warmup_fraction", config.optimizer.warmup_fraction, lambda v: 0 <= v < 1,
+         "in [0, 1)"),
+        ("dropout", config.model.dropout, lambda v: 0 <= v < 1, "in [0, 1)"),
+    )
+    for flag, value, valid, in_words in ranges:
+        if not valid(value):
+            raise cli.UserError(f"--{flag}={value} is out of range: it must be {in_words}")
+    return config
 
 
 def _replace_path(obj, path, value):
@@ -315,8 +338,10 @@ class PredictConfig:
     text_column: str = _flag()
     text_b_column: Optional[str] = _flag()
     skip_bad_rows: bool = _flag()
+    encoding: str = _flag()
     top_k: Optional[int] = _flag()
     output: str = _flag()
+    overwrite: bool = _flag()  # replace an existing --output file
     format: Optional[str] = _flag()
     progress: bool = _flag()
 

@@ -8,7 +8,6 @@ StopAtStep, then Backup last (an epoch is backed up only once it is logged).
 import math
 import os
 import shutil
-import tempfile
 from typing import List, Optional
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
@@ -16,6 +15,7 @@ import tensorflow as tf
 import tf_keras
 
 from bert_tf2 import cli
+from bert_tf2 import io_utils
 
 
 class StopAtStep(tf_keras.callbacks.Callback):
@@ -31,8 +31,8 @@ class StopAtStep(tf_keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-class OutputDirError(cli.UserError, RuntimeError):
-    """--model_dir or --export_dir cannot take the run's output; found before training starts."""
+# --model_dir or --export_dir cannot take the run's output; found before training starts.
+OutputDirError = io_utils.OutputError
 
 
 class NonFiniteLossError(cli.UserError, RuntimeError):
@@ -41,17 +41,6 @@ class NonFiniteLossError(cli.UserError, RuntimeError):
 
 # Space for TensorBoard logs, history, plots and the vocab, on top of the weights.
 _FREE_SPACE_SLACK_BYTES = 64 << 20
-
-
-def check_writable_dir(path: str, flag: str) -> None:
-    """Creates `path` if needed and proves it writable with a probe file, or raises."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe-"):
-            pass
-    except OSError as error:
-        raise OutputDirError(f"{flag}={path} is not a writable directory: "
-                             f"{error.strerror or error}") from error
 
 
 def check_free_space(num_params: int, model_dir: str, export_dir: Optional[str]) -> None:

@@ -6,6 +6,7 @@ they are counted and logged). Nothing is dropped silently. Plain Python, no Tens
 tf.data pipeline that batches the examples is `bert_tf2.input_pipeline`.
 """
 
+import codecs
 import contextlib
 import csv
 import dataclasses
@@ -13,6 +14,7 @@ import functools
 import glob
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
 import pathlib
@@ -89,7 +91,7 @@ def reader_options(data_config, **label_overrides) -> Dict[str, object]:
                 text_b_column=data_config.text_b_column or None,
                 column_names=parse_names(data_config.column_names, "--column_names"),
                 labels=dataclasses.replace(labels, **label_overrides),
-                skip_bad_rows=data_config.skip_bad_rows)
+                skip_bad_rows=data_config.skip_bad_rows, encoding=data_config.encoding)
 
 
 def parse_names(spec: Optional[str], flag: str) -> Optional[Tuple[str, ...]]:
@@ -179,14 +181,15 @@ def read_examples(pattern: str, *, text_column: str = "text", label_column: str 
                   label_map: Optional[Mapping[str, int]] = None,
                   labels: Optional[LabelSpec] = None, text_b_column: Optional[str] = None,
                   column_names: Optional[Sequence[str]] = None,
-                  skip_bad_rows: bool = False) -> Examples:
+                  skip_bad_rows: bool = False, encoding: str = "utf-8") -> Examples:
     """Reads every file matching `pattern` (a path or a glob) into one `Examples`.
 
-    The format follows the extension: `.csv`, `.tsv` (and `.txt`, read as TSV),
+    The format follows the extension: `.csv`, `.tsv` (or tab-separated `.txt`),
     `.jsonl`/`.json`. CSV and TSV need a header row naming the columns, unless `column_names`
-    names them (a headerless file: every row is data); quoted CSV fields may hold commas and
-    newlines; a UTF-8 BOM is fine; other columns are ignored. `labels` says how labels are read
-    (default: binary through `label_map`); `text_b_column` names a second text, for pairs.
+    names them (a headerless file: every row is data); CSV fields may be quoted and hold commas
+    and newlines; a BOM is fine; other columns are ignored. `labels` says how labels are read
+    (default: binary through `label_map`); `text_b_column` names a second text, for pairs;
+    `encoding` is `iter_lines`'.
     """
     paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
     if not paths:
@@ -196,7 +199,8 @@ def read_examples(pattern: str, *, text_column: str = "text", label_column: str 
     bad_row = BadRows(skip=skip_bad_rows)
     for path in paths:
         # Rows that do not parse (malformed CSV, wrong field count, bad JSON) go to bad_row too.
-        for line, row in iter_rows(path, on_bad_row=bad_row, column_names=column_names):
+        for line, row in iter_rows(path, on_bad_row=bad_row, column_names=column_names,
+                                   encoding=encoding):
             try:
                 rows.append((
                     _text_field(row, text_column, path, line, "--text_column"),
@@ -225,8 +229,8 @@ class MissingColumn(DataError):
 class BadRows:
     """The one bad-row policy: `on_bad_row` for `iter_rows`, and what the readers call.
 
-    A bad row raises its DataError, or with `skip` (--skip_bad_rows) is counted and logged.
-    A MissingColumn always raises.
+    A bad row raises its DataError, which then says how to go on, or with `skip`
+    (--skip_bad_rows) is counted and logged. A MissingColumn always raises as it is.
     """
 
     def __init__(self, skip: bool):
@@ -234,8 +238,11 @@ class BadRows:
         self.count = 0
 
     def __call__(self, error: DataError) -> None:
-        if isinstance(error, MissingColumn) or not self.skip:
+        if isinstance(error, MissingColumn):
             raise error
+        if not self.skip:
+            raise DataError(f"{error} (pass --skip_bad_rows to skip and count such rows)"
+                            ) from error
         self.count += 1
         logging.warning("Skipping bad row: %s", error)
 
@@ -244,36 +251,40 @@ def iter_rows(path: str, *, file_format: Optional[str] = None,
               stream: Optional[BinaryIO] = None,
               on_bad_row: Optional[Callable[[DataError], None]] = None,
               column_names: Optional[Sequence[str]] = None,
-              ) -> Iterator[Tuple[int, Dict[str, object]]]:
+              encoding: str = "utf-8") -> Iterator[Tuple[int, Dict[str, object]]]:
     """Yields (line number, row as a dict) for a CSV, TSV or JSONL file, reading as it goes.
 
     The line number is where the row starts in the file, counting from 1, header included,
     so it is the number an editor shows. The file is read line by line, never whole.
 
-    `file_format` ('csv', 'tsv' or 'jsonl') overrides the extension. `stream`, a binary file
+    `file_format` ('csv', 'tsv', 'txt' or 'jsonl') overrides the extension. `stream`, a binary file
     object such as `sys.stdin.buffer`, is read instead of opening `path` (which then only names
     it in messages). `on_bad_row` is given the DataError of each row that cannot be parsed (bad
     JSON, too many fields, malformed CSV) and may raise it, or count it and let reading go on;
-    by default it is raised. An unreadable file or bad UTF-8 always stops the reading.
+    by default it is raised. An unreadable file or text not in `encoding` always stops it.
     `column_names` names the columns of a headerless CSV/TSV: its first row is data too.
+
+    TSV (and .txt) is not a quoting format: a field is everything between two tabs, quotes
+    included. CSV fields may be quoted (RFC 4180).
     """
     file_format = file_format or os.path.splitext(path)[1].lower().lstrip(".")
     file_format = {"txt": "tsv"}.get(file_format, file_format)
     on_bad_row = on_bad_row or BadRows(skip=False)
     if file_format in ("jsonl", "json"):
         parse = functools.partial(_iter_jsonl, path=path, on_bad_row=on_bad_row)
-    elif file_format in ("csv", "tsv"):
+    elif file_format in ("csv", "tsv", "txt"):
         parse = functools.partial(_iter_delimited, path=path, on_bad_row=on_bad_row,
-                                  delimiter="\t" if file_format == "tsv" else ",",
+                                  delimiter="," if file_format == "csv" else "\t",
                                   column_names=column_names)
     else:
+        _refuse_spreadsheet(path)
         raise DataError(f"{path}: unknown file type {'.' + file_format!r}; expected .csv, "
-                        ".tsv, .txt (tab-separated) or .jsonl")
+                        ".tsv (or tab-separated .txt) or .jsonl")
     has_content = False
 
     def lines() -> Iterator[str]:
         nonlocal has_content
-        for line in iter_lines(path, stream=stream):
+        for line in iter_lines(path, stream=stream, encoding=encoding):
             has_content = has_content or bool(line.strip())
             yield line
 
@@ -284,17 +295,26 @@ def iter_rows(path: str, *, file_format: Optional[str] = None,
                            else "a header row naming the columns, then one row per example"))
 
 
-# A lone "\r" ends a line too (old Mac files), as in Python's universal newlines mode.
-_LONE_CR = re.compile(r"(?<=\r)(?!\n)")
+# Where a line ends: after "\n", or after a "\r" that no "\n" follows (old Mac files), as in
+# Python's universal newlines mode.
+_LINE_END = re.compile(r"(?<=\n)|(?<=\r)(?!\n)")
+# Office files: zip (.xlsx, .ods, .docx) and OLE (.xls, .doc) signatures.
+_SPREADSHEET_EXTENSIONS = (".xlsx", ".xlsm", ".xls", ".ods")
+_SPREADSHEET_MAGIC = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")
 
 
-def iter_lines(path: str, *, stream: Optional[BinaryIO] = None) -> Iterator[str]:
-    """Yields the lines of a UTF-8 file (or binary `stream`) one at a time, with their endings.
+def iter_lines(path: str, *, stream: Optional[BinaryIO] = None,
+               encoding: str = "utf-8") -> Iterator[str]:
+    """Yields the lines of a text file (or binary `stream`) one at a time, with their endings.
 
-    A UTF-8 BOM is dropped. Lines end at "\n", "\r\n" or "\r" only (not at the other
-    characters `str.splitlines` splits on, such as U+2028, which may sit inside a JSON string),
-    so the n-th line yielded is line n in an editor. Bad UTF-8 raises a DataError naming the line.
+    `encoding` is a Python codec name, or 'auto': UTF-8, or GB18030 (what Excel and Windows
+    save Chinese text in) when the first line that is not UTF-8 comes after ASCII only. A BOM
+    is dropped. Lines end at "\n", "\r\n" or "\r" only (not at the other characters
+    `str.splitlines` splits on, such as U+2028, which may sit inside a JSON string), so the
+    n-th line yielded is line n in an editor. Text not in the encoding, or a spreadsheet, raises
+    a DataError naming the line and what to do.
     """
+    _refuse_spreadsheet(path)
     if stream is None:
         try:
             stream = open(path, "rb")  # pylint: disable=consider-using-with
@@ -303,20 +323,88 @@ def iter_lines(path: str, *, stream: Optional[BinaryIO] = None) -> Iterator[str]
         context = stream
     else:
         context = contextlib.nullcontext()
-    offset = line_number = 0
+    decoder = _Decoder(path, encoding)
+    pending, line_number = "", 0
     with context:
-        for raw in stream:
-            try:
-                text = raw.decode("utf-8-sig" if offset == 0 else "utf-8")
-            except UnicodeDecodeError as error:
-                raise DataError(f"{path}:{line_number + 1}: not valid UTF-8 (byte offset "
-                                f"{offset + error.start}); re-save the file as UTF-8") from error
-            offset += len(raw)
-            lone_cr = text.count("\r") > text.endswith("\r\n")
-            for part in _LONE_CR.split(text) if lone_cr else (text,):
-                if part:
-                    line_number += 1
-                    yield part
+        for raw in itertools.chain(stream, [None]):  # None: the end
+            if decoder.offset == 0 and raw:
+                _refuse_spreadsheet(path, raw)
+            pending += decoder.decode(raw, line_number + 1)
+            lines, pending = _split_lines(pending, end=raw is None)
+            for line in lines:
+                line_number += 1
+                yield line
+
+
+def _split_lines(text: str, end: bool) -> Tuple[List[str], str]:
+    """The whole lines `text` starts with, and the rest; at the `end` the rest is a line too."""
+    if text.endswith("\n") and text.find("\n") == len(text) - 1 and "\r" not in text[:-2]:
+        return [text], ""  # the usual case: one line, read up to its "\n"
+    held = "\r" if not end and text.endswith("\r") else ""  # may yet become "\r\n"
+    *lines, rest = _LINE_END.split(text[:len(text) - len(held)])
+    if end:
+        return lines + [rest] if rest else lines, ""
+    return lines, rest + held
+
+
+class _Decoder:
+    """Decodes a file piece by piece (`None`: the end); see `iter_lines` for 'auto'."""
+
+    def __init__(self, path: str, encoding: str):
+        self.path = path
+        self.auto = encoding == "auto"
+        self.encoding = "utf-8" if self.auto else encoding
+        self.offset = 0  # bytes decoded so far
+        self.ascii_so_far = True
+        self._decoder = _incremental_decoder(self.encoding)
+
+    def decode(self, raw: Optional[bytes], line_number: int) -> str:
+        try:
+            text = self._decode(raw)
+        except UnicodeDecodeError as error:
+            utf8 = codecs.lookup(self.encoding).name == "utf-8"
+            raise DataError(
+                f"{self.path}:{line_number}: not valid {'UTF-8' if utf8 else self.encoding} "
+                f"(byte offset {self.offset + error.start}); "
+                + ("re-save it as UTF-8 or pass --encoding=gb18030" if utf8 else
+                   "pass the file's --encoding, or re-save it as UTF-8")) from error
+        self.offset += len(raw or b"")
+        return text
+
+    def _decode(self, raw: Optional[bytes]) -> str:
+        try:
+            text = self._decoder.decode(raw or b"", final=raw is None)
+        except UnicodeDecodeError:
+            if not (self.auto and self.ascii_so_far):
+                raise
+            self.auto, self.encoding = False, "gb18030"  # ASCII reads the same in both
+            self._decoder = _incremental_decoder(self.encoding)
+            text = self._decoder.decode(raw or b"", final=raw is None)
+        self.ascii_so_far = self.ascii_so_far and text.isascii()
+        return text
+
+
+def _incremental_decoder(encoding: str) -> codecs.IncrementalDecoder:
+    if codecs.lookup(encoding).name == "utf-8":
+        encoding = "utf-8-sig"  # drops a BOM at the start
+    return codecs.getincrementaldecoder(encoding)(errors="strict")
+
+
+def check_encoding(encoding: str) -> bool:
+    """Whether `encoding` is one `iter_lines` reads: 'auto' or a Python text codec."""
+    try:
+        "".encode(encoding)  # refuses unknown codecs and bytes-to-bytes ones such as base64
+    except LookupError:
+        return encoding == "auto"
+    return True
+
+
+def _refuse_spreadsheet(path: str, head: bytes = b"") -> None:
+    """Raises a DataError when `path` (by its extension) or its first bytes are an Office file."""
+    if path.lower().endswith(_SPREADSHEET_EXTENSIONS) or head.startswith(_SPREADSHEET_MAGIC):
+        raise DataError(f"{path}: a spreadsheet (or another Office or zip file), not text: "
+                        "export it as CSV UTF-8 (in Excel: File > Save As > CSV UTF-8) and "
+                        "pass that file")
 
 
 def _bad_row(on_bad_row: Callable[[DataError], None], message: str,
@@ -343,13 +431,19 @@ def _iter_jsonl(lines: Iterable[str], *, path: str, on_bad_row: Callable[[DataEr
         yield line_number, row
 
 
+# csv's default limit is 128 KiB a field; a text of megabytes is cut to the model's tokens
+# anyway, so it is read rather than refused.
+_FIELD_SIZE_LIMIT = 2**31 - 1
+
+
 def _iter_delimited(lines: Iterable[str], *, path: str, delimiter: str,
                     on_bad_row: Callable[[DataError], None],
                     column_names: Optional[Sequence[str]] = None,
                     ) -> Iterator[Tuple[int, Dict[str, object]]]:
+    csv.field_size_limit(_FIELD_SIZE_LIMIT)
     # TSV is not a quoting format: a '"' in a TSV text is just a character.
     reader = csv.reader(lines, delimiter=delimiter, strict=True,
-                        quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+                        quoting=csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE)
     header, names_what = list(column_names or ()), "--column_names names"
     if not column_names:
         try:
@@ -421,6 +515,9 @@ def _label_field(row: Mapping[str, object], column: str, spec: LabelSpec, path: 
     return names[0] if spec.task == "multiclass" else names
 
 
+_WHOLE_NUMBER = re.compile(r"-?\d+\.0+")
+
+
 def _class_names_of(train: Examples, task: str) -> Tuple[str, ...]:
     """The sorted labels of the training split: at least two, or a DataError."""
     seen = sorted({name for label in train.labels
@@ -432,12 +529,14 @@ def _class_names_of(train: Examples, task: str) -> Tuple[str, ...]:
 
 
 def label_key(value: object) -> str:
-    """A label cell as text: JSON true/1.0 (as pandas writes labels) read as '1'."""
+    """A label cell as text, the same in every format: JSON true, 1.0 and the text "1.0" (as
+    pandas writes labels) all read as '1'."""
     if isinstance(value, bool):
         return str(int(value))
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return str(value).strip()
+    key = str(value).strip()
+    return key.split(".")[0] if _WHOLE_NUMBER.fullmatch(key) else key
 
 
 def encode_labels(splits: Dict[str, Examples], spec: LabelSpec) -> Dict[str, Examples]:
@@ -508,3 +607,23 @@ def class_counts(examples: Examples) -> str:
     if examples.class_names == config.BINARY_CLASS_NAMES:
         return f"{counts[1]} positive, {counts[0]} negative"
     return ", ".join(f"{name} {count}" for name, count in zip(examples.class_names, counts))
+
+
+def warn_about_label_coverage(splits: Mapping[str, Examples]) -> None:
+    """Warns, loudly, when binary training data holds a single label, or a dev/test split a
+    label training never shows: such a model learns one answer and its metrics mislead. (For
+    the other tasks `encode_labels` refuses both.)"""
+    if splits["train"].class_names not in (None, config.BINARY_CLASS_NAMES):
+        return
+    trained = set(splits["train"].labels)
+    if len(trained) == 1:
+        (label,) = trained
+        logging.warning("THE TRAINING DATA HAS ONE LABEL ONLY: every row of %s is labelled %d, "
+                        "so the model can only learn to always answer %d. Check the file, "
+                        "--label_column and --label_map.", splits["train"].source, label, label)
+    for name in ("dev", "test"):
+        unseen = sorted(set(splits[name].labels) - trained) if name in splits else []
+        if unseen:
+            logging.warning("THE %s DATA HAS LABELS TRAINING NEVER SHOWS: %s (in %s); the model "
+                            "cannot learn them and its %s metrics mislead.", name.upper(),
+                            ", ".join(map(str, unseen)), splits[name].source, name)

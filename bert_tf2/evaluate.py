@@ -427,6 +427,7 @@ def run(config: config_lib.EvaluateConfig) -> Dict[str, object]:
     if _inside(output_dir, saved_model):
         raise app.UsageError(f"--output_dir={output_dir} is inside the SavedModel "
                              f"{saved_model}; TF Serving loads that directory")
+    io_utils.check_writable_dir(output_dir, "--output_dir")  # before the model loads
     predictor = predict.Predictor(saved_model)
     examples = _labelled_examples(config, predictor)
     texts = (list(zip(examples.texts, examples.texts_b)) if examples.texts_b

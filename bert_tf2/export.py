@@ -46,6 +46,7 @@ import tempfile
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from absl import logging
 import tensorflow as tf
 import tf_keras
 
@@ -166,21 +167,27 @@ def export_text_classifier(text_classifier: tf_keras.Model, export_dir: str,
     """Writes `export_dir/<version>` atomically and returns its path.
 
     `task`, `class_names` and `pairs` choose the signatures' inputs and outputs (`ServingModule`).
-    `version` defaults to one more than the highest existing version (1 for the first).
+    `version` defaults to one more than the highest existing version (1 for the first), taken
+    when the finished export is renamed into place; an explicit `version` that exists already
+    raises FileExistsError.
     `keep=N` (N >= 1) removes all but the newest N versions, only once the new version is in
     place; None keeps every version.
     """
     if keep is not None and keep < 1:
         raise ValueError(f"keep must be at least 1 (or None to keep all), got {keep}")
-    if version is None:
-        version = (io_utils.existing_versions(export_dir) or [0])[-1] + 1
-    final_path = os.path.join(export_dir, str(version))
     module = ServingModule(text_classifier, task=task, class_names=class_names, pairs=pairs)
-    with io_utils.atomic_directory(final_path) as scratch:
+    with io_utils.scratch_directory(export_dir, "export") as scratch:
         tf.saved_model.save(module, scratch, signatures=module.signature_functions())
         set_method_names(scratch, {CLASSIFY_SIGNATURE: CLASSIFY_METHOD_NAME})
         write_warmup_requests(scratch, pairs=pairs)
         write_class_names(scratch, class_names)
+        # The version is claimed only now, by the rename: another export into export_dir
+        # running at the same time gets another number.
+        final_path = (io_utils.publish_next_version(scratch, export_dir) if version is None
+                      else io_utils.publish_directory(scratch,
+                                                      os.path.join(export_dir, str(version))))
+    logging.info("Exported SavedModel version %s to %s", os.path.basename(final_path),
+                 final_path)
     if keep is not None:
         prune_versions(export_dir, keep)
     return final_path
@@ -330,6 +337,9 @@ def prune_versions(export_dir: str, keep: int) -> List[int]:
     for version in removed:
         path = os.path.join(export_dir, str(version))
         doomed = tempfile.mkdtemp(prefix=f".{version}.deleting-", dir=export_dir)
-        os.rename(path, os.path.join(doomed, str(version)))
+        try:
+            os.rename(path, os.path.join(doomed, str(version)))
+        except FileNotFoundError:
+            pass  # an export running at the same time removed it first
         shutil.rmtree(doomed, ignore_errors=True)
     return removed

@@ -11,6 +11,7 @@ import functools
 from absl import flags
 
 from bert_tf2 import config
+from bert_tf2 import data
 
 OFFICIAL_PREPROCESS_HANDLE = "https://tfhub.dev/tensorflow/bert_zh_preprocess/3"
 OFFICIAL_ENCODER_HANDLE = "https://tfhub.dev/tensorflow/bert_zh_L-12_H-768_A-12/4"
@@ -88,7 +89,19 @@ def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS):
                   "cell, e.g. '体育|财经'.")
     define.bool("skip_bad_rows", False, "Skip and count unreadable rows instead of "
                 "stopping at the first one.")
+    _define_encoding(flag_values)
     define.integer("seed", 42, "Seed for the built-in split, shuffling and init.")
+
+
+def _define_encoding(flag_values: flags.FlagValues) -> None:
+    """--encoding, for every command that reads text files (bert_tf2.data.iter_lines)."""
+    _Definer(flag_values).string(
+        "encoding", "utf-8", "Encoding of the text files read: utf-8, 'auto' (UTF-8, else "
+        "GB18030, what Excel and Windows save Chinese text in), or any Python codec name "
+        "(gb18030, big5, utf-16, ...).")
+    flags.register_validator("encoding", data.check_encoding,
+                             message="not a text encoding: pass utf-8, auto, gb18030 or another "
+                             "Python codec name", flag_values=flag_values)
 
 
 def define_pretraining_flags(flag_values: flags.FlagValues = flags.FLAGS):
@@ -133,7 +146,8 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
     define.integer("batch_size", 32, "Global batch size: examples per optimizer step, split "
                    "evenly across the replicas (a multiple of their number).")
     define.integer("epochs", 3, "Passes over the training split.")
-    define.integer("train_steps", None, "Optional cap on the number of optimizer steps.")
+    define.integer("train_steps", None, "Optional cap on the number of optimizer steps; 0 (like "
+                   "unset) means no cap: --epochs alone sets the length.")
     define.integer("checkpoint_steps", None, "Back up the training state (model, optimizer, "
                    "step) to model_dir/backup every N optimizer steps as well as at the end of "
                    "each epoch, so a killed run restarted with the same command loses at most "
@@ -222,6 +236,8 @@ def define_prediction_flags(flag_values: flags.FlagValues = flags.FLAGS):
                 "auto: by extension (.csv, .tsv, .jsonl/.json), else plain text, one text per "
                 "line (stdin too). CSV/TSV need a header; the text is in --text_column.")
     define.string("output", "-", "Where the predictions go: a file, or '-' for stdout.")
+    define.bool("overwrite", False, "Replace --output if it exists (by default an existing "
+                "file is refused).")
     define.enum("format", None, ["jsonl", "csv", "tsv"], "Output format; default: by "
                 "--output's extension, else jsonl.")
     define.integer("top_k", None, "Multiclass/multilabel: write only the K most probable "
@@ -256,8 +272,9 @@ def define_serving_client_flags(flag_values: flags.FlagValues = flags.FLAGS):
                 "serving_default: the Predict API on raw text; classify: the Classify API on "
                 "tf.Examples with a 'text' feature.")
     define.multi_string("text", [], "A text to classify (repeatable).")
-    define.string("input", None, "A UTF-8 file with one text per line ('-' for stdin); blank "
-                  "lines are skipped.")
+    define.string("input", None, "A file with one text per line ('-' for stdin), in "
+                  "--encoding; blank lines are skipped.")
+    _define_encoding(flag_values)
     define.float("timeout", 10.0, "Seconds to wait for each attempt.")
     define.integer("retries", 3, "Extra attempts when the server is unavailable (connection "
                    "refused, gRPC UNAVAILABLE, HTTP 503), with exponential backoff.",

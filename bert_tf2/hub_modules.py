@@ -21,11 +21,12 @@ import dataclasses
 import json
 import os
 import re
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from absl import flags, logging
 import tensorflow as tf
+import tensorflow_hub as hub
 import tf_keras
 from official.legacy.bert import configs
 from official.nlp.modeling import layers
@@ -42,6 +43,10 @@ _REQUIRED_CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers",
                            "num_attention_heads", "intermediate_size")
 
 
+class ModuleInputError(cli.UserError, ValueError):
+    """What the modules are to be built from cannot make them; found before anything is built."""
+
+
 @dataclasses.dataclass(frozen=True)
 class HubModules:
     """Paths of a built preprocess/encoder pair."""
@@ -56,22 +61,26 @@ def read_bert_config(path: str) -> configs.BertConfig:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
     except OSError as error:
-        raise ValueError(f"{path}: cannot read BERT config: {error.strerror}") from error
+        raise ModuleInputError(f"{path}: cannot read BERT config: {error.strerror}") from error
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{error.lineno}: not valid JSON: {error.msg}") from error
+        raise ModuleInputError(f"{path}:{error.lineno}: not valid JSON: {error.msg}") from error
     missing = [name for name in _REQUIRED_CONFIG_FIELDS if name not in raw]
     if missing:
-        raise ValueError(f"{path}: BERT config lacks {', '.join(missing)}")
+        raise ModuleInputError(f"{path}: BERT config lacks {', '.join(missing)}")
     if raw["hidden_size"] % raw["num_attention_heads"]:
-        raise ValueError(f"{path}: hidden_size {raw['hidden_size']} is not a multiple of "
-                         f"num_attention_heads {raw['num_attention_heads']}")
+        raise ModuleInputError(f"{path}: hidden_size {raw['hidden_size']} is not a multiple of "
+                               f"num_attention_heads {raw['num_attention_heads']}")
     return configs.BertConfig.from_dict(raw)
 
 
 def count_vocab(vocab_file: str) -> int:
     """Number of tokens in a vocab.txt (one per line, as the original BERT reads it)."""
-    with open(vocab_file, encoding="utf-8") as f:
-        return sum(1 for _ in f)
+    try:
+        with open(vocab_file, encoding="utf-8") as f:
+            return sum(1 for _ in f)
+    except (OSError, UnicodeDecodeError) as error:
+        raise ModuleInputError(f"--vocab_file={vocab_file}: cannot read it: "
+                               f"{getattr(error, 'strerror', None) or error}") from error
 
 
 def export_preprocess(export_dir: str, *, vocab_file: str, normalization: str,
@@ -200,6 +209,30 @@ def bert_config_from_variables(variables: Sequence[tf.Variable], *,
         embedding_size=embedding_size)
 
 
+class _SavedVariable(NamedTuple):
+    name: str
+    shape: Tuple[int, ...]
+
+
+def read_encoder_config(handle: str) -> configs.BertConfig:
+    """The BertConfig of the encoder module at `handle` (a path or TF Hub URL), read off the
+    variables its saved_model.pb lists, without loading the module (milliseconds, whatever its
+    size); `bert_config_from_variables` says what it can tell."""
+    from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+    path = os.path.join(hub.resolve(handle), "saved_model.pb")
+    saved_model = saved_model_pb2.SavedModel()
+    try:
+        with open(path, "rb") as f:
+            saved_model.ParseFromString(f.read())
+    except OSError as error:
+        raise cli.UserError(f"{handle}: not a SavedModel ({path}: {error.strerror})") from error
+    return bert_config_from_variables(
+        [_SavedVariable(node.variable.name, tuple(dim.size for dim in node.variable.shape.dim))
+         for meta_graph in saved_model.meta_graphs
+         for node in meta_graph.object_graph_def.nodes if node.WhichOneof("kind") == "variable"],
+        source=handle)
+
+
 def build_hub_modules(output_dir: str, *, vocab_file: str, bert_config_file: str,
                       init_checkpoint: Optional[str] = None,
                       normalization: str = "bert_original",
@@ -211,19 +244,30 @@ def build_hub_modules(output_dir: str, *, vocab_file: str, bert_config_file: str
     `pretrain`, if given, is called with the finished preprocess module's path and the config
     between the two exports, and returns the checkpoint the encoder is exported from (see
     `bert_tf2.pretrain`); it replaces `init_checkpoint`.
+
+    Everything it is given is checked before anything is built, so a mistake leaves no half
+    pair behind.
     """
     if pretrain and init_checkpoint:
-        raise ValueError("pretraining a new encoder and --init_checkpoint exclude each other")
+        raise ModuleInputError("pretraining a new encoder and --init_checkpoint exclude each "
+                               "other")
+    modules = HubModules(preprocess=os.path.join(output_dir, "preprocess"),
+                         encoder=os.path.join(output_dir, "encoder"))
+    for path in modules.preprocess, modules.encoder:
+        if os.path.exists(path):
+            raise ModuleInputError(f"{path} already exists; remove it, or build into another "
+                                   "--output_dir")
     bert_config = read_bert_config(bert_config_file)
     vocab_size = count_vocab(vocab_file)
     if vocab_size != bert_config.vocab_size:
-        raise ValueError(f"{vocab_file} has {vocab_size} tokens but {bert_config_file} says "
-                         f"vocab_size={bert_config.vocab_size}")
+        raise ModuleInputError(f"{vocab_file} has {vocab_size} tokens but {bert_config_file} "
+                               f"says vocab_size={bert_config.vocab_size}: pass the vocab and "
+                               "config of one model")
     if seq_length > bert_config.max_position_embeddings:
-        raise ValueError(f"seq_length={seq_length} exceeds max_position_embeddings="
-                         f"{bert_config.max_position_embeddings} in {bert_config_file}")
-    modules = HubModules(preprocess=os.path.join(output_dir, "preprocess"),
-                         encoder=os.path.join(output_dir, "encoder"))
+        raise ModuleInputError(f"--seq_length={seq_length} exceeds max_position_embeddings="
+                               f"{bert_config.max_position_embeddings} in {bert_config_file}")
+    if init_checkpoint:
+        checkpoints.resolve_checkpoint_prefix(init_checkpoint)  # is it there at all?
     export_preprocess(modules.preprocess, vocab_file=vocab_file, normalization=normalization,
                       seq_length=seq_length)
     if pretrain:

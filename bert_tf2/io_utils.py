@@ -1,7 +1,9 @@
 """Filesystem helpers shared by every stage that writes files: atomic directories and files,
-and the numeric versions of an export directory. No TensorFlow."""
+the numeric versions of an export directory, and the checks that an output can be written
+before the work that makes it starts. No TensorFlow."""
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -9,6 +11,92 @@ import shutil
 import tempfile
 import uuid
 from typing import Iterator, List, Optional, TextIO
+
+from bert_tf2 import cli
+
+
+class OutputError(cli.UserError):
+    """An output path cannot take the output; the message names the path (never a scratch
+    file) and the flag it came from when known."""
+
+
+def check_writable_dir(path: str, flag: str) -> None:
+    """Creates directory `path` if needed and proves it writable with a probe file, or raises
+    an OutputError naming `flag`."""
+    try:
+        _probe(path)
+    except OSError as error:
+        raise OutputError(f"{flag}={path} is not a writable directory: "
+                          f"{error.strerror or error}") from error
+
+
+def check_writable_file(path: str, flag: str, *, overwrite: bool = True) -> None:
+    """Raises an OutputError naming `flag` unless `atomic_file(path)` can write `path`.
+
+    Refused: a directory, an existing file unless `overwrite`, a directory that cannot be
+    created or written.
+    """
+    if os.path.isdir(path):
+        raise OutputError(f"{flag}={path} is a directory; name a file")
+    if not overwrite and os.path.lexists(path):
+        raise OutputError(f"{flag}={path} already exists; pass --overwrite to replace it, or "
+                          "choose another file")
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        _probe(directory)
+    except OSError as error:
+        raise OutputError(f"{flag}={path} cannot be written: {directory} is not a writable "
+                          f"directory ({error.strerror or error})") from error
+
+
+def _probe(directory: str) -> None:
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-"):
+        pass
+
+
+@contextlib.contextmanager
+def scratch_directory(parent: str, name: str) -> Iterator[str]:
+    """Yields a new hidden directory `parent/.NAME.tmp-*`, removed if the block fails or leaves
+    it there (a block that succeeds normally renames it into place: `publish_directory`)."""
+    os.makedirs(parent, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def publish_directory(scratch: str, final_path: str) -> str:
+    """Renames the finished directory `scratch` to `final_path` (same filesystem: atomic), or
+    raises FileExistsError if something is there; returns `final_path`."""
+    # os.rename would silently replace an empty directory, hence the check; a directory
+    # that appears between the two is never empty (it was renamed into place) and fails it.
+    if os.path.lexists(final_path):
+        raise FileExistsError(f"{final_path} already exists; refusing to overwrite it")
+    try:
+        os.rename(scratch, final_path)
+    except OSError as error:
+        if error.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+            raise FileExistsError(f"{final_path} already exists; refusing to overwrite "
+                                  "it") from error
+        raise
+    return final_path
+
+
+def publish_next_version(scratch: str, export_dir: str) -> str:
+    """Renames the finished directory `scratch` to `export_dir/<version>`, the version one more
+    than the highest there; returns that path.
+
+    The version is claimed by the rename itself, so exports running at the same time into one
+    `export_dir` each get their own: one that finds its number taken tries the next.
+    """
+    version = (existing_versions(export_dir) or [0])[-1] + 1
+    while True:
+        try:
+            return publish_directory(scratch, os.path.join(export_dir, str(version)))
+        except FileExistsError:
+            version += 1
 
 
 @contextlib.contextmanager
@@ -21,17 +109,11 @@ def atomic_directory(final_path: str) -> Iterator[str]:
     directory is removed. An existing `final_path` is never overwritten.
     """
     final_path = os.path.abspath(final_path)
-    parent = os.path.dirname(final_path)
-    os.makedirs(parent, exist_ok=True)
     if os.path.exists(final_path):
         raise FileExistsError(f"{final_path} already exists; refusing to overwrite it")
-    scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(final_path)}.tmp-", dir=parent)
-    try:
+    with scratch_directory(os.path.dirname(final_path), os.path.basename(final_path)) as scratch:
         yield scratch
-        os.rename(scratch, final_path)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
+        publish_directory(scratch, final_path)
 
 
 @contextlib.contextmanager
@@ -41,20 +123,33 @@ def atomic_file(path: str, *, errors: str = "strict", newline: Optional[str] = N
 
     It is a hidden sibling of `path` (same filesystem), renamed onto it at the end, so a reader
     (or a server polling the file) sees the old file or the new one, never half of one. On any
-    error it is removed and `path` is left as it was.
+    error it is removed and `path` is left as it was. A path that cannot be written raises an
+    OutputError naming `path`.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     # Not tempfile.mkstemp: its 0600 mode would stick to the output; "x" honours the umask.
     scratch = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
     try:
-        with open(scratch, "x", encoding="utf-8", errors=errors, newline=newline) as f:
+        with _naming(path):
+            os.makedirs(directory, exist_ok=True)
+            f = open(scratch, "x", encoding="utf-8", errors=errors, newline=newline)
+        with f:
             yield f
-        os.replace(scratch, path)
+        with _naming(path):
+            os.replace(scratch, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(scratch)
         raise
+
+
+@contextlib.contextmanager
+def _naming(path: str) -> Iterator[None]:
+    """Turns an OSError of the block into an OutputError that names `path`."""
+    try:
+        yield
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {error.strerror or error}") from error
 
 
 def write_json(value: object, path: str, *, sort_keys: bool = False) -> None:

@@ -6,7 +6,8 @@
 
 Input (--input, '-' for stdin; --input_format, else by extension): plain text with one text per
 line, CSV/TSV with a header (the text in --text_column; other columns are ignored), or JSONL.
-UTF-8 with or without a BOM; CSV fields may be quoted and hold commas and newlines.
+UTF-8 with or without a BOM, or --encoding; CSV fields may be quoted and hold commas and
+newlines (TSV fields are everything between tabs, quotes included).
 
 Output (--output, '-' for stdout; --format, else by extension, else JSONL): one row per input
 row, in input order, with the input's line number, the text, P(positive) and the served label:
@@ -27,7 +28,10 @@ Every row is answered: blank lines and empty texts get a probability like any ot
 that cannot be read (bad JSON, too many CSV fields, a text that is not a string) stops the run
 with the file name and line number, or with --skip_bad_rows is skipped, counted and logged.
 Input is read and predicted batch by batch (--batch_size), never loaded whole. A file output is
-written to a hidden temporary file and renamed into place only when the run succeeds.
+written to a hidden temporary file and renamed into place only when the run succeeds; it may
+not be the input, and an existing one is replaced only with --overwrite (both checked before
+the model loads). A run to stdout that stops early (a closed pipe, Ctrl-C, an error) ends with
+status 1 and a last line on stderr saying how many rows were written.
 
 The model is called through its `serving_default` signature, exactly as TF Serving calls it;
 `Predictor` and `predict_in_batches` are also what bert_tf2.evaluate uses.
@@ -62,6 +66,11 @@ _T = TypeVar("_T")
 # The model
 # ---------------------------------------------------------------------------------------------
 
+class SavedModelError(cli.UserError, FileNotFoundError):
+    """--saved_model is not an export that can be run: missing, half-written, or another
+    kind of SavedModel; the message says which and what to pass."""
+
+
 def resolve_saved_model(path: str) -> str:
     """`path` if it holds a SavedModel, else the highest numeric version under it."""
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
@@ -69,8 +78,10 @@ def resolve_saved_model(path: str) -> str:
     versions = [version for version in io_utils.existing_versions(path)
                 if os.path.isfile(os.path.join(path, str(version), "saved_model.pb"))]
     if not versions:
-        raise FileNotFoundError(f"{path}: no saved_model.pb there, nor in a numeric version "
-                                "directory under it")
+        raise SavedModelError(
+            f"--saved_model={path}: no saved_model.pb there, nor in a numeric version "
+            f"directory under it{'' if os.path.exists(path) else ' (it does not exist)'}; "
+            "pass an export_dir/<version> that bert_tf2.train wrote, or the export_dir")
     return os.path.join(path, str(versions[-1]))
 
 
@@ -88,10 +99,20 @@ class Predictor:
 
         self._tf = tf
         self.path = resolve_saved_model(saved_model)
+        if not os.path.isfile(os.path.join(self.path, "variables", "variables.index")):
+            raise SavedModelError(f"--saved_model: {self.path} is a half-written export (no "
+                                  "variables/variables.index beside its saved_model.pb); "
+                                  "export it again, or pass another version")
         # Keep the loaded object: the signature's variables live as long as it does.
         self._loaded = tf.saved_model.load(self.path)
-        self._serve = self._loaded.signatures["serving_default"]
-        self.inputs = sorted(self._serve.structured_input_signature[1])  # text[, text_b]
+        self._serve = self._loaded.signatures.get("serving_default")
+        self.inputs = sorted(self._serve.structured_input_signature[1]) if self._serve else []
+        if export.TEXT_INPUT not in self.inputs:
+            raise SavedModelError(
+                f"--saved_model: {self.path} is not a text classifier that bert_tf2.train "
+                f"exported: its serving_default signature takes {self.inputs or 'nothing'}, not "
+                f"['{export.TEXT_INPUT}'] (a TF Hub preprocess or encoder module?); pass the "
+                "export_dir/<version> of a training run")
         self.pairs = export.TEXT_B_INPUT in self.inputs
         outputs = self._serve.structured_outputs
         self.task = ("binary" if export.PROBABILITY_OUTPUT in outputs else
@@ -165,7 +186,8 @@ def read_texts(path: str, *, input_format: str = "auto", text_column: str = "tex
                text_b_column: Optional[str] = None,
                column_names: Optional[Sequence[str]] = None,
                bad_rows: Optional[data.BadRows] = None,
-               stream: Optional[BinaryIO] = None) -> Iterator[Tuple[int, object]]:
+               stream: Optional[BinaryIO] = None,
+               encoding: str = "utf-8") -> Iterator[Tuple[int, object]]:
     """Yields (line number, text) for every input row, in order, reading as it goes.
 
     Plain text: every line is a text, blank ones included (only the line ending is removed).
@@ -182,13 +204,15 @@ def read_texts(path: str, *, input_format: str = "auto", text_column: str = "tex
             raise data.DataError(f"{path}: plain text holds one text a line; a pair model "
                                  "reads CSV, TSV or JSONL with --text_column and "
                                  "--text_b_column")
-        for line_number, line in enumerate(data.iter_lines(path, stream=stream), start=1):
+        for line_number, line in enumerate(data.iter_lines(path, stream=stream,
+                                                           encoding=encoding), start=1):
             yield line_number, line.rstrip("\n").rstrip("\r")
         return
     columns = [(text_column, "--text_column")] + (
         [(text_b_column, "--text_b_column")] if text_b_column else [])
     for line_number, row in data.iter_rows(path, file_format=input_format, stream=stream,
-                                           on_bad_row=bad_rows, column_names=column_names):
+                                           on_bad_row=bad_rows, column_names=column_names,
+                                           encoding=encoding):
         texts = [data.column_value(row, column, path, line_number, flag)
                  for column, flag in columns]
         wrong = [(column, text) for (column, _), text in zip(columns, texts)
@@ -270,6 +294,66 @@ def _open_output(path: str, stdout: Optional[TextIO]) -> Iterator[TextIO]:
         yield out
 
 
+def check_output(config: config_lib.PredictConfig) -> None:
+    """Refuses, before any work, an --output that would lose data or cannot be written: the
+    --input file itself (or a link to it), a directory, an existing file without --overwrite,
+    a place that cannot be written."""
+    if config.output == STDIO:
+        return
+    if (config.input != STDIO and os.path.exists(config.input) and os.path.exists(config.output)
+            and os.path.samefile(config.input, config.output)):
+        raise cli.UserError(f"--output={config.output} is the --input file: writing the "
+                            "predictions there would replace the texts; choose another --output")
+    io_utils.check_writable_file(config.output, "--output", overwrite=config.overwrite)
+
+
+class _Written:
+    """How many output rows have been written so far."""
+
+    def __init__(self):
+        self.rows = 0
+
+    def counting(self, write: Callable[[Dict[str, object]], None]
+                 ) -> Callable[[Dict[str, object]], None]:
+        def counted(row: Dict[str, object]) -> None:
+            write(row)
+            self.rows += 1
+        return counted
+
+
+@contextlib.contextmanager
+def _said_if_cut_short(output: str, stdout: Optional[TextIO]) -> Iterator[_Written]:
+    """Yields the run's row counter; a run the block does not finish ends saying how many rows
+    reached `output` (`_incomplete`)."""
+    written = _Written()
+    try:
+        yield written
+    except BaseException as error:  # pylint: disable=broad-except
+        ending = _incomplete(error, written.rows, output, stdout)
+        if ending is error:
+            raise
+        raise ending from error
+
+
+def _incomplete(error: BaseException, count: int, output: str,
+                stdout: Optional[TextIO]) -> BaseException:
+    """What ends a run that `error` stopped after `count` rows: a UserError (status 1, one
+    line) that says how much of the output there is, or `error` itself, with that said."""
+    note = (f"only the first {count} rows were written to stdout: the output is incomplete"
+            if output == STDIO else f"nothing was written to {output}")
+    if isinstance(error, BrokenPipeError):
+        if stdout is None:  # Python's last flush of the closed stdout would fail again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return cli.UserError(f"stdout was closed (broken pipe); {note}")
+    if isinstance(error, KeyboardInterrupt):
+        return cli.UserError(f"interrupted; {note}")
+    if isinstance(error, cli.UserError):
+        error.args = (f"{error}; {note}",)
+    else:
+        print(f"predict: {note}", file=sys.stderr)  # before the traceback of a bug
+    return error
+
+
 def _probability(value: np.float32) -> float:
     """The float32 probability as the shortest decimal that reads back as the same float32."""
     return float(str(np.float32(value)))
@@ -285,6 +369,7 @@ def run(config: config_lib.PredictConfig, *, stdin: Optional[BinaryIO] = None,
 
     `stdin` (binary) and `stdout` (text) replace the process's own for '-' (tests use this).
     """
+    check_output(config)
     output_format = config.format or (output_format_of(config.output)
                                       if config.output != STDIO else "jsonl")
     start = time.perf_counter()
@@ -300,11 +385,13 @@ def run(config: config_lib.PredictConfig, *, stdin: Optional[BinaryIO] = None,
     rows = read_texts(source, input_format=config.input_format, text_column=config.text_column,
                       text_b_column=config.text_b_column,
                       column_names=data.parse_names(config.column_names, "--column_names"),
-                      bad_rows=bad_rows, stream=stream)
+                      bad_rows=bad_rows, stream=stream, encoding=config.encoding)
     count = 0
     start = time.perf_counter()
-    with _open_output(config.output, stdout) as out:
-        write = _row_writer(out, output_format, output_fields(predictor.task, predictor.pairs))
+    with _said_if_cut_short(config.output, stdout) as written, \
+            _open_output(config.output, stdout) as out:
+        write = written.counting(_row_writer(out, output_format,
+                                             output_fields(predictor.task, predictor.pairs)))
         for batch, probabilities, labels in predict_in_batches(
                 predictor, rows, config.batch_size, text_of=lambda row: row[1],
                 progress=config.progress):

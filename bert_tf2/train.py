@@ -144,18 +144,20 @@ def prepare(config: config_lib.TrainConfig) -> Prepared:
                        ("--eval_batch_size", config.trainer.eval_batch_size)):
         distribution.per_replica_batch_size(size, strategy.num_replicas_in_sync, flag)
     model_dir = distribution.writable_dir(config.model_dir)
-    crash_safety.check_writable_dir(model_dir, "--model_dir")
+    io_utils.check_writable_dir(model_dir, "--model_dir")
     if config.export.export_dir and distribution.is_chief():
-        crash_safety.check_writable_dir(config.export.export_dir, "--export_dir")
+        io_utils.check_writable_dir(config.export.export_dir, "--export_dir")
 
     splits = data.load_splits(config.data.train_data, config.data.eval_data,
                               config.data.test_data, seed=config.seed,
                               **data.reader_options(config.data))
+    data.warn_about_label_coverage(splits)
     if config.export.export_best and "dev" not in splits:
         raise cli.UserError("--export_best picks the epoch with the best dev score: pass "
                             "--eval_data too")
     if config.modules.build_missing:
         build_missing_modules(config, splits["train"].texts, model_dir)
+    check_seq_length(config.input.seq_length, config.modules.encoder_handle)
     # Every worker restores the chief's backup (Keras writes only the chief's copy there).
     backup_dir = os.path.join(config.model_dir, "backup")
     return Prepared(strategy=strategy, model_dir=model_dir, backup_dir=backup_dir,
@@ -245,12 +247,10 @@ def export_model(config: config_lib.TrainConfig, text_classifier: tf_keras.Model
     """Exports `export_dir/<version>` (on the chief, with an export_dir); returns its path."""
     if not config.export.export_dir or not distribution.is_chief():
         return None
-    path = export.export_text_classifier(text_classifier, config.export.export_dir,
+    return export.export_text_classifier(text_classifier, config.export.export_dir,
                                          keep=config.export.keep_exports,
                                          task=config.data.task, class_names=class_names,
                                          pairs=bool(config.data.text_b_column))
-    logging.info("Exported SavedModel to %s", path)
-    return path
 
 
 def print_examples(text_classifier: tf_keras.Model) -> None:
@@ -348,6 +348,20 @@ class KeepBestEpoch(tf_keras.callbacks.Callback):
         model.load_weights(os.path.join(self.directory, best["weights"]))
         logging.info("Keeping epoch %d, the best by %s (%.4f)", best["epoch"], best["metric"],
                      best["value"])
+
+
+def check_seq_length(seq_length: int, encoder_handle: str) -> None:
+    """Refuses a --seq_length beyond the encoder's position embeddings: the run would train
+    its whole schedule on shorter batches and then fail to export."""
+    try:
+        limit = hub_modules.read_encoder_config(encoder_handle).max_position_embeddings
+    except ValueError as error:  # not a BERT encoder whose variables tell its sizes
+        logging.warning("--seq_length not checked against the encoder: %s", error)
+        return
+    if seq_length > limit:
+        raise cli.UserError(f"--seq_length={seq_length} is longer than the encoder takes: its "
+                            f"max_position_embeddings is {limit} (--encoder_handle="
+                            f"{encoder_handle}); pass --seq_length={limit} or less")
 
 
 def compile_classifier(encoder_handle: str, model_config: config_lib.ModelConfig,

@@ -67,8 +67,7 @@ def main(argv):
     del argv
     flags_ = flags.FLAGS
     if flags_.train_data:
-        texts = data.read_examples(flags_.train_data, text_column=flags_.text_column,
-                                   label_column=flags_.label_column).texts
+        texts = data.read_examples(flags_.train_data, **data.reader_options(flags_)).texts
     else:
         texts = data.builtin_corpus_splits(seed=flags_.seed)["train"].texts
     tokens = build_vocab(texts, min_count=flags_.min_count)

@@ -1,8 +1,11 @@
 """Reading examples: the built-in corpus split, CSV/TSV/JSONL files, and their errors."""
 
 import json
+import logging
+import re
 
 import bert_tf2  # noqa: F401
+from absl import flags
 import pytest
 
 from bert_tf2 import data, input_pipeline
@@ -132,3 +135,119 @@ def test_dataset_pads_each_batch_only_to_its_longest_member(tiny_hub_modules):
                                              seq_length=12, training=False,
                                              dynamic_padding=False))
     assert fixed[0][0]["input_word_ids"].shape == (2, 12)
+
+
+def test_one_label_in_training_or_a_label_it_never_shows_is_warned_about(caplog):
+    caplog.set_level(logging.WARNING, logger="absl")
+    examples = lambda labels, source: data.Examples(("好",) * len(labels), labels, source)
+    data.warn_about_label_coverage({"train": examples((1, 1), "train.csv"),
+                                    "dev": examples((1, 0), "dev.csv"),
+                                    "test": examples((1,), "test.csv")})
+    assert "ONE LABEL ONLY: every row of train.csv is labelled 1" in caplog.text
+    assert "THE DEV DATA HAS LABELS TRAINING NEVER SHOWS: 0 (in dev.csv)" in caplog.text
+    assert "TEST" not in caplog.text
+    caplog.clear()
+    data.warn_about_label_coverage({"train": examples((0, 1), "train.csv"),
+                                    "test": examples((1,), "test.csv")})
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize("name", ["r.tsv", "r.txt"])
+def test_tsv_quotes_are_text_so_a_stray_quote_merges_no_rows(tmp_path, name):
+    path = tmp_path / name
+    # As CSV, the quote of row 2 would open a field that the quote of row 5 closes: one row.
+    path.write_text('text\tlabel\n"开头的引号\t1\n一般\t0\n他说还行\t1\n结尾的引号"\t0\n',
+                    encoding="utf-8")
+    examples = data.read_examples(str(path))
+    assert examples.texts == ('"开头的引号', "一般", "他说还行", '结尾的引号"')
+    assert examples.labels == (1, 0, 1, 0)
+    assert [line for line, _ in data.iter_rows(str(path))] == [2, 3, 4, 5]
+
+
+def test_csv_fields_of_megabytes_are_read(tmp_path):
+    path = tmp_path / "r.csv"
+    long_text = "很长的评论" * 1_000_000  # 5 million characters, 15 MB
+    path.write_text(f'text,label\n"{long_text}",1\n短,0\n', encoding="utf-8")
+    assert data.read_examples(str(path)).texts == (long_text, "短")
+
+
+@pytest.mark.parametrize("name, content", [
+    ("r.csv", "text,label\n好,1.0\n坏, 0.0\n"),
+    ("r.tsv", "text\tlabel\n好\t1.0\n坏\t0.00\n"),
+    ("r.jsonl", '{"text": "好", "label": 1.0}\n{"text": "坏", "label": "0.0"}\n'),
+])
+def test_integral_labels_read_the_same_in_every_format(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    assert data.read_examples(str(path)).labels == (1, 0)
+    path.write_text(content.replace("1.0", "0.5"), encoding="utf-8")
+    with pytest.raises(data.DataError, match=r":[12]: label '?0\.5'? in column 'label'"):
+        data.read_examples(str(path))
+
+
+def test_a_bad_row_error_says_how_to_go_on_but_a_missing_column_does_not(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("review,label\n好,1\n,0\n", encoding="utf-8")
+    with pytest.raises(data.DataError, match=r"r\.csv:3: column 'review' must be non-empty text, "
+                       r"got '' \(pass --skip_bad_rows to skip and count such rows\)$"):
+        data.read_examples(str(path), text_column="review")
+    with pytest.raises(data.MissingColumn) as error:
+        data.read_examples(str(path), skip_bad_rows=True)
+    assert "--skip_bad_rows" not in str(error.value)
+
+
+@pytest.mark.parametrize("encoding", ["gb18030", "gbk", "auto"])
+def test_gb18030_files_are_read_with_encoding(tmp_path, encoding):
+    path = tmp_path / "r.csv"
+    path.write_bytes("text,label\n质量很差,0\n很好，推荐😀,1\n".encode("gb18030"))
+    if encoding == "gbk":  # GBK has no emoji: the file is not GBK
+        with pytest.raises(data.DataError, match=r"r\.csv:3: not valid gbk \(byte offset \d+\); "
+                           r"pass the file's --encoding, or re-save it as UTF-8"):
+            data.read_examples(str(path), encoding=encoding)
+        return
+    examples = data.read_examples(str(path), encoding=encoding)
+    assert examples.texts == ("质量很差", "很好，推荐😀") and examples.labels == (0, 1)
+    with pytest.raises(data.DataError, match=r"r\.csv:2: not valid UTF-8 \(byte offset 11\); "
+                       r"re-save it as UTF-8 or pass --encoding=gb18030$"):
+        data.read_examples(str(path))
+
+
+def test_auto_reads_utf8_and_any_codec_is_taken(tmp_path):
+    path = tmp_path / "r.tsv"
+    path.write_bytes("\ufefftext\tlabel\n好\t1\n坏\t0\n".encode("utf-8"))
+    assert data.read_examples(str(path), encoding="auto").texts == ("好", "坏")
+    # UTF-8 first, then GBK: not one encoding, so no guess.
+    path.write_bytes("text\tlabel\n好\t1\n".encode("utf-8") + "坏\t0\n".encode("gbk"))
+    with pytest.raises(data.DataError, match=r"r\.tsv:3: not valid UTF-8"):
+        data.read_examples(str(path), encoding="auto")
+    # UTF-16: "\n" is two bytes there; lines and their numbers still come out right.
+    path.write_bytes("text\tlabel\r\n好\t1\r坏\t0\n".encode("utf-16"))
+    assert list(data.iter_rows(str(path), encoding="utf-16")) == [
+        (2, {"text": "好", "label": "1"}), (3, {"text": "坏", "label": "0"})]
+
+
+def test_encoding_is_one_flag_every_reader_gets(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_bytes("text,label\n差,0\n好,1\n".encode("gb18030"))
+    config = train_config("--encoding=gb18030")
+    assert data.read_examples(str(path), **data.reader_options(config.data)).texts == ("差", "好")
+    with pytest.raises(flags.IllegalFlagValueError, match="not a text encoding"):
+        train_config("--encoding=base64")
+    with pytest.raises(flags.IllegalFlagValueError, match="not a text encoding"):
+        train_config("--encoding=no-such-codec")
+
+
+@pytest.mark.parametrize("name, content", [
+    ("r.xlsx", b"anything"),
+    ("r.xls", b"anything"),
+    ("r.csv", b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00"),  # an .xlsx renamed
+    ("r.tsv", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1\x00\x00\n"),  # an .xls renamed
+])
+def test_a_spreadsheet_is_named_as_one(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(data.DataError, match=rf"{re.escape(name)}: a spreadsheet .* export it "
+                       r"as CSV UTF-8"):
+        data.read_examples(str(path))
+    with pytest.raises(data.DataError, match="a spreadsheet"):
+        list(data.iter_lines(str(path)))

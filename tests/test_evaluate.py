@@ -4,6 +4,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
@@ -12,7 +13,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from bert_tf2 import config, data, evaluate, plots
+from bert_tf2 import cli, config, data, evaluate, plots, predict
 
 # The hand-worked fixture. Sorted by probability:
 #
@@ -205,6 +206,21 @@ def test_history_alone_only_plots_curves(tmp_path, capsys):
         evaluate.run(parse_evaluate_flags())
     with pytest.raises(app.UsageError, match="evaluate reads --data"):
         evaluate.run(parse_evaluate_flags("--saved_model=x", "--test_data=t.csv"))
+
+
+def test_a_missing_model_or_an_unusable_output_dir_fails_before_the_model_loads(tmp_path):
+    with pytest.raises(predict.SavedModelError, match=r"^--saved_model=.*missing: no "
+                       r"saved_model\.pb there"):
+        evaluate.run(parse_evaluate_flags(f"--saved_model={tmp_path / 'missing'}"))
+    # Not a loadable model: were it loaded, that would fail differently.
+    (tmp_path / "export" / "1").mkdir(parents=True)
+    (tmp_path / "export" / "1" / "saved_model.pb").write_bytes(b"not loaded")
+    (tmp_path / "a_file").write_text("")
+    for output_dir in (tmp_path / "a_file", tmp_path / "a_file" / "eval"):
+        with pytest.raises(cli.UserError, match=rf"^--output_dir={re.escape(str(output_dir))} "
+                           "is not a writable directory"):
+            evaluate.run(parse_evaluate_flags(f"--saved_model={tmp_path / 'export'}",
+                                              f"--output_dir={output_dir}"))
 
 
 def test_evaluate_cli_on_the_tiny_model(tiny_training_run, tmp_path, capsys):

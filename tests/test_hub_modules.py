@@ -1,6 +1,10 @@
 """The offline-built modules have TF Hub's Preprocessor and Encoder interfaces."""
 
 import json
+import os
+import re
+import subprocess
+import sys
 
 import bert_tf2  # noqa: F401
 import numpy as np
@@ -9,7 +13,8 @@ import tensorflow as tf
 import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401
 
-from bert_tf2 import hub_modules
+from bert_tf2 import cli, hub_modules
+from tests.conftest import REPO_ROOT
 from tests.tiny_fixtures import TINY_SEQ_LENGTH, write_bert_config
 
 
@@ -64,3 +69,39 @@ def test_bad_bert_config_is_named(tmp_path, content, message):
     path.write_text(content, encoding="utf-8")
     with pytest.raises(ValueError, match=message):
         hub_modules.read_bert_config(str(path))
+
+
+def test_everything_is_checked_before_anything_is_built(tmp_path, tiny_vocab_file):
+    config = write_bert_config(tmp_path / "c.json", vocab_size=hub_modules.count_vocab(
+        tiny_vocab_file))
+    output_dir = tmp_path / "hub"
+
+    def build(**kwargs):
+        arguments = {"vocab_file": tiny_vocab_file, "bert_config_file": config, **kwargs}
+        with pytest.raises(cli.UserError) as error:
+            hub_modules.build_hub_modules(str(output_dir), **arguments)
+        return str(error.value)
+
+    assert re.match(rf"--vocab_file={re.escape(str(tmp_path))}/missing.txt: cannot read it: No "
+                    "such file", build(vocab_file=str(tmp_path / "missing.txt")))
+    assert "no checkpoint there" in build(init_checkpoint=str(tmp_path / "bert_model.ckpt"))
+    assert "--seq_length=129 exceeds max_position_embeddings=128" in build(seq_length=129)
+    assert not output_dir.exists()
+    (output_dir / "encoder").mkdir(parents=True)  # left by an earlier build
+    assert build() == (f"{output_dir / 'encoder'} already exists; remove it, or build into "
+                       "another --output_dir")
+    assert os.listdir(output_dir) == ["encoder"]
+
+
+@pytest.mark.slow
+def test_the_command_reports_a_missing_vocab_in_one_line(tmp_path):
+    config = write_bert_config(tmp_path / "c.json", vocab_size=7)
+    result = subprocess.run(
+        [sys.executable, "-m", "bert_tf2.hub_modules", f"--vocab_file={tmp_path / 'v.txt'}",
+         f"--bert_config_file={config}", f"--output_dir={tmp_path / 'hub'}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"hub_modules: --vocab_file={tmp_path / 'v.txt'}: cannot read it: No such file or "
+        "directory")
+    assert not (tmp_path / "hub").exists()

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from absl import flags
 import numpy as np
 import pytest
 
-from bert_tf2 import config, data, predict
+from bert_tf2 import cli, config, data, predict
 from tests.conftest import REPO_ROOT
 
 
@@ -204,3 +205,165 @@ def test_stdin_to_stdout_as_a_command(tiny_training_run):
     rows = [json.loads(line) for line in result.stdout.decode("utf-8").splitlines()]
     assert [row["text"] for row in rows] == ["很好", "", "太差了"]
     assert "texts/s" in result.stderr.decode("utf-8", "replace")
+
+
+# ---------------------------------------------------------------------------------------------
+# Nothing lost, nothing misleading: outputs checked first, an early stop said out loud
+# ---------------------------------------------------------------------------------------------
+
+class _ConstantPredictor:
+    """A binary model of single texts that answers 0.75 to everything."""
+
+    path, task, pairs, class_names = "constant", "binary", False, ("0", "1")
+
+    def check_text_b_column(self, text_b_column):
+        assert not text_b_column
+
+    def __call__(self, texts):
+        return np.full(len(texts), 0.75, np.float32), np.ones(len(texts), np.int64)
+
+
+@pytest.fixture
+def run_constant(monkeypatch):
+    """Runs the CLI in process with a model that answers 0.75 to everything, counting loads."""
+    loads = []
+    monkeypatch.setattr(predict, "Predictor",
+                        lambda path: loads.append(path) or _ConstantPredictor())
+
+    def run(*args, stdin: bytes = b"", stdout=None):
+        flag_values = flags.FlagValues()
+        predict.define_flags(flag_values)
+        flag_values(["predict", "--saved_model=unused", *args])
+        stream = stdin if hasattr(stdin, "read") else io.BytesIO(stdin)
+        return predict.run(config.PredictConfig.from_flags(flag_values), stdin=stream,
+                           stdout=stdout if stdout is not None else io.StringIO())
+
+    run.loads = loads
+    return run
+
+
+def test_an_output_that_is_the_input_is_refused_before_anything_is_read(run_constant, tmp_path):
+    source = tmp_path / "texts.txt"
+    source.write_text("很好\n太差了\n", encoding="utf-8")
+    (tmp_path / "link.txt").symlink_to(source)
+    os.link(source, tmp_path / "hard.txt")
+    for output in (source, tmp_path / "link.txt", tmp_path / "hard.txt",
+                   tmp_path / "." / "texts.txt"):
+        with pytest.raises(cli.UserError, match=rf"^--output={re.escape(str(output))} is the "
+                           "--input file: .* choose another --output$"):
+            run_constant(f"--input={source}", f"--output={output}", "--overwrite")
+    assert source.read_text(encoding="utf-8") == "很好\n太差了\n" and run_constant.loads == []
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(run_constant, tmp_path):
+    output = tmp_path / "p.jsonl"
+    output.write_text("earlier predictions\n", encoding="utf-8")
+    with pytest.raises(cli.UserError, match=rf"^--output={re.escape(str(output))} already "
+                       "exists; pass --overwrite to replace it"):
+        run_constant("--input=-", f"--output={output}", stdin="好\n".encode())
+    assert output.read_text(encoding="utf-8") == "earlier predictions\n"
+    assert run_constant.loads == []
+    summary = run_constant("--input=-", f"--output={output}", "--overwrite",
+                           stdin="好\n".encode())
+    assert summary["rows"] == 1 and json.loads(output.read_text(encoding="utf-8"))["text"] == "好"
+
+
+def test_an_output_that_cannot_be_written_fails_before_the_model_loads(run_constant, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(cli.UserError, match=rf"^--output={re.escape(str(tmp_path))} is a "
+                       "directory; name a file$"):
+        run_constant(f"--output={tmp_path}")
+    output = tmp_path / "a_file" / "p.jsonl"
+    with pytest.raises(cli.UserError, match=rf"^--output={re.escape(str(output))} cannot be "
+                       rf"written: {re.escape(str(tmp_path / 'a_file'))} is not a writable "
+                       r"directory \(.*\)$") as error:
+        run_constant(f"--output={output}")
+    assert ".tmp-" not in str(error.value) and run_constant.loads == []
+
+
+class _PipeClosedAfter(io.StringIO):
+    """stdout of a pipe whose reader goes away after `rows` rows."""
+
+    def __init__(self, rows: int):
+        super().__init__()
+        self.rows = rows
+
+    def write(self, text):
+        if self.getvalue().count("\n") >= self.rows:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+class _InterruptedAfter(io.BytesIO):
+    """stdin on which the user presses Ctrl-C after `lines` lines."""
+
+    def __init__(self, content: bytes, lines: int):
+        super().__init__(content)
+        self.lines = lines
+
+    def __next__(self):
+        if self.lines == 0:
+            raise KeyboardInterrupt
+        self.lines -= 1
+        return super().__next__()
+
+
+def test_a_run_to_stdout_that_stops_early_says_how_many_rows_it_wrote(run_constant, tmp_path):
+    texts = "".join(f"第{i}条\n" for i in range(10)).encode()
+    with pytest.raises(cli.UserError, match=r"^stdout was closed \(broken pipe\); only the "
+                       r"first 3 rows were written to stdout: the output is incomplete$"):
+        run_constant("--batch_size=2", stdin=texts, stdout=_PipeClosedAfter(3))
+    with pytest.raises(cli.UserError, match=r"^interrupted; only the first 4 rows were written "
+                       "to stdout: the output is incomplete$"):
+        run_constant("--batch_size=2", stdin=_InterruptedAfter(texts, 5))
+    source = tmp_path / "r.jsonl"
+    source.write_text('{"text": "好"}\n{"text": "坏"}\n{"text": "断了\n', encoding="utf-8")
+    with pytest.raises(data.DataError, match=r"r\.jsonl:3: not a JSON object: .*--skip_bad_rows.*"
+                       r"; only the first 2 rows were written to stdout: the output is "
+                       r"incomplete$"):
+        run_constant(f"--input={source}", "--batch_size=1")
+    output = tmp_path / "p.jsonl"
+    with pytest.raises(data.DataError,
+                       match=rf"; nothing was written to {re.escape(str(output))}$"):
+        run_constant(f"--input={source}", "--batch_size=1", f"--output={output}")
+    assert not output.exists()
+
+
+def test_a_missing_or_half_written_saved_model_is_named(tmp_path):
+    with pytest.raises(predict.SavedModelError, match=r"no saved_model\.pb there, .* \(it does "
+                       r"not exist\); pass an export_dir/<version>"):
+        predict.Predictor(str(tmp_path / "missing"))
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "saved_model.pb").write_bytes(b"copied before its variables")
+    with pytest.raises(predict.SavedModelError, match=rf"{re.escape(str(tmp_path / '1'))} is a "
+                       r"half-written export \(no variables/variables\.index"):
+        predict.Predictor(str(tmp_path))
+
+
+def test_a_tf_hub_module_is_not_taken_for_a_classifier(tiny_hub_modules):
+    with pytest.raises(predict.SavedModelError, match=r"is not a text classifier .* takes "
+                       r"\['sentences'\], not \['text'\]"):
+        predict.Predictor(tiny_hub_modules.preprocess)
+    with pytest.raises(predict.SavedModelError, match=r"takes \['input_mask', 'input_type_ids', "
+                       r"'input_word_ids'\]"):
+        predict.Predictor(tiny_hub_modules.encoder)
+
+
+@pytest.mark.slow
+def test_a_closed_pipe_ends_the_command_with_a_last_line_and_status_1(tiny_training_run):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bert_tf2.predict",
+         f"--saved_model={tiny_training_run['export_dir']}", "--batch_size=2"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    process.stdin.write("".join(f"第{i}条评论\n" for i in range(2000)).encode("utf-8"))
+    process.stdin.close()
+    first = process.stdout.readline()  # like `| head -1`
+    process.stdout.close()
+    stderr = process.stderr.read().decode("utf-8", "replace")
+    assert process.wait(timeout=300) == 1, stderr[-3000:]
+    assert json.loads(first)["line"] == 1
+    last_line = stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"predict: stdout was closed \(broken pipe\); only the first \d+ rows "
+                        r"were written to stdout: the output is incomplete", last_line), stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr

@@ -3,6 +3,7 @@
 See docs/crash_safety.md for what these guarantee to a user.
 """
 
+import concurrent.futures
 import logging
 import os
 import pathlib
@@ -10,9 +11,11 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import bert_tf2  # noqa: F401
+from absl import logging as absl_logging
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -307,6 +310,41 @@ def test_failed_export_leaves_no_version_and_no_scratch(tmp_path, monkeypatch, s
         export.export_text_classifier(_ConstantClassifier(), str(export_dir), keep=1)
     assert os.listdir(export_dir) == ["1"], "a half-written version or scratch dir remains"
     assert (export_dir / "1" / "saved_model.pb").read_bytes() == b"the served version"
+
+
+@pytest.fixture
+def absl_info_logs(caplog):
+    """caplog with absl's INFO lines; saving a model resets the absl logger to the --verbosity
+    level, so that is INFO too while the test runs."""
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)
+    caplog.set_level(logging.INFO, logger="absl")
+    yield caplog
+    absl_logging.set_verbosity(verbosity)
+
+
+def test_exports_at_the_same_time_into_one_dir_each_get_a_version(tmp_path, monkeypatch,
+                                                                    absl_info_logs):
+    """Two exports that both start while export_dir is empty: both land, as 1 and 2."""
+    export_dir = tmp_path / "export"
+    both_written = threading.Barrier(2, timeout=120)
+    write_warmup_requests = export.write_warmup_requests
+
+    def write_then_wait(saved_model_dir, *args, **kwargs):
+        path = write_warmup_requests(saved_model_dir, *args, **kwargs)
+        both_written.wait()  # neither is in place yet: both now claim a version at once
+        return path
+
+    monkeypatch.setattr(export, "write_warmup_requests", write_then_wait)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        paths = list(pool.map(lambda _: export.export_text_classifier(
+            _ConstantClassifier(), str(export_dir)), range(2)))
+    assert sorted(os.path.basename(path) for path in paths) == ["1", "2"]
+    assert sorted(os.listdir(export_dir)) == ["1", "2"], "a scratch dir was left behind"
+    for path in paths:
+        assert (pathlib.Path(path) / export.WARMUP_FILE).is_file()
+        assert (f"Exported SavedModel version {os.path.basename(path)} to {path}"
+                in absl_info_logs.text)
 
 
 # ---------------------------------------------------------------------------------------------

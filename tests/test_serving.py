@@ -37,7 +37,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from bert_tf2 import export, io_utils
+from bert_tf2 import cli, export, io_utils
 from bert_tf2.serving import client as client_lib
 from bert_tf2.serving import config as config_lib
 from tests.conftest import REPO_ROOT
@@ -531,6 +531,34 @@ def test_config_cli_writes_models_config(tmp_path, saved_model):
     with pytest.raises(app.UsageError, match="version policy"):
         config_lib.main([], _flag_values(config_lib.define_flags,
                                          f"--export_dir={export_dir}", "--version_policy=x"))
+
+
+def test_config_cli_refuses_a_version_dir_and_an_unwritable_output(tmp_path):
+    version = tmp_path / "export" / "3"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(SystemExit, match=rf"^serving.config: --export_dir={re.escape(str(version))}"
+                       rf": that is a version directory; pass its parent "
+                       rf"{re.escape(str(tmp_path / 'export'))}$"):
+        config_lib.main([], _flag_values(config_lib.define_flags, f"--export_dir={version}"))
+    (tmp_path / "a_file").write_text("")
+    output = tmp_path / "a_file" / "models.config"
+    with pytest.raises(SystemExit, match=rf"^serving.config: --output={re.escape(str(output))} "
+                       "cannot be written: ") as error:
+        config_lib.main([], _flag_values(config_lib.define_flags,
+                                         f"--export_dir={tmp_path / 'export'}",
+                                         f"--output={output}"))
+    assert ".tmp-" not in str(error.value)
+
+
+def test_client_reads_input_in_its_encoding(tmp_path):
+    path = tmp_path / "reviews.txt"
+    path.write_bytes("质量很差\r\n\n很好\n".encode("gb18030"))
+    assert client_lib.read_texts(["先"], str(path), "gb18030") == ["先", "质量很差", "很好"]
+    with pytest.raises(cli.UserError, match=r"reviews\.txt:1: not valid UTF-8 .*"
+                       "--encoding=gb18030"):
+        client_lib.read_texts([], str(path))
+    assert _flag_values(client_lib.define_flags, "--encoding=auto").encoding == "auto"
 
 
 # ---------------------------------------------------------------------------- clients

@@ -1,5 +1,6 @@
 """End to end: a tiny run trains, evaluates, checkpoints and exports a raw-text SavedModel."""
 
+import importlib
 import json
 import os
 import pathlib
@@ -72,6 +73,15 @@ def test_failed_write_leaves_no_partial_directory(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_tensorflow_cpp_log_is_kept_to_warnings_unless_the_user_set_it(monkeypatch):
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    importlib.reload(bert_tf2)
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    importlib.reload(bert_tf2)
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+
+
 def test_flag_files_parse():
     pretraining_outputs, pretraining_inputs = set(), set()
     for flagfile in sorted((REPO_ROOT / "configs").glob("*.flags")):
@@ -125,6 +135,54 @@ def test_a_bad_run_config_is_a_user_error_naming_the_file(tmp_path, content, mes
         train_config(f"--run_config={path}")
     with pytest.raises(cli.UserError, match="cannot read it"):
         train_config(f"--run_config={tmp_path / 'missing.json'}")
+
+
+@pytest.mark.parametrize("flag, value, in_words", [
+    ("learning_rate", "0", "> 0"),
+    ("learning_rate", "-2e-5", "> 0"),
+    ("seq_length", "7", ">= 8"),
+    ("epochs", "0", ">= 1"),
+    ("train_steps", "-1", r">= 0 \(0: no cap\)"),
+    ("batch_size", "0", ">= 1"),
+    ("eval_batch_size", "-64", ">= 1"),
+    ("warmup_fraction", "1", r"in \[0, 1\)"),
+    ("warmup_fraction", "-0.1", r"in \[0, 1\)"),
+    ("dropout", "1.0", r"in \[0, 1\)"),
+    ("dropout", "nan", r"in \[0, 1\)"),
+])
+def test_out_of_range_training_values_are_refused_naming_flag_value_and_range(
+        flag, value, in_words):
+    with pytest.raises(cli.UserError,
+                       match=rf"^--{flag}=\S+ is out of range: it must be {in_words}$"):
+        train_config(f"--{flag}={value}")
+
+
+def test_an_out_of_range_value_in_a_run_config_is_refused_too(tmp_path):
+    path = tmp_path / config.RUN_CONFIG_FILE
+    path.write_text(train_config().replace(**{"optimizer.learning_rate": 0.0}).to_json(),
+                    encoding="utf-8")
+    with pytest.raises(cli.UserError, match=r"--learning_rate=0.0 is out of range"):
+        train_config(f"--run_config={path}")
+    assert train_config(f"--run_config={path}", "--learning_rate=1e-5")
+
+
+def test_train_steps_0_means_no_cap(tmp_path):
+    assert "0 (like unset) means no cap" in parse_train_flags()["train_steps"].help
+    for steps in ("--train_steps=0", "--epochs=2"):
+        trainer = train_config(steps, "--epochs=2", "--batch_size=10").trainer
+        assert train.plan_steps(trainer, 100, str(tmp_path / "backup")).total_steps == 20
+    trainer = train_config("--train_steps=5", "--batch_size=10").trainer
+    assert train.plan_steps(trainer, 100, str(tmp_path / "backup")).total_steps == 5
+
+
+def test_seq_length_beyond_the_encoders_positions_fails_before_training(
+        tiny_hub_modules, corpus_splits, tmp_path):
+    args = tiny_train_args(tiny_hub_modules, tmp_path / "model", tmp_path / "export",
+                           *corpus_data_flags(tmp_path, corpus_splits, {"train": 32}))
+    with pytest.raises(cli.UserError, match=r"^--seq_length=129 is longer than the encoder "
+                       r"takes: its max_position_embeddings is 128 .* pass --seq_length=128 "):
+        train.run(train_config(*args, "--seq_length=129"))
+    assert os.listdir(tmp_path / "model") == [] and os.listdir(tmp_path / "export") == []
 
 
 def test_a_run_config_restarts_the_same_run(dropout_free_modules, corpus_splits, tmp_path):

@@ -46,6 +46,7 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from bert_tf2 import cli
+from bert_tf2 import data
 from bert_tf2 import export
 from bert_tf2 import flags as project_flags
 
@@ -375,16 +376,15 @@ def make_client(protocol: str, server: str, model_name: str, **kwargs) -> _Clien
     return clients[protocol](server, model_name, **kwargs)
 
 
-def read_texts(texts: Sequence[str], input_path: Optional[str]) -> List[str]:
-    """--text values, then the non-blank lines of --input ('-': stdin)."""
+def read_texts(texts: Sequence[str], input_path: Optional[str],
+               encoding: str = "utf-8") -> List[str]:
+    """--text values, then the non-blank lines of --input ('-': stdin) in `encoding`."""
     result = list(texts)
     if input_path:
-        if input_path == "-":
-            lines = sys.stdin.read().splitlines()
-        else:
-            with open(input_path, encoding="utf-8") as f:
-                lines = f.read().splitlines()
-        result.extend(line for line in lines if line.strip())
+        lines = data.iter_lines("<stdin>" if input_path == "-" else input_path,
+                                stream=sys.stdin.buffer if input_path == "-" else None,
+                                encoding=encoding)
+        result.extend(line.rstrip("\r\n") for line in lines if line.strip())
     return result
 
 
@@ -392,10 +392,7 @@ def read_texts(texts: Sequence[str], input_path: Optional[str]) -> List[str]:
 def main(argv, flag_values: Optional[flags.FlagValues] = None) -> None:
     del argv
     flags_ = flag_values or FLAGS
-    try:
-        texts = read_texts(flags_.text, flags_.input)
-    except OSError as error:
-        raise app.UsageError(f"--input: {error}") from None
+    texts = read_texts(flags_.text, flags_.input, flags_.encoding)
     if not texts:
         raise app.UsageError("give at least one --text or an --input file")
     try:

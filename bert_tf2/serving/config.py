@@ -113,6 +113,21 @@ def check_export_dir(export_dir: str, version_policy: str) -> None:
     logging.info("%s holds versions %s", export_dir, versions)
 
 
+def refuse_version_dir(export_dir: str) -> None:
+    """Raises a UserError when `export_dir` holds a SavedModel itself: TF Serving would find
+    no numeric versions under it and serve nothing."""
+    if not os.path.isfile(os.path.join(export_dir, "saved_model.pb")):
+        return
+    name = os.path.basename(os.path.normpath(export_dir))
+    if re.fullmatch(r"\d+", name):
+        parent = os.path.dirname(os.path.normpath(export_dir)) or "."
+        raise cli.UserError(f"--export_dir={export_dir}: that is a version directory; pass its "
+                            f"parent {parent}")
+    raise cli.UserError(f"--export_dir={export_dir} holds a SavedModel itself, but TF Serving "
+                        f"serves the numeric version directories under it: move the SavedModel "
+                        f"into {os.path.join(export_dir, '1')}")
+
+
 def write_config(output: str, text: str) -> None:
     if output == "-":
         sys.stdout.write(text)
@@ -128,6 +143,9 @@ def main(argv, flag_values: Optional[flags.FlagValues] = None) -> None:
     flags_ = flag_values or FLAGS
     if not flags_.export_dir:
         raise app.UsageError("--export_dir is required")
+    refuse_version_dir(flags_.export_dir)
+    if flags_.output != "-":
+        io_utils.check_writable_file(flags_.output, "--output")
     base_path = flags_.base_path or os.path.abspath(flags_.export_dir)
     try:
         config = build_model_server_config(model_name=flags_.model_name, base_path=base_path,
