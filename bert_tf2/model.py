@@ -17,14 +17,26 @@ changes). `rebuild_encoder` makes mixed precision real: it rebuilds the module a
 Garden `BertEncoder` under the global policy (sizes read off the module's variables) and loads
 the module's weights into it, through the same by-name mapping `bert_tf2.checkpoints` uses for
 our classifier checkpoints.
+
+Freezing the encoder (`ModelConfig.trainable_encoder_layers`): a `hub.KerasLayer` trains all of
+its module's variables or none of them. So a wholly frozen encoder (0) is the hub layer with
+`trainable=False` (or the rebuilt encoder with every layer frozen, under a mixed policy), and a
+partly frozen one (N > 0) is the encoder rebuilt as a BertEncoder (`rebuild_encoder`, checked
+to compute what the module computes) whose embeddings and lower transformer layers are set
+`trainable=False` (`freeze_encoder`). Keras's own trainable flags
+then say what trains: the optimizer keeps AdamW slots for, and decays, only trainable weights,
+backpropagation stops at the lowest trainable layer, and checkpoints still hold every weight.
+Keeping the hub layer trainable and filtering the variables the optimizer updates would leave
+all of that (and the trainable counts a run logs) believing the whole encoder trains.
 """
 
 import os
+import re
 import tempfile
 from typing import Optional
 
-
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+import numpy as np
 import tensorflow as tf
 import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401  (registers the ops the preprocessing module needs)
@@ -32,10 +44,14 @@ import tf_keras
 from absl import logging
 
 from bert_tf2 import checkpoints
+from bert_tf2 import cli
 from bert_tf2 import config as config_lib
 from bert_tf2 import hub_modules
 
 ENCODER_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
+# The BertEncoder's layers that `freeze_encoder` leaves trainable, from the top.
+_TRANSFORMER_LAYER = re.compile(r"transformer/layer_(\d+)")
+_POOLER = "pooler_transform"
 
 
 def build_classifier(encoder_handle: str, *, dropout_rate: float = 0.1,
@@ -66,17 +82,55 @@ def build_classifier_for(model_config: config_lib.ModelConfig, encoder_handle: s
     rebuilds it as a BertEncoder that computes in the policy (`rebuild_encoder`).
     """
     policy = tf_keras.mixed_precision.global_policy()
-    encoder = None
     if model_config.rebuild_encoder:
         encoder = rebuild_encoder(encoder_handle, load_weights=load_encoder_weights)
+        freeze_encoder(encoder, model_config.trainable_encoder_layers, source=encoder_handle)
         if policy.compute_dtype != "float32":
             logging.info("Mixed precision: the encoder computes in %s (rebuilt under %s); the "
                          "head and the loss in float32", policy.compute_dtype, policy.name)
-    elif policy.compute_dtype != "float32":
-        logging.warning("Mixed precision: the encoder computes in float32 (the hub module as "
-                        "saved, --norebuild_encoder_under_policy), and so does the head: %s "
-                        "changes nothing", policy.name)
+    else:
+        if policy.compute_dtype != "float32":
+            logging.warning("Mixed precision: the encoder computes in float32 (the hub module "
+                            "as saved, --norebuild_encoder_under_policy), and so does the "
+                            "head: %s changes nothing", policy.name)
+        encoder = hub.KerasLayer(encoder_handle, name="encoder",
+                                 trainable=model_config.trainable_encoder_layers != 0)
     return build_classifier(encoder_handle, dropout_rate=model_config.dropout, encoder=encoder)
+
+
+def freeze_encoder(encoder: tf_keras.Model, trainable_layers: int, *, source: str) -> None:
+    """Leaves only the top `trainable_layers` transformer layers of `encoder` (a
+    `rebuild_encoder` result) and its pooler trainable; 0 freezes it all, -1 nothing."""
+    if trainable_layers < 0:
+        return
+    network = encoder.network
+    transformer = sorted((layer for layer in network.layers
+                          if _TRANSFORMER_LAYER.fullmatch(layer.name)),
+                         key=lambda layer: int(_TRANSFORMER_LAYER.fullmatch(layer.name)[1]))
+    if trainable_layers > len(transformer):
+        raise cli.UserError(
+            f"--trainable_encoder_layers={trainable_layers}, but the encoder {source} has "
+            f"{len(transformer)} transformer layers: use at most {len(transformer)}, or -1 to "
+            "train all of it")
+    trainable = transformer[len(transformer) - trainable_layers:]
+    if trainable:
+        trainable.append(network.get_layer(_POOLER))
+    for layer in network.layers:
+        layer.trainable = any(layer is kept for kept in trainable)
+    logging.info("Encoder %s: %s trainable, everything else frozen", source,
+                 ", ".join(layer.name for layer in trainable) or "nothing")
+
+
+def describe_trainable(model: tf_keras.Model) -> str:
+    """How many of `model`'s weights train: 'trainable: 2 variables, 17 parameters; frozen:
+    ...' (floating-point weights only: a module's flags are not weights)."""
+    def count(weights):
+        weights = [w for w in weights if w.dtype.is_floating]
+        return (f"{len(weights)} variables, "
+                f"{sum(int(np.prod(w.shape)) for w in weights):,} parameters")
+
+    return (f"trainable: {count(model.trainable_weights)}; "
+            f"frozen: {count(model.non_trainable_weights)}")
 
 
 class Classifier(tf_keras.Model):

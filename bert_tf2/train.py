@@ -280,6 +280,8 @@ def compile_classifier(encoder_handle: str, model_config: config_lib.ModelConfig
                                     tf_keras.metrics.AUC(name="auc")],
                            jit_compile=runtime.jit_compile,
                            steps_per_execution=runtime.steps_per_execution)
+    logging.info("--trainable_encoder_layers=%d: %s", model_config.trainable_encoder_layers,
+                 model_lib.describe_trainable(classifier))
     return classifier
 
 
@@ -330,7 +332,9 @@ def export_copy(config: config_lib.TrainConfig, classifier: tf_keras.Model) -> t
     multi-worker cluster that do not export.
     """
     runtime = config.runtime
-    if not config.model.rebuild_encoder and runtime.distribution_strategy == "one_device":
+    computes_in_float32 = (runtime.mixed_precision == "float32"
+                           or not config.model.rebuild_encoder)  # a hub encoder, float32 head
+    if computes_in_float32 and runtime.distribution_strategy == "one_device":
         return classifier
     with distribution.dtype_policy("float32"):
         copy = model_lib.build_classifier_for(config.model, config.modules.encoder_handle,
