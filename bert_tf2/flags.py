@@ -133,8 +133,9 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
     define.float("dropout", 0.1, "Dropout before the classification head.")
     define.integer("trainable_encoder_layers", -1,
                    "How much of the encoder trains. -1: all of it. 0: none of it (embeddings "
-                   "included): only the head trains; give it a head's --learning_rate "
-                   "(~1e-3). N: the top N transformer layers and the pooler, "
+                   "included): only the head trains, on the encoder's pooled outputs computed "
+                   "once per example, so an epoch takes seconds; give it a head's "
+                   "--learning_rate (~1e-3). N: the top N transformer layers and the pooler, "
                    "the embeddings and the layers below frozen (the encoder is rebuilt as a "
                    "BertEncoder, as --rebuild_encoder_under_policy does).", lower_bound=-1)
     define.bool("dynamic_padding", True, "Pad each batch only to its longest member "

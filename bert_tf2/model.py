@@ -1,9 +1,11 @@
 """The model: a TF Hub BERT encoder with a pooled-[CLS] sigmoid head, and its raw-text wrapper.
 
-Two Keras functional models share one set of weights:
+Keras functional models that share one set of weights:
 
   build_classifier:       encoder inputs dict -> encoder -> pooled_output -> dropout -> Dense(1)
   build_text_classifier:  string -> preprocess (tokenize + pack) -> the classifier above
+  head_model:             pooled_output -> dropout -> Dense(1), the classifier's own head (over
+                          a wholly frozen encoder it trains alone: `bert_tf2.frozen_encoder`)
 
 Training feeds the first from the tf.data pipeline (tokenization there runs in parallel with the
 train step and pads each batch only as far as it needs); evaluation on raw strings, export and
@@ -131,6 +133,22 @@ def describe_trainable(model: tf_keras.Model) -> str:
 
     return (f"trainable: {count(model.trainable_weights)}; "
             f"frozen: {count(model.non_trainable_weights)}")
+
+
+def pooled_output_model(classifier: tf_keras.Model) -> tf_keras.Model:
+    """Encoder inputs -> the pooled encoder output that `classifier`'s head reads."""
+    return tf_keras.Model(classifier.inputs, classifier.get_layer("dropout").input,
+                          name="pooled_output")
+
+
+def head_model(classifier: tf_keras.Model) -> tf_keras.Model:
+    """Pooled output (float32 [batch, hidden]) -> probability [batch, 1], through
+    `classifier`'s own dropout and dense layers: training it trains `classifier`'s head."""
+    dense = classifier.get_layer("classifier")
+    pooled = tf_keras.Input(shape=(dense.kernel.shape[0],), dtype=tf.float32,
+                            name="pooled_output")
+    return Classifier(pooled, dense(classifier.get_layer("dropout")(pooled)),
+                      name="classifier_head")
 
 
 class Classifier(tf_keras.Model):

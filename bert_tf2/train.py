@@ -34,6 +34,7 @@ from bert_tf2 import data
 from bert_tf2 import distribution
 from bert_tf2 import export
 from bert_tf2 import flags as project_flags
+from bert_tf2 import frozen_encoder
 from bert_tf2 import hub_modules
 from bert_tf2 import input_pipeline
 from bert_tf2 import io_utils
@@ -166,18 +167,13 @@ def fit(config: config_lib.TrainConfig, prepared: Prepared,
     io_utils.write_json(config.to_dict(),
                         os.path.join(prepared.model_dir, config_lib.RUN_CONFIG_FILE),
                         sort_keys=True)
-    def dataset(examples, batch_size, training, skip_steps=0):
-        return distributed_dataset(prepared.strategy, prepared.preprocessor, examples,
-                                   batch_size, config.input, training=training,
-                                   seed=config.seed, skip_steps=skip_steps)
-
-    dev = prepared.splits.get("dev")
+    start = time.monotonic()
+    trained, train_data, dev_data = what_to_fit(config, prepared, classifier)
     backup = crash_safety.Backup(prepared.backup_dir,
                                  checkpoint_steps=trainer.checkpoint_steps)
-    classifier.fit(
-        dataset(prepared.splits["train"], trainer.batch_size, True, plan.resume_step),
-        epochs=plan.epochs, steps_per_epoch=plan.steps_per_epoch,
-        validation_data=dataset(dev, trainer.eval_batch_size, False) if dev else None,
+    trained.fit(
+        train_data, epochs=plan.epochs, steps_per_epoch=plan.steps_per_epoch,
+        validation_data=dev_data,
         callbacks=[
             crash_safety.StopOnNonFiniteLoss(prepared.backup_dir),  # first: before any save
             tf_keras.callbacks.TensorBoard(os.path.join(prepared.model_dir, "logs")),
@@ -188,11 +184,56 @@ def fit(config: config_lib.TrainConfig, prepared: Prepared,
             backup,  # last: an epoch is backed up only once it is logged
         ],
         verbose=2)
-    logging.info("Finished after %d optimizer steps", int(classifier.optimizer.iterations.numpy()))
+    logging.info("Finished after %d optimizer steps in %.1f s",
+                 int(classifier.optimizer.iterations.numpy()), time.monotonic() - start)
     classifier.save_weights(os.path.join(prepared.model_dir, "checkpoints", "final"))
     plots.plot_training_curves(os.path.join(prepared.model_dir, "history.csv"),
                                os.path.join(prepared.model_dir, "training_curves.png"))
     return classifier, tuple(backup.steps)
+
+
+def what_to_fit(config: config_lib.TrainConfig, prepared: Prepared,
+                classifier: tf_keras.Model):
+    """The model `fit` trains, its training batches and its dev batches (None without dev).
+
+    That is the classifier on batches of text, or over a wholly frozen encoder its head on
+    pooled outputs computed once (`bert_tf2.frozen_encoder`).
+    """
+    def texts(split, batch_size, training, skip_steps=0):
+        return distributed_dataset(prepared.strategy, prepared.preprocessor,
+                                   prepared.splits[split], batch_size, config.input,
+                                   training=training, seed=config.seed, skip_steps=skip_steps)
+
+    trained, batches = classifier, texts
+    if config.model.trainable_encoder_layers == 0:
+        trained, batches = _head_over_pooled_outputs(config, prepared, classifier, texts)
+    trainer = config.trainer
+    return (trained, batches("train", trainer.batch_size, True, prepared.plan.resume_step),
+            batches("dev", trainer.eval_batch_size, False) if "dev" in prepared.splits else None)
+
+
+def _head_over_pooled_outputs(config: config_lib.TrainConfig, prepared: Prepared,
+                              classifier: tf_keras.Model, texts):
+    """`classifier`'s head, compiled, and a `texts`-like function of batches of the pooled
+    outputs of the train and dev splits (computed here, from `texts`' batches)."""
+    strategy, start = prepared.strategy, time.monotonic()
+    pooled = {split: frozen_encoder.pooled_outputs(
+                  strategy, classifier, texts(split, config.trainer.eval_batch_size, False))
+              for split in ("train", "dev") if split in prepared.splits}
+    logging.info("Frozen encoder: pooled outputs of %s examples computed in %.1f s; only the "
+                 "head trains, on them", " and ".join(f"{len(pooled[split]):,} {split}"
+                                                      for split in pooled),
+                 time.monotonic() - start)
+
+    def batches(split, batch_size, training, skip_steps=0):
+        return _distribute(strategy, batch_size, skip_steps, lambda _, size, skip: (
+            frozen_encoder.dataset(pooled[split], batch_size=size, training=training,
+                                   seed=config.seed, skip_batches=skip)))
+
+    with strategy.scope():
+        head = model_lib.head_model(classifier)
+        compile_model(head, classifier.optimizer, config.runtime)
+    return head, batches
 
 
 def evaluate(config: config_lib.TrainConfig, prepared: Prepared,
@@ -274,15 +315,20 @@ def compile_classifier(encoder_handle: str, model_config: config_lib.ModelConfig
         optimizer = create_optimizer(optimizer_config, total_steps)
         if runtime.mixed_precision == "mixed_float16":  # float16 needs loss scaling
             optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer, dynamic=True)
-        classifier.compile(optimizer=optimizer,
-                           loss=tf_keras.losses.BinaryCrossentropy(),
-                           metrics=[tf_keras.metrics.BinaryAccuracy(name="accuracy"),
-                                    tf_keras.metrics.AUC(name="auc")],
-                           jit_compile=runtime.jit_compile,
-                           steps_per_execution=runtime.steps_per_execution)
+        compile_model(classifier, optimizer, runtime)
     logging.info("--trainable_encoder_layers=%d: %s", model_config.trainable_encoder_layers,
                  model_lib.describe_trainable(classifier))
     return classifier
+
+
+def compile_model(model: tf_keras.Model, optimizer, runtime: config_lib.RuntimeConfig) -> None:
+    """Compiles the classifier (or its head) in the strategy's scope: `optimizer`, binary
+    cross-entropy, accuracy and AUC, XLA and steps per execution as `runtime` says."""
+    model.compile(optimizer=optimizer, loss=tf_keras.losses.BinaryCrossentropy(),
+                  metrics=[tf_keras.metrics.BinaryAccuracy(name="accuracy"),
+                           tf_keras.metrics.AUC(name="auc")],
+                  jit_compile=runtime.jit_compile,
+                  steps_per_execution=runtime.steps_per_execution)
 
 
 def create_optimizer(optimizer_config: config_lib.OptimizerConfig, total_steps: int):
@@ -308,17 +354,26 @@ def distributed_dataset(strategy: tf.distribute.Strategy, preprocessor,
     `batch_size` is global (`input_pipeline.make_dataset` gets the per-replica share).
     `skip_steps` optimizer steps' worth of batches are skipped, for a resumed run.
     """
-    def fn(input_context):
-        return input_pipeline.make_dataset(
-            examples, batch_size=input_context.get_per_replica_batch_size(batch_size),
-            preprocessor=preprocessor, seq_length=input_config.seq_length, training=training,
-            seed=seed, dynamic_padding=input_config.dynamic_padding,
+    return _distribute(strategy, batch_size, skip_steps, lambda context, size, skip: (
+        input_pipeline.make_dataset(
+            examples, batch_size=size, preprocessor=preprocessor,
+            seq_length=input_config.seq_length, training=training, seed=seed,
+            dynamic_padding=input_config.dynamic_padding,
             bucket_by_length=input_config.bucket_by_length,
             pad_to_bucket_boundary=input_config.pad_to_bucket_boundary,
-            input_context=input_context,
-            # A step takes one batch per replica; this pipeline feeds its share of them.
-            skip_batches=skip_steps * strategy.num_replicas_in_sync
-            // input_context.num_input_pipelines)
+            input_context=context, skip_batches=skip)))
+
+
+def _distribute(strategy: tf.distribute.Strategy, batch_size: int, skip_steps: int, make
+                ) -> tf.distribute.DistributedDataset:
+    """`strategy`'s dataset whose input pipelines each make their replicas' batches:
+    `make(input_context, per-replica batch size, batches to skip)`, for the global
+    `batch_size` and `skip_steps` optimizer steps."""
+    def fn(input_context):
+        # A step takes one batch per replica; this pipeline feeds its share of them.
+        return make(input_context, input_context.get_per_replica_batch_size(batch_size),
+                    skip_steps * strategy.num_replicas_in_sync
+                    // input_context.num_input_pipelines)
     return strategy.distribute_datasets_from_function(fn)
 
 
