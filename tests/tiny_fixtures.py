@@ -12,7 +12,8 @@ file once,
 and the test targets find OUTPUT_DIR through the environment variable BERT_TF2_TINY_FIXTURES
 (set by pytest_runner.py), where every piece is then already built.
 
-Everything is kept small (a 1-layer, 16-wide encoder) so the suite stays fast on 2 CPU cores.
+Everything is kept small (1-layer, 16-wide encoders; a 2-layer one where a test needs layers
+that differ) so the suite stays fast on 2 CPU cores.
 """
 
 import fcntl
@@ -174,6 +175,12 @@ def dropout_free_modules(root: pathlib.Path, vocab: str):
                     attention_probs_dropout_prob=0.0)
 
 
+def two_layer_modules(root: pathlib.Path, vocab: str):
+    """The tiny modules with a 2-layer encoder: one layer can train while the other is frozen
+    (--trainable_encoder_layers=1). The preprocessing module is the one `hub_modules` has."""
+    return _modules(root, "two_layer", vocab, num_hidden_layers=2)
+
+
 def training_run(root: pathlib.Path, modules, corpus_splits) -> Dict[str, object]:
     """One tiny run of `train.run` on a slice of the built-in corpus, with its outputs.
 
@@ -203,6 +210,7 @@ def build_all(root: pathlib.Path) -> None:
     vocab = vocab_file(root, corpus_splits)
     training_run(root, hub_modules(root, vocab), corpus_splits)
     dropout_free_modules(root, vocab)
+    two_layer_modules(root, vocab)
     for lock in root.rglob(".*.lock"):  # only this process used them
         lock.unlink()
 
