@@ -137,7 +137,8 @@ def describe_trainable(model: tf_keras.Model) -> str:
 
 def pooled_output_model(classifier: tf_keras.Model) -> tf_keras.Model:
     """Encoder inputs -> the pooled encoder output that `classifier`'s head reads."""
-    return tf_keras.Model(classifier.inputs, classifier.get_layer("dropout").input,
+    # Node 0: the classifier's own call of its dropout layer (`head_model` adds another).
+    return tf_keras.Model(classifier.inputs, classifier.get_layer("dropout").get_input_at(0),
                           name="pooled_output")
 
 
