@@ -217,6 +217,23 @@ def test_head_only_run_resumes_to_the_same_weights(head_only_run, dropout_free_m
         np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), err_msg=mine.name)
 
 
+def test_head_only_run_under_mixed_bfloat16_exports_a_float32_copy(
+        dropout_free_modules, data_flags, tmp_path, set_policy):
+    """The encoder rebuilt under the policy and frozen whole; the export is a float32 copy."""
+    with absl_log() as log:
+        result = train.run(train_config(
+            *head_only_args(dropout_free_modules, tmp_path / "model", tmp_path / "export",
+                            data_flags), "--mixed_precision=mixed_bfloat16"))
+    log = "\n".join(log)
+    assert "Exporting a float32 copy" in log
+    check_trains_only(result, module_weights(dropout_free_modules.encoder), 0, log)
+    served = tf.saved_model.load(result.export_path).signatures["serving_default"](
+        text=tf.constant(TEXTS))
+    np.testing.assert_allclose(
+        served["probability"].numpy(),
+        result.text_classifier(tf.constant(TEXTS), training=False).numpy()[:, 0], atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # The top layers (N > 0)
 # ---------------------------------------------------------------------------------------------
