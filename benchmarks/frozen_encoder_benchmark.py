@@ -121,10 +121,7 @@ def main(argv):
         rows[name] = measure_case(index, case_flags)
         logging.info("%s: %s", name, rows[name])
     section = markdown_section(rows)
-    print(section)
-    if FLAGS.output:
-        report.write_section(FLAGS.output, TITLE, section)
-        logging.info("Wrote %s", FLAGS.output)
+    report.publish(section, FLAGS.output, TITLE)
 
 
 if __name__ == "__main__":

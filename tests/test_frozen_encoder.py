@@ -18,7 +18,8 @@ from absl import flags
 
 from bert_tf2 import cli, export, train
 from bert_tf2 import model as model_lib
-from tests.tiny_fixtures import FIXED_SHAPE_ARGS, corpus_data_flags, tiny_train_args, train_config
+from tests.tiny_fixtures import (FIXED_SHAPE_ARGS, Crash, CrashAtStep, corpus_data_flags,
+                                 tiny_train_args, train_config)
 
 TRAINABLE_LOG = re.compile(r"--trainable_encoder_layers=(-?\d+): trainable: (\d+) variables, "
                            r"([\d,]+) parameters; frozen: (\d+) variables, ([\d,]+) parameters")
@@ -27,20 +28,6 @@ HEAD = {"classifier/kernel:0", "classifier/bias:0"}
 TEXTS = ["这本书很好看，推荐！", "太差了", ""]
 # 64 training examples: 4 steps an epoch at --batch_size=16.
 RUN_ARGS = ("--train_steps=10", "--epochs=3", "--checkpoint_steps=2", *FIXED_SHAPE_ARGS)
-
-
-class _Crash(Exception):
-    """Stands in for the process dying mid-run."""
-
-
-class _CrashAtStep(tf_keras.callbacks.Callback):
-    def __init__(self, step: int):
-        super().__init__()
-        self.step = step
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations) == self.step:
-            raise _Crash(f"crash at step {self.step}")
 
 
 @contextlib.contextmanager
@@ -101,6 +88,16 @@ def check_trains_only(result, module: dict, layers: int, log: str) -> None:
     assert len(optimizer.variables()) == 1 + 2 * len(expected)  # the step count, m and v
     for weight in classifier.trainable_weights:
         assert all(optimizer.get_slot(weight, slot) is not None for slot in ("m", "v"))
+
+
+def check_serves_what_it_trained(result) -> np.ndarray:
+    """The export's serving_default gives what the run's text classifier computes; returns it."""
+    served = tf.saved_model.load(result.export_path).signatures["serving_default"](
+        text=tf.constant(TEXTS))
+    assert served["probability"].dtype == tf.float32 and served["label"].dtype == tf.int64
+    expected = result.text_classifier(tf.constant(TEXTS), training=False).numpy()[:, 0]
+    np.testing.assert_allclose(served["probability"].numpy(), expected, atol=1e-6)
+    return expected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,12 +187,8 @@ def test_head_only_run_evaluates_and_exports_the_whole_classifier(head_only_run)
     assert float(last["val_accuracy"]) == pytest.approx(result.metrics["dev"]["accuracy"])
     assert float(last["val_loss"]) == pytest.approx(result.metrics["dev"]["loss"], abs=1e-5)
     # The usual export: raw text in, probability and label out, and the classify signature.
+    expected = check_serves_what_it_trained(result)
     loaded = tf.saved_model.load(result.export_path)
-    assert {"serving_default", "classify"} <= set(loaded.signatures)
-    served = loaded.signatures["serving_default"](text=tf.constant(TEXTS))
-    assert served["probability"].dtype == tf.float32 and served["label"].dtype == tf.int64
-    expected = result.text_classifier(tf.constant(TEXTS), training=False).numpy()[:, 0]
-    np.testing.assert_allclose(served["probability"].numpy(), expected, atol=1e-6)
     classified = loaded.signatures["classify"](inputs=tf.constant(
         [export.text_example(text).SerializeToString() for text in TEXTS]))
     np.testing.assert_allclose(classified["scores"].numpy()[:, 1], expected, atol=1e-6)
@@ -206,8 +199,8 @@ def test_head_only_run_resumes_to_the_same_weights(head_only_run, dropout_free_m
     uninterrupted, _, _ = head_only_run
     config = train_config(*head_only_args(dropout_free_modules, tmp_path / "model", "",
                                           data_flags))
-    with pytest.raises(_Crash):
-        train.run(config, callbacks=[_CrashAtStep(5)])
+    with pytest.raises(Crash):
+        train.run(config, callbacks=[CrashAtStep(5)])
     with absl_log() as log:
         resumed = train.run(config)
     assert RESUMING.findall("\n".join(log)) == ["4"]
@@ -227,11 +220,7 @@ def test_head_only_run_under_mixed_bfloat16_exports_a_float32_copy(
     log = "\n".join(log)
     assert "Exporting a float32 copy" in log
     check_trains_only(result, module_weights(dropout_free_modules.encoder), 0, log)
-    served = tf.saved_model.load(result.export_path).signatures["serving_default"](
-        text=tf.constant(TEXTS))
-    np.testing.assert_allclose(
-        served["probability"].numpy(),
-        result.text_classifier(tf.constant(TEXTS), training=False).numpy()[:, 0], atol=1e-6)
+    check_serves_what_it_trained(result)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,15 +232,11 @@ def test_top_layer_trains_and_the_rest_stays_frozen_through_a_kill_and_resume(
     config = train_config(*tiny_train_args(two_layer_modules, tmp_path / "model",
                                            tmp_path / "export"),
                           *data_flags, *RUN_ARGS, "--trainable_encoder_layers=1")
-    with pytest.raises(_Crash):
-        train.run(config, callbacks=[_CrashAtStep(5)])
+    with pytest.raises(Crash):
+        train.run(config, callbacks=[CrashAtStep(5)])
     with absl_log() as log:
         result = train.run(config)
     log = "\n".join(log)
     assert RESUMING.findall(log) == ["4"]
     check_trains_only(result, module_weights(two_layer_modules.encoder), 1, log)
-    served = tf.saved_model.load(result.export_path).signatures["serving_default"](
-        text=tf.constant(TEXTS))
-    np.testing.assert_allclose(
-        served["probability"].numpy(),
-        result.text_classifier(tf.constant(TEXTS), training=False).numpy()[:, 0], atol=1e-6)
+    check_serves_what_it_trained(result)

@@ -28,6 +28,7 @@ if __name__ == "__main__":  # As a script (the Bazel action): import from the re
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import bert_tf2  # noqa: F401,E402  (selects Keras 2 before TensorFlow loads)
+import tf_keras  # noqa: E402
 from absl import flags  # noqa: E402
 
 ENV_VAR = "BERT_TF2_TINY_FIXTURES"
@@ -92,6 +93,23 @@ def tiny_train_args(modules, model_dir, export_dir, *extra: str):
             f"--model_dir={model_dir}", f"--export_dir={export_dir}",
             f"--seq_length={TINY_SEQ_LENGTH}", "--batch_size=16", "--eval_batch_size=64",
             "--train_steps=8", "--learning_rate=1e-3", *extra]
+
+
+class Crash(Exception):
+    """Stands in for the process dying: `fit` is left without running its end-of-train hooks."""
+
+
+class CrashAtStep(tf_keras.callbacks.Callback):
+    """Crashes a run (`train.run(config, callbacks=[...])`) once the optimizer has taken `step`
+    steps, before that step's backup."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations) == self.step:
+            raise Crash(f"crash at step {self.step}")
 
 
 # ---------------------------------------------------------------------------------------------
