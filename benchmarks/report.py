@@ -11,6 +11,8 @@ import pathlib
 import platform
 import re
 
+from absl import logging
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = REPO_ROOT / "docs" / "benchmarks.md"
 
@@ -39,3 +41,12 @@ def write_section(output: str, title: str, section: str) -> None:
     document = path.read_text(encoding="utf-8") if path.exists() else ""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(replace_section(document, title, section), encoding="utf-8")
+
+
+def publish(section: str, output: str, title: str) -> None:
+    """Prints a benchmark's `section` and, unless `output` is empty, writes it there as the
+    `title` section."""
+    print(section)
+    if output:
+        write_section(output, title, section)
+        logging.info("Wrote %s", output)

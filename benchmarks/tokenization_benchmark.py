@@ -24,7 +24,7 @@ import time
 from typing import Callable, Dict, List, Sequence
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import app, flags, logging
+from absl import app, flags
 import tensorflow as tf
 import tensorflow_hub as hub
 
@@ -181,10 +181,7 @@ def main(argv):
         throughputs = best_throughputs(runs, len(texts), FLAGS.repeats)
     section = markdown_section(throughputs, len(texts),
                                tf_hub_mismatch_rate(FLAGS.vocab_file, texts))
-    print(section)
-    if FLAGS.output:
-        report.write_section(FLAGS.output, SECTION_TITLE, section)
-        logging.info("Wrote %s", FLAGS.output)
+    report.publish(section, FLAGS.output, SECTION_TITLE)
 
 
 if __name__ == "__main__":

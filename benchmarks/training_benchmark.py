@@ -223,10 +223,7 @@ def main(argv):
     with tempfile.TemporaryDirectory(prefix="bert_tf2_bench_") as scratch:
         rows = run_suite(suite, scratch)
     section = markdown_section(suite, rows)
-    print(section)
-    if FLAGS.output:
-        report.write_section(FLAGS.output, suite.title, section)
-        logging.info("Wrote %s", FLAGS.output)
+    report.publish(section, FLAGS.output, suite.title)
 
 
 if __name__ == "__main__":

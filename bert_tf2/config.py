@@ -118,9 +118,13 @@ class ModelConfig:
     """The classifier: encoder -> pooled [CLS] -> dropout -> Dense(1, sigmoid)."""
 
     dropout: float = _flag()
+    # -1: the whole encoder trains; 0: none of it (only the head); N: its top N transformer
+    # layers and the pooler.
+    trainable_encoder_layers: int = _flag()
     rebuild_encoder_under_policy: bool = _flag()
-    # A SavedModel computes in the dtypes it was saved with, so only a mixed policy with
-    # --rebuild_encoder_under_policy rebuilds the encoder as a BertEncoder in that policy.
+    # The encoder is rebuilt as a BertEncoder (`model.rebuild_encoder`): under a mixed policy
+    # with --rebuild_encoder_under_policy (a SavedModel computes in the dtypes it was saved
+    # with), and to train only its top layers (a hub layer trains all its variables or none).
     rebuild_encoder: bool = _derived()
 
 
@@ -219,14 +223,22 @@ class TrainConfig:
 
 
 def _with_implied_settings(config: TrainConfig) -> TrainConfig:
-    """`config` with its derived fields set from the settings that imply them."""
+    """`config` with its derived fields set from the settings that imply them (a UserError
+    for settings that exclude each other)."""
+    mixed = config.runtime.mixed_precision != "float32"
+    partly_trainable = config.model.trainable_encoder_layers > 0
+    if partly_trainable and mixed and not config.model.rebuild_encoder_under_policy:
+        raise cli.UserError(
+            f"--trainable_encoder_layers={config.model.trainable_encoder_layers} rebuilds the "
+            f"encoder as a BertEncoder, which computes in --mixed_precision="
+            f"{config.runtime.mixed_precision}: drop --norebuild_encoder_under_policy, or use "
+            "--trainable_encoder_layers=-1 or 0")
     return dataclasses.replace(
         config,
         input=dataclasses.replace(config.input,
                                   pad_to_bucket_boundary=config.runtime.jit_compile),
-        model=dataclasses.replace(config.model, rebuild_encoder=(
-            config.runtime.mixed_precision != "float32"
-            and config.model.rebuild_encoder_under_policy)))
+        model=dataclasses.replace(config.model, rebuild_encoder=partly_trainable or (
+            mixed and config.model.rebuild_encoder_under_policy)))
 
 
 def _checked(config: TrainConfig) -> TrainConfig:

@@ -152,7 +152,9 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
                    "step) to model_dir/backup every N optimizer steps as well as at the end of "
                    "each epoch, so a killed run restarted with the same command loses at most "
                    "N steps; default: at epoch ends only.", lower_bound=1)
-    define.float("learning_rate", 2e-5, "Peak learning rate of AdamW.")
+    define.float("learning_rate", 2e-5, "Peak learning rate of AdamW. Fine-tuning the whole "
+                 "encoder wants small steps (2e-5 to 5e-5 for BERT-base); a head trained over a "
+                 "frozen encoder (--trainable_encoder_layers=0) wants larger ones, ~1e-3.")
     define.float("warmup_fraction", 0.1, "Fraction of steps for linear warmup.")
     define.float("weight_decay", 0.01, "Decoupled weight decay of AdamW.")
     define.float("dropout", 0.1, "Dropout before the classification head.")
@@ -164,8 +166,15 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
                 "training example by n / (classes * its class's count), for skewed labels "
                 "(binary and multiclass).")
     define.bool("export_best", False, "Keep (in model_dir/best) and export the epoch with the "
-                "best dev score (accuracy; multilabel: AUC) instead of the last; needs "
-                "--eval_data or the built-in corpus.")
+                "best dev score (binary: accuracy; multiclass: macro F1; multilabel: AUC) "
+                "instead of the last; needs --eval_data or the built-in corpus.")
+    define.integer("trainable_encoder_layers", -1,
+                   "How much of the encoder trains. -1: all of it. 0: none of it (embeddings "
+                   "included): only the head trains, on the encoder's pooled outputs computed "
+                   "once per example, so an epoch takes seconds; give it a head's "
+                   "--learning_rate (~1e-3). N: the top N transformer layers and the pooler, "
+                   "the embeddings and the layers below frozen (the encoder is rebuilt as a "
+                   "BertEncoder, as --rebuild_encoder_under_policy does).", lower_bound=-1)
     define.bool("dynamic_padding", True, "Pad each batch only to its longest member "
                 "(capped at --seq_length); --nodynamic_padding pads every batch to "
                 "--seq_length.")

@@ -1,9 +1,11 @@
 """The model: a TF Hub BERT encoder with a pooled-[CLS] sigmoid head, and its raw-text wrapper.
 
-Two Keras functional models share one set of weights:
+Keras functional models that share one set of weights:
 
   build_classifier:       encoder inputs dict -> encoder -> pooled_output -> dropout -> Dense(1)
   build_text_classifier:  string -> preprocess (tokenize + pack) -> the classifier above
+  head_model:             pooled_output -> dropout -> Dense(1), the classifier's own head (over
+                          a wholly frozen encoder it trains alone: `bert_tf2.frozen_encoder`)
 
 Training feeds the first from the tf.data pipeline (tokenization there runs in parallel with the
 train step and pads each batch only as far as it needs); evaluation on raw strings, export and
@@ -17,14 +19,26 @@ changes). `rebuild_encoder` makes mixed precision real: it rebuilds the module a
 Garden `BertEncoder` under the global policy (sizes read off the module's variables) and loads
 the module's weights into it, through the same by-name mapping `bert_tf2.checkpoints` uses for
 our classifier checkpoints.
+
+Freezing the encoder (`ModelConfig.trainable_encoder_layers`): a `hub.KerasLayer` trains all of
+its module's variables or none of them. So a wholly frozen encoder (0) is the hub layer with
+`trainable=False` (or the rebuilt encoder with every layer frozen, under a mixed policy), and a
+partly frozen one (N > 0) is the encoder rebuilt as a BertEncoder (`rebuild_encoder`, checked
+to compute what the module computes) whose embeddings and lower transformer layers are set
+`trainable=False` (`freeze_encoder`). Keras's own trainable flags
+then say what trains: the optimizer keeps AdamW slots for, and decays, only trainable weights,
+backpropagation stops at the lowest trainable layer, and checkpoints still hold every weight.
+Keeping the hub layer trainable and filtering the variables the optimizer updates would leave
+all of that (and the trainable counts a run logs) believing the whole encoder trains.
 """
 
 import os
+import re
 import tempfile
 from typing import Optional
 
-
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+import numpy as np
 import tensorflow as tf
 import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401  (registers the ops the preprocessing module needs)
@@ -32,11 +46,15 @@ import tf_keras
 from absl import logging
 
 from bert_tf2 import checkpoints
+from bert_tf2 import cli
 from bert_tf2 import config as config_lib
 from bert_tf2 import hub_modules
 from bert_tf2 import input_pipeline
 
 ENCODER_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
+# The BertEncoder's layers that `freeze_encoder` leaves trainable, from the top.
+_TRANSFORMER_LAYER = re.compile(r"transformer/layer_(\d+)")
+_POOLER = "pooler_transform"
 
 
 def build_classifier(encoder_handle: str, *, dropout_rate: float = 0.1,
@@ -73,16 +91,19 @@ def build_classifier_for(model_config: config_lib.ModelConfig, encoder_handle: s
     rebuilds it as a BertEncoder that computes in the policy (`rebuild_encoder`).
     """
     policy = tf_keras.mixed_precision.global_policy()
-    encoder = None
     if model_config.rebuild_encoder:
         encoder = rebuild_encoder(encoder_handle, load_weights=load_encoder_weights)
+        freeze_encoder(encoder, model_config.trainable_encoder_layers, source=encoder_handle)
         if policy.compute_dtype != "float32":
             logging.info("Mixed precision: the encoder computes in %s (rebuilt under %s); the "
                          "head and the loss in float32", policy.compute_dtype, policy.name)
-    elif policy.compute_dtype != "float32":
-        logging.warning("Mixed precision: the encoder computes in float32 (the hub module as "
-                        "saved, --norebuild_encoder_under_policy), and so does the head: %s "
-                        "changes nothing", policy.name)
+    else:
+        if policy.compute_dtype != "float32":
+            logging.warning("Mixed precision: the encoder computes in float32 (the hub module "
+                            "as saved, --norebuild_encoder_under_policy), and so does the "
+                            "head: %s changes nothing", policy.name)
+        encoder = hub.KerasLayer(encoder_handle, name="encoder",
+                                 trainable=model_config.trainable_encoder_layers != 0)
     return build_classifier(encoder_handle, dropout_rate=model_config.dropout, encoder=encoder,
                             task=task, num_classes=num_classes)
 
@@ -132,6 +153,58 @@ class MacroF1(tf_keras.metrics.Metric):
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes}
+
+
+def freeze_encoder(encoder: tf_keras.Model, trainable_layers: int, *, source: str) -> None:
+    """Leaves only the top `trainable_layers` transformer layers of `encoder` (a
+    `rebuild_encoder` result) and its pooler trainable; 0 freezes it all, -1 nothing."""
+    if trainable_layers < 0:
+        return
+    network = encoder.network
+    transformer = sorted((layer for layer in network.layers
+                          if _TRANSFORMER_LAYER.fullmatch(layer.name)),
+                         key=lambda layer: int(_TRANSFORMER_LAYER.fullmatch(layer.name)[1]))
+    if trainable_layers > len(transformer):
+        raise cli.UserError(
+            f"--trainable_encoder_layers={trainable_layers}, but the encoder {source} has "
+            f"{len(transformer)} transformer layers: use at most {len(transformer)}, or -1 to "
+            "train all of it")
+    trainable = transformer[len(transformer) - trainable_layers:]
+    if trainable:
+        trainable.append(network.get_layer(_POOLER))
+    for layer in network.layers:
+        layer.trainable = any(layer is kept for kept in trainable)
+    logging.info("Encoder %s: %s trainable, everything else frozen", source,
+                 ", ".join(layer.name for layer in trainable) or "nothing")
+
+
+def describe_trainable(model: tf_keras.Model) -> str:
+    """How many of `model`'s weights train: 'trainable: 2 variables, 17 parameters; frozen:
+    ...' (floating-point weights only: a module's flags are not weights)."""
+    def count(weights):
+        weights = [w for w in weights if w.dtype.is_floating]
+        return (f"{len(weights)} variables, "
+                f"{sum(int(np.prod(w.shape)) for w in weights):,} parameters")
+
+    return (f"trainable: {count(model.trainable_weights)}; "
+            f"frozen: {count(model.non_trainable_weights)}")
+
+
+def pooled_output_model(classifier: tf_keras.Model) -> tf_keras.Model:
+    """Encoder inputs -> the pooled encoder output that `classifier`'s head reads."""
+    # Node 0: the classifier's own call of its dropout layer (`head_model` adds another).
+    return tf_keras.Model(classifier.inputs, classifier.get_layer("dropout").get_input_at(0),
+                          name="pooled_output")
+
+
+def head_model(classifier: tf_keras.Model) -> tf_keras.Model:
+    """Pooled output (float32 [batch, hidden]) -> probabilities, through
+    `classifier`'s own dropout and dense layers: training it trains `classifier`'s head."""
+    dense = classifier.get_layer("classifier")
+    pooled = tf_keras.Input(shape=(dense.kernel.shape[0],), dtype=tf.float32,
+                            name="pooled_output")
+    return Classifier(pooled, dense(classifier.get_layer("dropout")(pooled)),
+                      name="classifier_head")
 
 
 class Classifier(tf_keras.Model):

@@ -35,6 +35,7 @@ from bert_tf2 import data
 from bert_tf2 import distribution
 from bert_tf2 import export
 from bert_tf2 import flags as project_flags
+from bert_tf2 import frozen_encoder
 from bert_tf2 import hub_modules
 from bert_tf2 import input_pipeline
 from bert_tf2 import io_utils
@@ -187,23 +188,15 @@ def fit(config: config_lib.TrainConfig, prepared: Prepared,
                         sort_keys=True)
     with io_utils.atomic_file(os.path.join(prepared.model_dir, CLASSES_FILE)) as f:
         f.writelines(f"{name}\n" for name in prepared.class_names)
-    def dataset(examples, batch_size, training, skip_steps=0):
-        return distributed_dataset(prepared.strategy, prepared.preprocessor, examples,
-                                   batch_size, config.input, training=training,
-                                   seed=config.seed, skip_steps=skip_steps,
-                                   class_weights=class_weights if training else None)
-
-    class_weights = balanced_class_weights(prepared.splits["train"], config.data.task,
-                                           trainer.class_weights)
-    dev = prepared.splits.get("dev")
+    start = time.monotonic()
+    trained, train_data, dev_data = what_to_fit(config, prepared, classifier)
     backup = crash_safety.Backup(prepared.backup_dir,
                                  checkpoint_steps=trainer.checkpoint_steps)
     best = KeepBestEpoch(os.path.join(prepared.model_dir, "best"),
-                         BEST_METRIC[config.data.task], fresh=not plan.resume_step)
-    classifier.fit(
-        dataset(prepared.splits["train"], trainer.batch_size, True, plan.resume_step),
-        epochs=plan.epochs, steps_per_epoch=plan.steps_per_epoch,
-        validation_data=dataset(dev, trainer.eval_batch_size, False) if dev else None,
+                         BEST_METRIC[config.data.task], classifier, fresh=not plan.resume_step)
+    trained.fit(
+        train_data, epochs=plan.epochs, steps_per_epoch=plan.steps_per_epoch,
+        validation_data=dev_data,
         callbacks=[
             crash_safety.StopOnNonFiniteLoss(prepared.backup_dir),  # first: before any save
             tf_keras.callbacks.TensorBoard(os.path.join(prepared.model_dir, "logs")),
@@ -215,13 +208,66 @@ def fit(config: config_lib.TrainConfig, prepared: Prepared,
             backup,  # last: an epoch is backed up only once it is logged (and its best kept)
         ],
         verbose=2)
-    logging.info("Finished after %d optimizer steps", int(classifier.optimizer.iterations.numpy()))
+    logging.info("Finished after %d optimizer steps in %.1f s",
+                 int(classifier.optimizer.iterations.numpy()), time.monotonic() - start)
     if config.export.export_best:
-        best.restore(classifier)
+        best.restore()
     classifier.save_weights(os.path.join(prepared.model_dir, "checkpoints", "final"))
     plots.plot_training_curves(os.path.join(prepared.model_dir, "history.csv"),
                                os.path.join(prepared.model_dir, "training_curves.png"))
     return classifier, tuple(backup.steps)
+
+
+def what_to_fit(config: config_lib.TrainConfig, prepared: Prepared,
+                classifier: tf_keras.Model):
+    """The model `fit` trains, its training batches and its dev batches (None without dev).
+
+    That is the classifier on batches of text, or over a wholly frozen encoder its head on
+    pooled outputs computed once (`bert_tf2.frozen_encoder`).
+    """
+    class_weights = balanced_class_weights(prepared.splits["train"], config.data.task,
+                                           config.trainer.class_weights)
+
+    def texts(split, batch_size, training, skip_steps=0):
+        return distributed_dataset(prepared.strategy, prepared.preprocessor,
+                                   prepared.splits[split], batch_size, config.input,
+                                   training=training, seed=config.seed, skip_steps=skip_steps,
+                                   class_weights=class_weights if training else None)
+
+    trained, batches = classifier, texts
+    if config.model.trainable_encoder_layers == 0:
+        trained, batches = _head_over_pooled_outputs(config, prepared, classifier, texts,
+                                                     class_weights)
+    trainer = config.trainer
+    return (trained, batches("train", trainer.batch_size, True, prepared.plan.resume_step),
+            batches("dev", trainer.eval_batch_size, False) if "dev" in prepared.splits else None)
+
+
+def _head_over_pooled_outputs(config: config_lib.TrainConfig, prepared: Prepared,
+                              classifier: tf_keras.Model, texts,
+                              class_weights: Optional[Sequence[float]]):
+    """`classifier`'s head, compiled, and a `texts`-like function of batches of the pooled
+    outputs of the train and dev splits (computed here, from `texts`' batches)."""
+    strategy, start = prepared.strategy, time.monotonic()
+    pooled = {split: frozen_encoder.pooled_outputs(
+                  strategy, classifier, texts(split, config.trainer.eval_batch_size, False))
+              for split in ("train", "dev") if split in prepared.splits}
+    logging.info("Frozen encoder: pooled outputs of %s examples computed in %.1f s; only the "
+                 "head trains, on them", " and ".join(f"{len(pooled[split]):,} {split}"
+                                                      for split in pooled),
+                 time.monotonic() - start)
+
+    def batches(split, batch_size, training, skip_steps=0):
+        return _distribute(strategy, batch_size, skip_steps, lambda _, size, skip: (
+            frozen_encoder.dataset(pooled[split], batch_size=size, training=training,
+                                   seed=config.seed, skip_batches=skip,
+                                   class_weights=class_weights if training else None)))
+
+    with strategy.scope():
+        head = model_lib.head_model(classifier)
+        compile_model(head, classifier.optimizer, config.runtime, task=config.data.task,
+                      num_classes=len(prepared.class_names))
+    return head, batches
 
 
 def evaluate(config: config_lib.TrainConfig, prepared: Prepared,
@@ -305,16 +351,18 @@ def balanced_class_weights(train: data.Examples, task: str,
 
 
 class KeepBestEpoch(tf_keras.callbacks.Callback):
-    """Keeps the weights of the epoch with the highest `monitor` in `directory`.
+    """Keeps `classifier`'s weights of the epoch with the highest `monitor` in `directory`.
 
+    (`fit` may train only the classifier's head, which shares its weights.)
     `directory/best.json` names the epoch, its score and its weights (`epoch-N/weights`),
     written after them: a run killed and resumed still knows its best epoch. A `fresh` run
     starts without one.
     """
 
-    def __init__(self, directory: str, monitor: str, *, fresh: bool):
+    def __init__(self, directory: str, monitor: str, classifier: tf_keras.Model, *,
+                 fresh: bool):
         super().__init__()
-        self.directory, self.monitor = directory, monitor
+        self.directory, self.monitor, self.classifier = directory, monitor, classifier
         if fresh:
             shutil.rmtree(directory, ignore_errors=True)
 
@@ -331,21 +379,21 @@ class KeepBestEpoch(tf_keras.callbacks.Callback):
         if value is None or (best is not None and value <= best["value"]):
             return
         weights = os.path.join(f"epoch-{epoch + 1}", "weights")
-        self.model.save_weights(os.path.join(self.directory, weights))
+        self.classifier.save_weights(os.path.join(self.directory, weights))
         io_utils.write_json({"epoch": epoch + 1, "metric": self.monitor, "value": float(value),
                              "weights": weights}, os.path.join(self.directory, "best.json"))
         if best is not None:
             shutil.rmtree(os.path.join(self.directory, os.path.dirname(best["weights"])),
                           ignore_errors=True)
 
-    def restore(self, model: tf_keras.Model) -> None:
-        """Loads the best epoch's weights into `model`, if an epoch was scored."""
+    def restore(self) -> None:
+        """Loads the best epoch's weights into the classifier, if an epoch was scored."""
         best = self.best()
         if best is None:
             logging.warning("--export_best: no epoch had a %s; keeping the last weights",
                             self.monitor)
             return
-        model.load_weights(os.path.join(self.directory, best["weights"]))
+        self.classifier.load_weights(os.path.join(self.directory, best["weights"]))
         logging.info("Keeping epoch %d, the best by %s (%.4f)", best["epoch"], best["metric"],
                      best["value"])
 
@@ -381,11 +429,21 @@ def compile_classifier(encoder_handle: str, model_config: config_lib.ModelConfig
         optimizer = create_optimizer(optimizer_config, total_steps)
         if runtime.mixed_precision == "mixed_float16":  # float16 needs loss scaling
             optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer, dynamic=True)
-        loss, metrics = model_lib.loss_and_metrics(task, num_classes)
-        classifier.compile(optimizer=optimizer, loss=loss, metrics=metrics,
-                           jit_compile=runtime.jit_compile,
-                           steps_per_execution=runtime.steps_per_execution)
+        compile_model(classifier, optimizer, runtime, task=task, num_classes=num_classes)
+    logging.info("--trainable_encoder_layers=%d: %s", model_config.trainable_encoder_layers,
+                 model_lib.describe_trainable(classifier))
     return classifier
+
+
+def compile_model(model: tf_keras.Model, optimizer, runtime: config_lib.RuntimeConfig, *,
+                  task: str = "binary", num_classes: int = 2) -> None:
+    """Compiles the classifier (or its head) in the strategy's scope: `optimizer`, the task's
+    loss and metrics (`model.loss_and_metrics`), XLA and steps per execution as `runtime`
+    says."""
+    loss, metrics = model_lib.loss_and_metrics(task, num_classes)
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
+                  jit_compile=runtime.jit_compile,
+                  steps_per_execution=runtime.steps_per_execution)
 
 
 def create_optimizer(optimizer_config: config_lib.OptimizerConfig, total_steps: int):
@@ -413,18 +471,27 @@ def distributed_dataset(strategy: tf.distribute.Strategy, preprocessor,
     `skip_steps` optimizer steps' worth of batches are skipped, for a resumed run.
     `class_weights` (by class id) weigh the training examples.
     """
-    def fn(input_context):
-        return input_pipeline.make_dataset(
-            examples, batch_size=input_context.get_per_replica_batch_size(batch_size),
-            preprocessor=preprocessor, seq_length=input_config.seq_length, training=training,
-            seed=seed, dynamic_padding=input_config.dynamic_padding,
+    return _distribute(strategy, batch_size, skip_steps, lambda context, size, skip: (
+        input_pipeline.make_dataset(
+            examples, batch_size=size, preprocessor=preprocessor,
+            seq_length=input_config.seq_length, training=training, seed=seed,
+            dynamic_padding=input_config.dynamic_padding,
             bucket_by_length=input_config.bucket_by_length,
             pad_to_bucket_boundary=input_config.pad_to_bucket_boundary,
             truncation=input_config.truncation, class_weights=class_weights,
-            input_context=input_context,
-            # A step takes one batch per replica; this pipeline feeds its share of them.
-            skip_batches=skip_steps * strategy.num_replicas_in_sync
-            // input_context.num_input_pipelines)
+            input_context=context, skip_batches=skip)))
+
+
+def _distribute(strategy: tf.distribute.Strategy, batch_size: int, skip_steps: int, make
+                ) -> tf.distribute.DistributedDataset:
+    """`strategy`'s dataset whose input pipelines each make their replicas' batches:
+    `make(input_context, per-replica batch size, batches to skip)`, for the global
+    `batch_size` and `skip_steps` optimizer steps."""
+    def fn(input_context):
+        # A step takes one batch per replica; this pipeline feeds its share of them.
+        return make(input_context, input_context.get_per_replica_batch_size(batch_size),
+                    skip_steps * strategy.num_replicas_in_sync
+                    // input_context.num_input_pipelines)
     return strategy.distribute_datasets_from_function(fn)
 
 
@@ -439,7 +506,9 @@ def export_copy(config: config_lib.TrainConfig, classifier: tf_keras.Model,
     multi-worker cluster that do not export.
     """
     runtime = config.runtime
-    if not config.model.rebuild_encoder and runtime.distribution_strategy == "one_device":
+    computes_in_float32 = (runtime.mixed_precision == "float32"
+                           or not config.model.rebuild_encoder)  # a hub encoder, float32 head
+    if computes_in_float32 and runtime.distribution_strategy == "one_device":
         return classifier
     with distribution.dtype_policy("float32"):
         copy = model_lib.build_classifier_for(config.model, config.modules.encoder_handle,

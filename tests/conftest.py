@@ -17,8 +17,8 @@ from tests import tiny_fixtures
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Tests that take these build or train models: they are slow (pytest.ini), like the tests that
 # start a CLI process, which say so themselves.
-_SLOW_FIXTURES = {"tiny_hub_modules", "dropout_free_modules", "tiny_training_run",
-                  "tiny_bert_config_file"}
+_SLOW_FIXTURES = {"tiny_hub_modules", "dropout_free_modules", "two_layer_modules",
+                  "tiny_training_run", "tiny_bert_config_file"}
 REAL_LAYOUT_DIR = REPO_ROOT.parent / "shared" / "data" / "bert_zh_layout"
 
 
@@ -71,6 +71,11 @@ def tiny_bert_config_file(tiny_fixtures_dir, tiny_vocab_file) -> str:
 @pytest.fixture(scope="session")
 def dropout_free_modules(tiny_fixtures_dir, tiny_vocab_file):
     return tiny_fixtures.dropout_free_modules(tiny_fixtures_dir, tiny_vocab_file)
+
+
+@pytest.fixture(scope="session")
+def two_layer_modules(tiny_fixtures_dir, tiny_vocab_file):
+    return tiny_fixtures.two_layer_modules(tiny_fixtures_dir, tiny_vocab_file)
 
 
 @pytest.fixture(scope="session")

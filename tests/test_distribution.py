@@ -253,10 +253,15 @@ def test_jit_compile_and_steps_per_execution_run_on_cpu(tiny_hub_modules, small_
 # Mirrored over two logical CPUs, against one device (subprocesses)
 # ---------------------------------------------------------------------------------------------
 
+# -1 fine-tunes everything; 0 trains the head alone on pooled outputs, which each replica
+# computes for its share of the batches.
+@pytest.mark.parametrize("trainable_encoder_layers", [-1, 0])
 def test_mirrored_on_two_cpus_trains_exports_and_matches_one_device(dropout_free_modules,
-                                                                    small_data, tmp_path):
+                                                                    small_data, tmp_path,
+                                                                    trainable_encoder_layers):
     from bert_tf2 import train
-    common = [*small_data, "--dropout=0", "--nobucket_by_length", "--eval_batch_size=32"]
+    common = [*small_data, "--dropout=0", "--nobucket_by_length", "--eval_batch_size=32",
+              f"--trainable_encoder_layers={trainable_encoder_layers}"]
     mirrored = start_train(
         tiny_train_args(dropout_free_modules, tmp_path / "mirrored" / "model",
                         tmp_path / "mirrored" / "export", *common,
@@ -271,6 +276,7 @@ def test_mirrored_on_two_cpus_trains_exports_and_matches_one_device(dropout_free
         raise
     log = finish_ok(mirrored)
     assert "Strategy mirrored with 2 replica(s)" in log
+    assert ("Frozen encoder: pooled outputs" in log) == (trainable_encoder_layers == 0)
     assert os.listdir(tmp_path / "mirrored" / "export") == ["1"]
     one_metrics = read_metrics(tmp_path / "one" / "model")
     mirrored_metrics = read_metrics(tmp_path / "mirrored" / "model")

@@ -23,7 +23,8 @@ import tf_keras
 
 from bert_tf2 import crash_safety, export, plots, train
 from tests.conftest import REPO_ROOT
-from tests.tiny_fixtures import FIXED_SHAPE_ARGS, TINY_SEQ_LENGTH, train_config, write_jsonl
+from tests.tiny_fixtures import (FIXED_SHAPE_ARGS, TINY_SEQ_LENGTH, Crash, CrashAtStep,
+                                 train_config, write_jsonl)
 
 RESUMING = re.compile(r"Resuming from step (\d+) \(epoch (\d+)\)")
 FINISHED = re.compile(r"Finished after (\d+) optimizer steps")
@@ -110,22 +111,6 @@ def test_sigkilled_cli_run_resumes_from_its_last_backup(tmp_path, tiny_hub_modul
     assert not (model_dir / "backup").exists(), "a finished run leaves no backup"
 
 
-class _Crash(Exception):
-    """Stands in for the process dying: `fit` is left without running its end-of-train hooks."""
-
-
-class _CrashAtStep(tf_keras.callbacks.Callback):
-    """Crashes the run once the optimizer has taken `step` steps, before that step's backup."""
-
-    def __init__(self, step: int):
-        super().__init__()
-        self.step = step
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations) == self.step:
-            raise _Crash(f"crash at step {self.step}")
-
-
 def test_resume_mid_epoch_continues_exactly_where_the_run_stopped(
         tmp_path, dropout_free_modules, train_file, caplog):
     """Model, optimizer, step and data position: the resumed run ends bit-identical."""
@@ -139,8 +124,8 @@ def test_resume_mid_epoch_continues_exactly_where_the_run_stopped(
     assert FINISHED.findall(caplog.text) == ["25"]
 
     resumed_config = train_config(*_args(dropout_free_modules, tmp_path / "b", train_file, *args))
-    with pytest.raises(_Crash):  # mid epoch 2; the last backup is of step 12
-        train.run(resumed_config, callbacks=[_CrashAtStep(15)])
+    with pytest.raises(Crash):  # mid epoch 2; the last backup is of step 12
+        train.run(resumed_config, callbacks=[CrashAtStep(15)])
     assert crash_safety.backed_up_step(str(tmp_path / "b" / "backup")) == 12
     caplog.clear()
     result = train.run(resumed_config)
@@ -166,9 +151,9 @@ def test_run_killed_after_training_resumes_and_takes_no_extra_step(
                  "--checkpoint_steps=3", *FIXED_SHAPE_ARGS)
     with monkeypatch.context() as patch:
         def die(*args, **kwargs):
-            raise _Crash("killed after training")
+            raise Crash("killed after training")
         patch.setattr(plots, "plot_training_curves", die)
-        with pytest.raises(_Crash):
+        with pytest.raises(Crash):
             train.run(train_config(*args))
     assert FINISHED.findall(caplog.text) == ["6"]
     # The last step is not backed up: fit cannot resume from it without taking one more.

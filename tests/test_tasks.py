@@ -318,3 +318,23 @@ def test_trim_segments_shares_the_budget_between_pairs_round_robin():
     a, b = input_pipeline.trim_segments([first, second], seq_length=9, truncation="tail")
     # 9 - 3 special tokens = 6: round robin gives 3 and 3.
     assert a.to_list() == [[7, 8, 9]] and b.to_list() == [[101, 102, 103]]
+
+
+def test_a_frozen_encoder_trains_a_weighted_multiclass_head_and_keeps_its_best_epoch(
+        tiny_hub_modules, corpus_splits, tmp_path):
+    files = {}
+    for split, n in (("train", 96), ("dev", 48)):
+        texts = _rows(corpus_splits, split, n)
+        files[split] = _write(tmp_path / f"{split}.txt",
+                              [f"{text}\t{TOPICS[min(i % 5, 2)]}" for i, text in enumerate(texts)])
+    result = train.run(train_config(
+        *tiny_train_args(tiny_hub_modules, tmp_path / "model", tmp_path / "export"),
+        f"--train_data={files['train']}", f"--eval_data={files['dev']}", "--task=multiclass",
+        "--column_names=text,label", "--trainable_encoder_layers=0", "--class_weights=balanced",
+        "--export_best", "--epochs=3", "--train_steps=0", "--learning_rate=1e-2",
+        *FIXED_SHAPE_ARGS))
+    best = json.loads((tmp_path / "model" / "best" / "best.json").read_text())
+    assert best["metric"] == "val_macro_f1" and 1 <= best["epoch"] <= 3
+    assert result.metrics["dev"]["macro_f1"] == pytest.approx(best["value"], abs=1e-6)
+    _, outputs = _serve(result.export_path, text=["比赛", "股市"])
+    assert outputs["probabilities"].shape == (2, 3)

@@ -12,7 +12,8 @@ file once,
 and the test targets find OUTPUT_DIR through the environment variable BERT_TF2_TINY_FIXTURES
 (set by pytest_runner.py), where every piece is then already built.
 
-Everything is kept small (a 1-layer, 16-wide encoder) so the suite stays fast on 2 CPU cores.
+Everything is kept small (1-layer, 16-wide encoders; a 2-layer one where a test needs layers
+that differ) so the suite stays fast on 2 CPU cores.
 """
 
 import fcntl
@@ -27,6 +28,7 @@ if __name__ == "__main__":  # As a script (the Bazel action): import from the re
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import bert_tf2  # noqa: F401,E402  (selects Keras 2 before TensorFlow loads)
+import tf_keras  # noqa: E402
 from absl import flags  # noqa: E402
 
 ENV_VAR = "BERT_TF2_TINY_FIXTURES"
@@ -91,6 +93,23 @@ def tiny_train_args(modules, model_dir, export_dir, *extra: str):
             f"--model_dir={model_dir}", f"--export_dir={export_dir}",
             f"--seq_length={TINY_SEQ_LENGTH}", "--batch_size=16", "--eval_batch_size=64",
             "--train_steps=8", "--learning_rate=1e-3", *extra]
+
+
+class Crash(Exception):
+    """Stands in for the process dying: `fit` is left without running its end-of-train hooks."""
+
+
+class CrashAtStep(tf_keras.callbacks.Callback):
+    """Crashes a run (`train.run(config, callbacks=[...])`) once the optimizer has taken `step`
+    steps, before that step's backup."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations) == self.step:
+            raise Crash(f"crash at step {self.step}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,6 +193,12 @@ def dropout_free_modules(root: pathlib.Path, vocab: str):
                     attention_probs_dropout_prob=0.0)
 
 
+def two_layer_modules(root: pathlib.Path, vocab: str):
+    """The tiny modules with a 2-layer encoder: one layer can train while the other is frozen
+    (--trainable_encoder_layers=1). The preprocessing module is the one `hub_modules` has."""
+    return _modules(root, "two_layer", vocab, num_hidden_layers=2)
+
+
 def training_run(root: pathlib.Path, modules, corpus_splits) -> Dict[str, object]:
     """One tiny run of `train.run` on a slice of the built-in corpus, with its outputs.
 
@@ -203,6 +228,7 @@ def build_all(root: pathlib.Path) -> None:
     vocab = vocab_file(root, corpus_splits)
     training_run(root, hub_modules(root, vocab), corpus_splits)
     dropout_free_modules(root, vocab)
+    two_layer_modules(root, vocab)
     for lock in root.rglob(".*.lock"):  # only this process used them
         lock.unlink()
 
