@@ -10,6 +10,11 @@ timed steps. Modules are built fresh with random weights (speed does not depend 
   --suite=cpu   the quickstart model (configs/bert_tiny_zh.json, 2 layers, hidden 128) at
                 seq_length 256: every batch padded to 256 / each batch padded to its longest
                 member / bucketed by length; then float32 against mixed_bfloat16 (bucketed).
+  --suite=recipe  the quickstart model at seq_length 128 trained the way the keras-bert recipe
+                this project replaces trains it (keras_bert.get_model with the same sizes,
+                [CLS] -> Dense(1, sigmoid), Adam, every example tokenized by keras-bert's Python
+                Tokenizer and padded to seq_length; its tokenizing time counts), beside
+                bert_tf2's default pipeline and bert_tf2 with every batch padded.
   --suite=gpu   a BERT-base-sized encoder (12 layers, hidden 768) at seq_length 128, every batch
                 padded to 128 so the work per example is known: float32, mixed_float16 and
                 mixed_float16 + XLA, with the model FLOPs utilisation against the GPU's peak.
@@ -17,6 +22,7 @@ timed steps. Modules are built fresh with random weights (speed does not depend 
 It prints a markdown table and writes it as that suite's section of docs/benchmarks.md:
 
   .venv/bin/python -m benchmarks.training_benchmark --suite=cpu
+  .venv/bin/python -m benchmarks.training_benchmark --suite=recipe
   .venv/bin/python -m benchmarks.training_benchmark --suite=gpu   # on a GPU machine
 """
 
@@ -28,6 +34,7 @@ from typing import Dict, List, NamedTuple, Optional
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from absl import app, flags, logging
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -36,7 +43,8 @@ from bert_tf2 import config as config_lib
 from bert_tf2 import data, distribution, hub_modules, model as model_lib, train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("suite", "cpu", ["cpu", "gpu"], "Which set of cases to run (see above).")
+flags.DEFINE_enum("suite", "cpu", ["cpu", "recipe", "gpu"],
+                  "Which set of cases to run (see above).")
 flags.DEFINE_integer("steps", None, "Timed optimizer steps per case (default: 40 for cpu, "
                      "200 for gpu).")
 flags.DEFINE_integer("warmup_steps", None, "Untimed steps before them (default: 10 for cpu, "
@@ -55,6 +63,7 @@ GPU_PEAK_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 3
 FIXED = {"input.dynamic_padding": False, "input.bucket_by_length": False}
 DYNAMIC = {"input.dynamic_padding": True, "input.bucket_by_length": False}
 BUCKETED = {"input.dynamic_padding": True, "input.bucket_by_length": True}
+KERAS_BERT = None  # a case trained by keras_bert_examples_per_second, not by bert_tf2
 
 
 class Suite(NamedTuple):
@@ -64,7 +73,7 @@ class Suite(NamedTuple):
     batch_size: int
     steps: int
     warmup_steps: int
-    cases: Dict[str, Dict[str, object]]  # row name -> TrainConfig.replace changes
+    cases: Dict[str, Optional[Dict[str, object]]]  # row -> TrainConfig.replace changes
     note: str
 
 
@@ -86,6 +95,61 @@ def cpu_suite() -> Suite:
               "weights, seq_length 256, batch 32, on the built-in corpus's training split. "
               f"This CPU {'has' if distribution.cpu_has_bfloat16() else 'has no'} bfloat16 "
               "units (AVX512_BF16 / AMX)."))
+
+
+def recipe_suite() -> Suite:
+    config = json.loads(QUICKSTART_CONFIG.read_text(encoding="utf-8"))
+    return Suite(
+        title="## Training throughput against the keras-bert recipe", bert_config=config,
+        seq_length=128, batch_size=32, steps=40, warmup_steps=10,
+        cases={
+            "keras-bert recipe: `get_model`, [CLS] -> `Dense(1, sigmoid)`, keras-bert's "
+            "Python tokenizer, every example padded to 128": KERAS_BERT,
+            "bert_tf2, every batch padded to 128 (`--nodynamic_padding "
+            "--nobucket_by_length`)": FIXED,
+            "bert_tf2 default (in-graph tokenizer, bucketed, each batch padded to its "
+            "longest)": BUCKETED,
+        },
+        note=("The quickstart model's sizes (configs/bert_tiny_zh.json: 2 layers, hidden 128), "
+              "random weights, seq_length 128, batch 32, on the built-in corpus's training "
+              "split, float32. The keras-bert row's time includes tokenizing its examples "
+              "in Python, as the recipe does before `fit`; bert_tf2 tokenizes in its tf.data "
+              "pipeline, inside the timed steps."))
+
+
+def keras_bert_examples_per_second(suite: Suite, train_examples: data.Examples) -> float:
+    """The recipe's training throughput: keras-bert's model, tokenizer and fixed padding."""
+    os.environ.setdefault("TF_KERAS", "1")  # keras-bert on tf.keras (tf_keras here)
+    import keras_bert  # pylint: disable=g-import-not-at-top
+
+    tf_keras.backend.clear_session()
+    sizes, seq_length = suite.bert_config, suite.seq_length
+    with open(QUICKSTART_VOCAB, encoding="utf-8") as f:
+        token_dict = {line.rstrip("\n"): i for i, line in enumerate(f)}
+    count = (suite.warmup_steps + suite.steps) * suite.batch_size
+    texts = [train_examples.texts[i % len(train_examples)] for i in range(count)]
+    start = time.perf_counter()
+    tokenizer = keras_bert.Tokenizer(token_dict)
+    ids, segments = zip(*(tokenizer.encode(text, max_len=seq_length) for text in texts))
+    tokenizing = time.perf_counter() - start
+    inputs, sequence = keras_bert.get_model(
+        token_num=len(token_dict), head_num=sizes["num_attention_heads"],
+        transformer_num=sizes["num_hidden_layers"], embed_dim=sizes["hidden_size"],
+        feed_forward_dim=sizes["intermediate_size"], seq_len=seq_length,
+        pos_num=sizes["max_position_embeddings"], dropout_rate=0.1, training=False,
+        trainable=True)
+    cls = tf_keras.layers.Lambda(lambda x: x[:, 0])(sequence)
+    classifier = tf_keras.Model(inputs, tf_keras.layers.Dense(1, activation="sigmoid")(cls))
+    classifier.compile(optimizer=tf_keras.optimizers.Adam(1e-5), loss="binary_crossentropy",
+                       metrics=["accuracy"])
+    timer = _Timer(suite.warmup_steps)
+    classifier.fit([np.array(ids), np.array(segments)],
+                   np.array([train_examples.labels[i % len(train_examples)]
+                             for i in range(count)]),
+                   batch_size=suite.batch_size, epochs=1, shuffle=False, callbacks=[timer],
+                   verbose=0)
+    timed_tokenizing = tokenizing * suite.steps / (suite.warmup_steps + suite.steps)
+    return suite.steps * suite.batch_size / (timer.end - timer.start + timed_tokenizing)
 
 
 def gpu_suite() -> Suite:
@@ -183,7 +247,9 @@ def run_suite(suite: Suite, scratch: str) -> List[Dict[str, object]]:
            "trainer.batch_size": suite.batch_size})
     rows = []
     for name, changes in suite.cases.items():
-        throughput = examples_per_second(base.replace(**changes), train_examples, suite)
+        throughput = (keras_bert_examples_per_second(suite, train_examples)
+                      if changes is KERAS_BERT else
+                      examples_per_second(base.replace(**changes), train_examples, suite))
         logging.info("%s: %.1f examples/s", name, throughput)
         rows.append({"case": name, "examples_per_s": throughput})
     return rows
@@ -214,7 +280,7 @@ def markdown_section(suite: Suite, rows: List[Dict[str, object]]) -> str:
 
 def main(argv):
     del argv
-    suite = cpu_suite() if FLAGS.suite == "cpu" else gpu_suite()
+    suite = {"cpu": cpu_suite, "recipe": recipe_suite, "gpu": gpu_suite}[FLAGS.suite]()
     if FLAGS.suite == "gpu" and not tf.config.list_physical_devices("GPU"):
         print("Skipped: --suite=gpu needs a GPU and TensorFlow sees none.")
         return

@@ -44,6 +44,9 @@ RUN_CONFIG_FILE = "run_config.json"
 # The served label is 1 where P(positive) >= this (a multilabel class is on where its
 # probability is): the export, evaluate and the client use it.
 DECISION_THRESHOLD = 0.5
+# Texts a served request classifies at once: a request of any size is cut into sub-batches of
+# this many length-sorted texts, so memory stays bounded and short texts stay short.
+SERVING_SUB_BATCH = 64
 # The binary task's class names: its label ids, as the classify signature reports them.
 BINARY_CLASS_NAMES = ("0", "1")
 

@@ -51,6 +51,7 @@ import tensorflow as tf
 import tf_keras
 
 from bert_tf2 import config
+from bert_tf2 import input_pipeline
 from bert_tf2 import io_utils
 
 # serving_default (Predict API).
@@ -179,7 +180,7 @@ def export_text_classifier(text_classifier: tf_keras.Model, export_dir: str,
     with io_utils.scratch_directory(export_dir, "export") as scratch:
         tf.saved_model.save(module, scratch, signatures=module.signature_functions())
         set_method_names(scratch, {CLASSIFY_SIGNATURE: CLASSIFY_METHOD_NAME})
-        write_warmup_requests(scratch, pairs=pairs)
+        write_warmup_requests(scratch, warmup_texts(_seq_length(text_classifier)), pairs=pairs)
         write_class_names(scratch, class_names)
         # The version is claimed only now, by the rename: another export into export_dir
         # running at the same time gets another number.
@@ -250,6 +251,24 @@ def custom_ops(saved_model_dir: str) -> Set[str]:
     these registered. Core ops are the ones with a `tf.raw_ops` wrapper.
     """
     return {op for op in graph_ops(saved_model_dir) if not hasattr(tf.raw_ops, op)}
+
+
+def warmup_texts(seq_length: Optional[int] = None) -> Tuple[str, ...]:
+    """WARMUP_REVIEWS, and a text that fills each length bucket of `seq_length`.
+
+    The exported model pads each (sub-)batch to the bucket of its longest text, so each bucket
+    is one input shape; warming every one up means no user request is the first of its shape.
+    """
+    if not seq_length:
+        return WARMUP_REVIEWS
+    # One Chinese character is one token: a text of n - 2 characters packs to n tokens.
+    return WARMUP_REVIEWS + tuple("好" * (bucket - 2)
+                                  for bucket in input_pipeline.length_buckets(seq_length))
+
+
+def _seq_length(text_classifier) -> Optional[int]:
+    packer = getattr(text_classifier, "packer", None)
+    return packer.seq_length if packer is not None else None
 
 
 def warmup_requests(texts: Sequence[str] = WARMUP_REVIEWS, pairs: bool = False):

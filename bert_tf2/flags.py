@@ -266,6 +266,11 @@ def define_serving_config_flags(flag_values: flags.FlagValues = flags.FLAGS):
     define.string("version_policy", "latest:1", "Which versions TF Serving loads: 'latest:N' "
                   "(the newest N), 'all', or 'specific:V1,V2,...'.")
     define.string("output", "-", "Where models.config goes: a file, or '-' for stdout.")
+    define.string("batching_parameters", None, "Also write TF Serving's batching parameters "
+                  "here (for tensorflow_model_server --enable_batching "
+                  "--batching_parameters_file=...), sized for the export's sub-batches.")
+    define.integer("max_batch_size", 256, "With --batching_parameters: the largest batch TF "
+                   "Serving forms from concurrent requests.", lower_bound=1)
 
 
 def define_serving_client_flags(flag_values: flags.FlagValues = flags.FLAGS):

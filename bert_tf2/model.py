@@ -52,6 +52,7 @@ from bert_tf2 import hub_modules
 from bert_tf2 import input_pipeline
 
 ENCODER_INPUTS = ("input_word_ids", "input_mask", "input_type_ids")
+SERVING_SUB_BATCH = config_lib.SERVING_SUB_BATCH
 # The BertEncoder's layers that `freeze_encoder` leaves trainable, from the top.
 _TRANSFORMER_LAYER = re.compile(r"transformer/layer_(\d+)")
 _POOLER = "pooler_transform"
@@ -323,34 +324,62 @@ def load_preprocessor(preprocess_handle: str):
 
 
 def build_text_classifier(preprocessor, classifier: tf_keras.Model, *, seq_length: int,
-                          pairs: bool = False, truncation: str = "head") -> tf_keras.Model:
+                          pairs: bool = False, truncation: str = "head",
+                          dynamic_padding: bool = True) -> "TextClassifier":
     """Raw strings (tf.string [batch]) -> `classifier`'s probabilities, sharing its weights.
 
-    Takes one string tensor, or with `pairs` a list [text, text_b]. Uses the module's
-    `tokenize` and `bert_pack_inputs(seq_length=...)` rather than its default call, so
-    `seq_length` can differ from the one the module was exported with (TF Hub's documented way
-    to change it); long texts are cut by `truncation` as in training
-    (`input_pipeline.trim_segments`).
+    Takes one string tensor, or with `pairs` a list [text, text_b]. See `TextClassifier`.
     """
-    names = ("text", "text_b") if pairs else ("text",)
-    texts = [tf_keras.Input(shape=(), dtype=tf.string, name=name) for name in names]
-    tokenize = hub.KerasLayer(preprocessor.tokenize, name="tokenize")
-    tokens = [tokenize(text) for text in texts]
-    if truncation != "head":
-        tokens = TrimSegments(seq_length, truncation, name="trim")(tokens)
-    encoder_inputs = hub.KerasLayer(preprocessor.bert_pack_inputs,
-                                    arguments=dict(seq_length=seq_length),
-                                    name="bert_pack_inputs")(list(tokens))
-    return tf_keras.Model(texts if pairs else texts[0], classifier(encoder_inputs),
-                          name="text_classifier")
+    return TextClassifier(preprocessor, classifier, seq_length=seq_length, pairs=pairs,
+                          truncation=truncation, dynamic_padding=dynamic_padding)
 
 
-class TrimSegments(tf_keras.layers.Layer):
-    """`input_pipeline.trim_segments` as a layer of the exported model."""
+class TextClassifier(tf_keras.Model):
+    """Raw strings -> probabilities: tokenize, pack, classify, as the exported model serves.
 
-    def __init__(self, seq_length: int, truncation: str, **kwargs):
-        super().__init__(trainable=False, **kwargs)
-        self.seq_length, self.truncation = seq_length, truncation
+    Uses the preprocessing module's `tokenize` and `bert_pack_inputs(seq_length=...)` rather
+    than its default call, so `seq_length` can differ from the one the module was exported with
+    (TF Hub's documented way to change it); long texts are cut by `truncation` as in training
+    (`input_pipeline.Packer`).
 
-    def call(self, tokens):  # pylint: disable=arguments-differ
-        return list(input_pipeline.trim_segments(tokens, self.seq_length, self.truncation))
+    With `dynamic_padding` a request pays only for the tokens it holds: its texts are sorted by
+    length and classified `sub_batch` at a time, each sub-batch padded to the length bucket
+    (`input_pipeline.length_buckets`) of its longest text, and the answers come back in the
+    request's order. Without it every text is padded to `seq_length`, in one call, as TF Hub's
+    preprocess modules do.
+    """
+
+    def __init__(self, preprocessor, classifier: tf_keras.Model, *, seq_length: int,
+                 pairs: bool = False, truncation: str = "head", dynamic_padding: bool = True,
+                 sub_batch: int = SERVING_SUB_BATCH):
+        super().__init__(name="text_classifier")
+        self.preprocessor = preprocessor
+        self.classifier = classifier
+        self.pairs, self.dynamic_padding, self.sub_batch = pairs, dynamic_padding, sub_batch
+        self.packer = input_pipeline.Packer(
+            preprocessor, seq_length, truncation=truncation, dynamic_padding=dynamic_padding,
+            length_boundaries=input_pipeline.length_buckets(seq_length))
+
+    def call(self, texts, training=False):  # pylint: disable=arguments-differ
+        tokens = self.packer.tokenize(list(texts) if self.pairs else [texts])
+        if not self.dynamic_padding:
+            return self._classify(tokens, training)
+        order = tf.argsort(self.packer.lengths(tokens), stable=True)
+        tokens = [tf.gather(segment, order) for segment in tokens]
+        size = tf.shape(order)[0]
+        num_chunks = tf.maximum((size + self.sub_batch - 1) // self.sub_batch, 1)
+        answers = tf.TensorArray(tf.float32, size=num_chunks, infer_shape=False,
+                                 element_shape=tf.TensorShape([None]).concatenate(
+                                     self.classifier.output_shape[1:]))
+
+        def classify_chunk(i, answers):
+            start = i * self.sub_batch
+            chunk = [segment[start:start + self.sub_batch] for segment in tokens]
+            return i + 1, answers.write(i, self._classify(chunk, training))
+
+        _, answers = tf.while_loop(lambda i, _: i < num_chunks, classify_chunk,
+                                   (tf.constant(0), answers))
+        return tf.gather(answers.concat(), tf.math.invert_permutation(order))
+
+    def _classify(self, tokens, training):
+        return tf.cast(self.classifier(self.packer.pack(tokens), training=training), tf.float32)

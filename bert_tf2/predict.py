@@ -145,15 +145,23 @@ class Predictor:
         return tuple(outputs[name].numpy() for name in self._outputs)
 
 
+# Batches read ahead and sorted by length before they are predicted (see predict_in_batches).
+READ_AHEAD_BATCHES = 32
+
+
 def predict_in_batches(predictor: Callable[[Sequence[str]], Tuple[np.ndarray, np.ndarray]],
                        items: Iterable[_T], batch_size: int, *,
-                       text_of: Callable[[_T], str] = lambda item: item,
+                       text_of: Callable[[_T], object] = lambda item: item,
                        total: Optional[int] = None, progress: bool = False,
+                       read_ahead: int = READ_AHEAD_BATCHES,
                        ) -> Iterator[Tuple[List[_T], np.ndarray, np.ndarray]]:
-    """Yields (items, probabilities, labels) batch by batch, reading `items` only as needed.
+    """Yields (items, probabilities, labels) batch by batch, in `items`' order.
 
-    `progress` shows a tqdm bar on stderr, only when stderr is a terminal and the run takes
-    more than 2 seconds (so short runs and logs stay clean).
+    Reads `read_ahead` batches at a time and predicts them sorted by text length, so that each
+    call holds texts of similar length and pads little (the exported model pads a batch to its
+    longest text); then yields them in input order. `items` is read only as needed, a window
+    at a time. `progress` shows a tqdm bar on stderr, only when stderr is a terminal and the
+    run takes more than 2 seconds (so short runs and logs stay clean).
     """
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
@@ -163,12 +171,32 @@ def predict_in_batches(predictor: Callable[[Sequence[str]], Tuple[np.ndarray, np
     with tqdm(total=total, unit="text", file=sys.stderr, delay=2.0, dynamic_ncols=True,
               disable=None if progress else True) as bar:
         while True:
-            batch = list(itertools.islice(iterator, batch_size))
-            if not batch:
+            window = list(itertools.islice(iterator, batch_size * max(read_ahead, 1)))
+            if not window:
                 return
-            probabilities, labels = predictor([text_of(item) for item in batch])
-            bar.update(len(batch))
-            yield batch, probabilities, labels
+            probabilities, labels = _predict_sorted(predictor, [text_of(i) for i in window],
+                                                    batch_size, bar)
+            for start in range(0, len(window), batch_size):
+                end = start + batch_size
+                yield window[start:end], probabilities[start:end], labels[start:end]
+
+
+def _predict_sorted(predictor, texts: Sequence[object], batch_size: int,
+                    bar) -> Tuple[np.ndarray, np.ndarray]:
+    """`predictor`'s answers for `texts` in their order, asked in batches of similar length."""
+    order = sorted(range(len(texts)), key=lambda i: _length(texts[i]))
+    answers = []
+    for start in range(0, len(order), batch_size):
+        answers.append(predictor([texts[i] for i in order[start:start + batch_size]]))
+        bar.update(len(answers[-1][0]))
+    position = np.empty(len(order), np.int64)
+    position[order] = np.arange(len(order))
+    return tuple(np.concatenate(column)[position] for column in zip(*answers))
+
+
+def _length(text: object) -> int:
+    """Characters of a text, or of both texts of a pair."""
+    return sum(map(len, text)) if isinstance(text, tuple) else len(text)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -163,12 +163,27 @@ def test_batches_are_read_as_needed_not_all_at_once():
     def fake_predictor(texts):
         return np.full(len(texts), 0.75, np.float32), np.ones(len(texts), np.int64)
 
-    batches = predict.predict_in_batches(fake_predictor, rows(), 4)
+    batches = predict.predict_in_batches(fake_predictor, rows(), 4, read_ahead=2)
     first, probabilities, _ = next(batches)
-    assert first == ["0", "1", "2", "3"] and len(consumed) == 4
+    assert first == ["0", "1", "2", "3"] and len(consumed) == 8  # a window of 2 batches
     assert [len(batch) for batch, _, _ in batches] == [4, 2]
     with pytest.raises(ValueError):
         next(predict.predict_in_batches(fake_predictor, rows(), 0))
+
+
+def test_a_window_is_predicted_by_length_and_answered_in_input_order():
+    calls = []
+
+    def by_length(texts):
+        calls.append([len(text) for text in texts])
+        return np.array([len(text) / 100 for text in texts], np.float32), np.zeros(len(texts))
+
+    texts = ["a" * n for n in (9, 1, 5, 3, 7, 2, 8)]
+    answered = [(item, float(p)) for batch, probabilities, _ in predict.predict_in_batches(
+        by_length, texts, 3) for item, p in zip(batch, probabilities)]
+    assert [item for item, _ in answered] == texts
+    assert [p for _, p in answered] == pytest.approx([len(t) / 100 for t in texts])
+    assert calls == [[1, 2, 3], [5, 7, 8], [9]]  # each call holds texts of similar length
 
 
 def test_line_endings_and_formats_when_reading(tmp_path):

@@ -669,3 +669,20 @@ def test_client_cli_prints_json_lines(rest_server, reference, tmp_path, capsys):
             "--text=很好", "--retries=0"))
     with pytest.raises(app.UsageError):
         client_lib.main([], _flag_values(client_lib.define_flags, f"--server={address}"))
+
+
+def test_batching_parameters_fit_the_sub_batches(tmp_path):
+    from bert_tf2 import config
+    path = tmp_path / "batching_parameters.txt"
+    config_lib.main([], _flag_values(config_lib.define_flags,
+                                     f"--export_dir={tmp_path / 'export'}",
+                                     f"--output={tmp_path / 'models.config'}",
+                                     f"--batching_parameters={path}", "--max_batch_size=256"))
+    text = path.read_text()
+    sizes = [int(size) for size in re.findall(r"^allowed_batch_sizes: (\d+)$", text, re.M)]
+    # TF Serving's rules: ascending, the last equal to max_batch_size.
+    assert sizes == sorted(set(sizes)) and sizes[-1] == 256
+    assert re.search(r"^max_batch_size \{ value: 256 \}$", text, re.M)
+    assert {64, 128, 192} <= set(sizes) and all(
+        size % config.SERVING_SUB_BATCH == 0 for size in sizes if size > 32)
+    assert "pad_variable_length_inputs: false" in text

@@ -38,6 +38,7 @@ from tensorflow_serving.config import file_system_storage_path_source_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from bert_tf2 import cli
+from bert_tf2 import config as config_lib
 from bert_tf2 import flags as project_flags
 from bert_tf2 import io_utils
 
@@ -128,6 +129,29 @@ def refuse_version_dir(export_dir: str) -> None:
                         f"into {os.path.join(export_dir, '1')}")
 
 
+def batching_parameters_text(max_batch_size: int = 256,
+                             num_batch_threads: Optional[int] = None) -> str:
+    """TF Serving's BatchingParameters (text format) for our exports.
+
+    The export classifies a request in length-sorted sub-batches of SERVING_SUB_BATCH
+    texts, so batches TF Serving forms from concurrent requests are best made of whole
+    sub-batches: the allowed sizes are 8, 16 and 32 for light load, then multiples of the
+    sub-batch up to `max_batch_size` (TF Serving needs the last to be max_batch_size). The
+    input is a vector of strings, so no padding of variable-length inputs is needed.
+    """
+    sub_batch = config_lib.SERVING_SUB_BATCH
+    sizes = sorted({size for size in (8, 16, 32) if size < max_batch_size}
+                   | set(range(sub_batch, max_batch_size, sub_batch)) | {max_batch_size})
+    threads = num_batch_threads or os.cpu_count() or 1
+    return "".join([
+        f"max_batch_size {{ value: {max_batch_size} }}\n",
+        "batch_timeout_micros { value: 2000 }\n",
+        f"num_batch_threads {{ value: {threads} }}\n",
+        "max_enqueued_batches { value: 100 }\n",
+        *(f"allowed_batch_sizes: {size}\n" for size in sizes),
+        "pad_variable_length_inputs: false\n"])
+
+
 def write_config(output: str, text: str) -> None:
     if output == "-":
         sys.stdout.write(text)
@@ -156,6 +180,10 @@ def main(argv, flag_values: Optional[flags.FlagValues] = None) -> None:
     write_config(flags_.output, config_text(config))
     if flags_.output != "-":
         logging.info("Wrote %s (model %r at %s)", flags_.output, flags_.model_name, base_path)
+    if flags_.batching_parameters:
+        write_config(flags_.batching_parameters,
+                     batching_parameters_text(flags_.max_batch_size))
+        logging.info("Wrote %s", flags_.batching_parameters)
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
