@@ -27,7 +27,9 @@ CSV/TSV outputs hold the distribution as a JSON object in their "probabilities" 
 Every row is answered: blank lines and empty texts get a probability like any other text. A row
 that cannot be read (bad JSON, too many CSV fields, a text that is not a string) stops the run
 with the file name and line number, or with --skip_bad_rows is skipped, counted and logged.
-Input is read and predicted batch by batch (--batch_size), never loaded whole. A file output is
+Input is read a window of READ_AHEAD_BATCHES batches (--batch_size) at a time, never loaded
+whole; each window is predicted sorted by text length (the model pads a batch to its longest
+text) and written in input order. A file output is
 written to a hidden temporary file and renamed into place only when the run succeeds; it may
 not be the input, and an existing one is replaced only with --overwrite (both checked before
 the model loads). A run to stdout that stops early (a closed pipe, Ctrl-C, an error) ends with

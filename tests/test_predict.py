@@ -328,19 +328,24 @@ def test_a_run_to_stdout_that_stops_early_says_how_many_rows_it_wrote(run_consta
     with pytest.raises(cli.UserError, match=r"^stdout was closed \(broken pipe\); only the "
                        r"first 3 rows were written to stdout: the output is incomplete$"):
         run_constant("--batch_size=2", stdin=texts, stdout=_PipeClosedAfter(3))
-    with pytest.raises(cli.UserError, match=r"^interrupted; only the first 4 rows were written "
-                       "to stdout: the output is incomplete$"):
-        run_constant("--batch_size=2", stdin=_InterruptedAfter(texts, 5))
+    # Rows are read a window of READ_AHEAD_BATCHES batches at a time, and written a window at a
+    # time: interrupted while reading the second window, the first one has been written.
+    window = 2 * predict.READ_AHEAD_BATCHES
+    many = "".join(f"第{i}条\n" for i in range(3 * window)).encode()
+    with pytest.raises(cli.UserError, match=rf"^interrupted; only the first {window} rows were "
+                       "written to stdout: the output is incomplete$"):
+        run_constant("--batch_size=2", stdin=_InterruptedAfter(many, window + 5))
     source = tmp_path / "r.jsonl"
-    source.write_text('{"text": "好"}\n{"text": "坏"}\n{"text": "断了\n', encoding="utf-8")
-    with pytest.raises(data.DataError, match=r"r\.jsonl:3: not a JSON object: .*--skip_bad_rows.*"
-                       r"; only the first 2 rows were written to stdout: the output is "
-                       r"incomplete$"):
-        run_constant(f"--input={source}", "--batch_size=1")
+    good = "".join('{"text": "好"}\n' for _ in range(window + 3))
+    source.write_text(good + '{"text": "断了\n', encoding="utf-8")
+    with pytest.raises(data.DataError, match=rf"r\.jsonl:{window + 4}: not a JSON object: "
+                       rf".*--skip_bad_rows.*; only the first {window} rows were written to "
+                       r"stdout: the output is incomplete$"):
+        run_constant(f"--input={source}", "--batch_size=2")
     output = tmp_path / "p.jsonl"
     with pytest.raises(data.DataError,
                        match=rf"; nothing was written to {re.escape(str(output))}$"):
-        run_constant(f"--input={source}", "--batch_size=1", f"--output={output}")
+        run_constant(f"--input={source}", "--batch_size=2", f"--output={output}")
     assert not output.exists()
 
 
