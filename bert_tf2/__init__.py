@@ -12,11 +12,14 @@ The stages, one module each, in the order a batch flows through them:
 TF Hub's KerasLayer needs Keras 2, so the whole package runs on `tf_keras`. The switch must be
 set before TensorFlow is first imported, which is why it lives here: every entry point imports
 this package first. For the same reason this is where TensorFlow's C++ log is kept to warnings
-and errors (its INFO lines about CPU instructions and CUDA drivers are noise to a user), unless
-TF_CPP_MIN_LOG_LEVEL is set already: a value the user chose is kept.
+and errors (its INFO lines about CPU instructions and CUDA drivers are noise to a user), and to
+errors alone on a machine without an NVIDIA driver, where TensorFlow still probes CUDA and logs
+its failure ("failed call to cuInit") as an error; a real error reaches the user as a Python
+exception either way. A TF_CPP_MIN_LOG_LEVEL the user set is kept.
 """
 
 import os
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL",
+                      "2" if os.path.exists("/proc/driver/nvidia") else "3")

@@ -286,8 +286,13 @@ def define_serving_client_flags(flag_values: flags.FlagValues = flags.FLAGS):
                 "serving_default: the Predict API on raw text; classify: the Classify API on "
                 "tf.Examples with a 'text' feature.")
     define.multi_string("text", [], "A text to classify (repeatable).")
+    define.multi_string("text_b", [], "For a model of sentence pairs: the second text of each "
+                        "--text, in the same order (repeatable).")
     define.string("input", None, "A file with one text per line ('-' for stdin), in "
-                  "--encoding; blank lines are skipped.")
+                  "--encoding; blank lines are skipped. With --pairs each line is "
+                  "'text<TAB>text_b'.")
+    define.bool("pairs", False, "The served model classifies sentence pairs: --input lines "
+                "are 'text<TAB>text_b'.")
     _define_encoding(flag_values)
     define.float("timeout", 10.0, "Seconds to wait for each attempt.")
     define.integer("retries", 3, "Extra attempts when the server is unavailable (connection "

@@ -343,9 +343,9 @@ class TextClassifier(tf_keras.Model):
     (`input_pipeline.Packer`).
 
     With `dynamic_padding` a request pays only for the tokens it holds: its texts are sorted by
-    length and classified `sub_batch` at a time, each sub-batch padded to the length bucket
-    (`input_pipeline.length_buckets`) of its longest text, and the answers come back in the
-    request's order. Without it every text is padded to `seq_length`, in one call, as TF Hub's
+    length and classified one length bucket (`input_pipeline.length_buckets`) at a time, at
+    most `sub_batch` texts a call, each call padded to its bucket, and the answers come back in
+    the request's order. Without it every text is padded to `seq_length`, in one call, as TF Hub's
     preprocess modules do.
     """
 
@@ -364,22 +364,29 @@ class TextClassifier(tf_keras.Model):
         tokens = self.packer.tokenize(list(texts) if self.pairs else [texts])
         if not self.dynamic_padding:
             return self._classify(tokens, training)
-        order = tf.argsort(self.packer.lengths(tokens), stable=True)
+        lengths = self.packer.lengths(tokens)
+        order = tf.argsort(lengths, stable=True)
         tokens = [tf.gather(segment, order) for segment in tokens]
+        # Sorted, the texts of one length bucket are consecutive: a sub-batch ends where the
+        # bucket does (or at `sub_batch` texts), so it is padded exactly to its bucket.
+        boundaries = tf.constant(self.packer.length_boundaries, tf.int32)
+        buckets = tf.searchsorted(boundaries, tf.gather(lengths, order))
         size = tf.shape(order)[0]
-        num_chunks = tf.maximum((size + self.sub_batch - 1) // self.sub_batch, 1)
-        answers = tf.TensorArray(tf.float32, size=num_chunks, infer_shape=False,
+        answers = tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False,
                                  element_shape=tf.TensorShape([None]).concatenate(
                                      self.classifier.output_shape[1:]))
 
-        def classify_chunk(i, answers):
-            start = i * self.sub_batch
-            chunk = [segment[start:start + self.sub_batch] for segment in tokens]
-            return i + 1, answers.write(i, self._classify(chunk, training))
+        def classify_chunk(i, start, answers):
+            bucket_end = tf.searchsorted(buckets, buckets[start:start + 1], side="right")[0]
+            end = tf.minimum(start + self.sub_batch, bucket_end)
+            chunk = [segment[start:end] for segment in tokens]
+            return i + 1, end, answers.write(i, self._classify(chunk, training))
 
-        _, answers = tf.while_loop(lambda i, _: i < num_chunks, classify_chunk,
-                                   (tf.constant(0), answers))
-        return tf.gather(answers.concat(), tf.math.invert_permutation(order))
+        _, _, answers = tf.while_loop(lambda i, start, _: start < size, classify_chunk,
+                                      (tf.constant(0), tf.constant(0), answers))
+        classified = tf.cond(size > 0, answers.concat,
+                             lambda: self._classify([t[:0] for t in tokens], training))
+        return tf.gather(classified, tf.math.invert_permutation(order))
 
     def _classify(self, tokens, training):
         return tf.cast(self.classifier(self.packer.pack(tokens), training=training), tf.float32)

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -207,7 +208,8 @@ def fit(config: config_lib.TrainConfig, prepared: Prepared,
             *callbacks,
             backup,  # last: an epoch is backed up only once it is logged (and its best kept)
         ],
-        verbose=2)
+        # A progress bar within each epoch on a terminal; one line an epoch in a log.
+        verbose=1 if sys.stdout.isatty() else 2)
     logging.info("Finished after %d optimizer steps in %.1f s",
                  int(classifier.optimizer.iterations.numpy()), time.monotonic() - start)
     if config.export.export_best:

@@ -262,7 +262,9 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             column = [row[key] if isinstance(row, dict) else row for row in instances]
             request.inputs[key].CopyFrom(tf.make_tensor_proto(
                 [value.encode("utf-8") for value in column], dtype=tf.string))
-        outputs = {key: tf.make_ndarray(proto).tolist()
+        # TF Serving writes DT_STRING outputs as JSON strings.
+        outputs = {key: [value.decode("utf-8") if isinstance(value, bytes) else value
+                         for value in tf.make_ndarray(proto).tolist()]
                    for key, proto in backend.predict(request).outputs.items()}
         return {"predictions": [dict(zip(outputs, row)) for row in zip(*outputs.values())]}
 

@@ -338,3 +338,76 @@ def test_a_frozen_encoder_trains_a_weighted_multiclass_head_and_keeps_its_best_e
     assert result.metrics["dev"]["macro_f1"] == pytest.approx(best["value"], abs=1e-6)
     _, outputs = _serve(result.export_path, text=["比赛", "股市"])
     assert outputs["probabilities"].shape == (2, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The client, on a multi-class model of pairs
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pair_topics_export(tmp_path_factory, tiny_hub_modules, corpus_splits):
+    root = tmp_path_factory.mktemp("pair_topics")
+    files = _pair_files(root, corpus_splits, lambda i: TOPICS[i % 3])
+    return train.run(train_config(
+        *tiny_train_args(tiny_hub_modules, root / "model", root / "export"),
+        f"--train_data={files['train']}", "--task=multiclass", "--text_column=q1",
+        "--text_b_column=q2", *FIXED_SHAPE_ARGS)).export_path
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "rest"])
+@pytest.mark.parametrize("signature", ["serving_default", "classify"])
+def test_the_client_sends_pairs_and_reads_class_names(pair_topics_export, protocol, signature):
+    import concurrent.futures
+    import http.server
+    import threading
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+    from bert_tf2.serving import client as client_lib
+    from tests.test_serving import GrpcServicer, RestHandler, SavedModelBackend
+
+    loaded = tf.saved_model.load(pair_topics_export)
+    pairs = [("比赛很精彩", "球队赢了"), ("股市大涨", ""), ("新手机", "很好用")]
+    _, expected = _serve(pair_topics_export, text=[a for a, _ in pairs],
+                         text_b=[b for _, b in pairs])
+    backend = SavedModelBackend(loaded, model_name="topics")
+    if protocol == "grpc":
+        server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            GrpcServicer(backend), server)
+        address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+        server.start()
+        stop = lambda: server.stop(grace=None).wait(timeout=10)  # noqa: E731
+    else:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RestHandler)
+        server.backend, server.daemon_threads = backend, True
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        address = f"127.0.0.1:{server.server_address[1]}"
+        stop = server.shutdown
+    try:
+        with client_lib.make_client(protocol, address, "topics", timeout=30,
+                                    retries=0) as client:
+            predictions = client.classify_texts(pairs, signature)
+    finally:
+        stop()
+    assert [(p.text, p.text_b) for p in predictions] == pairs
+    names = sorted(TOPICS)
+    assert [p.label for p in predictions] == [names[i] for i in expected["label_id"]]
+    np.testing.assert_allclose([p.probability for p in predictions],
+                               expected["probabilities"].max(axis=1), atol=1e-5)
+    assert predictions[0].as_dict()["text_b"] == "球队赢了"
+
+
+def test_the_client_reads_pairs_from_text_b_flags_and_tab_separated_lines(tmp_path):
+    from absl import app
+    from bert_tf2.serving import client as client_lib
+    path = tmp_path / "pairs.txt"
+    path.write_text("好\t不错\n\n坏\t\n", encoding="utf-8")
+    assert client_lib.read_texts(["甲"], str(path), texts_b=["乙"]) == [
+        ("甲", "乙"), ("好", "不错"), ("坏", "")]
+    assert client_lib.read_texts([], str(path)) == ["好\t不错", "坏\t"]
+    with pytest.raises(app.UsageError, match="2 --text but 1 --text_b"):
+        client_lib.read_texts(["a", "b"], None, texts_b=["c"])
+    path.write_text("没有第二句\n", encoding="utf-8")
+    with pytest.raises(data.DataError, match=r"pairs\.txt:1: no tab; with --pairs"):
+        client_lib.read_texts([], str(path), pairs=True)

@@ -63,10 +63,19 @@ class Prediction:
     label: object                        # binary 0/1; multiclass the class; multilabel 0/1s
     probability: Optional[float]         # binary P(positive); multiclass the label's
     scores: Optional[object] = None      # multi: [score, ...] or {class: score}
+    text_b: Optional[str] = None         # the second text, for a model of pairs
 
     def as_dict(self) -> dict:
         return {key: value for key, value in dataclasses.asdict(self).items()
                 if value is not None}
+
+
+def text_fields(text) -> dict:
+    """{"text": ...} for a text, {"text": ..., "text_b": ...} for a (text, text_b) pair: the
+    inputs of serving_default, and the features of classify's tf.Examples."""
+    if isinstance(text, tuple):
+        return {export.TEXT_INPUT: text[0], export.TEXT_B_INPUT: text[1]}
+    return {export.TEXT_INPUT: text}
 
 
 class ServingError(cli.UserError):
@@ -105,9 +114,13 @@ def call_with_retries(attempt: Callable[[], object], *, retries: int, backoff: f
         f"attempt{'s' if attempts > 1 else ''}: {last_error}")
 
 
-def prediction_from_probability(text: str, probability: float) -> Prediction:
-    return Prediction(text=text, label=int(probability >= export.DECISION_THRESHOLD),
-                      probability=float(probability))
+def prediction_from_probability(text, probability: float) -> Prediction:
+    return _prediction(text, label=int(probability >= export.DECISION_THRESHOLD),
+                       probability=float(probability))
+
+
+def _prediction(text, **answer) -> Prediction:
+    return Prediction(**text_fields(text), **answer)
 
 
 def prediction_from_outputs(text: str, row: dict) -> Prediction:
@@ -116,11 +129,11 @@ def prediction_from_outputs(text: str, row: dict) -> Prediction:
         return prediction_from_probability(text, float(row[export.PROBABILITY_OUTPUT]))
     scores = [float(score) for score in row[export.PROBABILITIES_OUTPUT]]
     if export.LABELS_OUTPUT in row:
-        return Prediction(text=text, label=[int(on) for on in row[export.LABELS_OUTPUT]],
-                          probability=None, scores=scores)
+        return _prediction(text, label=[int(on) for on in row[export.LABELS_OUTPUT]],
+                           probability=None, scores=scores)
     label = row[export.LABEL_OUTPUT]
-    return Prediction(text=text, label=label.decode("utf-8") if isinstance(label, bytes)
-                      else str(label), probability=max(scores), scores=scores)
+    return _prediction(text, label=label.decode("utf-8") if isinstance(label, bytes)
+                       else str(label), probability=max(scores), scores=scores)
 
 
 def prediction_from_scores(text: str, scores_by_label: dict) -> Prediction:
@@ -128,8 +141,8 @@ def prediction_from_scores(text: str, scores_by_label: dict) -> Prediction:
     if set(scores_by_label) == set(export.CLASS_NAMES):
         return prediction_from_probability(text, _positive_score(scores_by_label))
     label = max(scores_by_label, key=scores_by_label.get)
-    return Prediction(text=text, label=label, probability=scores_by_label[label],
-                      scores=dict(scores_by_label))
+    return _prediction(text, label=label, probability=scores_by_label[label],
+                       scores=dict(scores_by_label))
 
 
 def _batches(texts: Sequence[str], batch_size: int) -> Iterable[Sequence[str]]:
@@ -195,7 +208,7 @@ class RestClient(_Client):
 
     def predict(self, texts: Sequence[str]) -> List[Prediction]:
         body = {"signature_name": export.SERVING_SIGNATURE,
-                "instances": [{export.TEXT_INPUT: text} for text in texts]}
+                "instances": [text_fields(text) for text in texts]}
         response = self._post("predict", body)
         rows = response.get("predictions")
         if not isinstance(rows, list):
@@ -212,7 +225,7 @@ class RestClient(_Client):
 
     def classify(self, texts: Sequence[str]) -> List[Prediction]:
         body = {"signature_name": export.CLASSIFY_SIGNATURE,
-                "examples": [{export.TEXT_FEATURE: text} for text in texts]}
+                "examples": [text_fields(text) for text in texts]}
         response = self._post("classify", body)
         # TF Serving writes "results" (json_tensor_test.cc); its header comment says "result".
         results = response.get("results", response.get("result"))
@@ -320,8 +333,10 @@ class GrpcClient(_Client):
     def predict(self, texts: Sequence[str]) -> List[Prediction]:
         request = predict_pb2.PredictRequest()
         self._model_spec(request.model_spec, export.SERVING_SIGNATURE)
-        request.inputs[export.TEXT_INPUT].CopyFrom(tf.make_tensor_proto(
-            [text.encode("utf-8") for text in texts], dtype=tf.string, shape=[len(texts)]))
+        for name in text_fields(texts[0]):
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(
+                [text_fields(text)[name].encode("utf-8") for text in texts], dtype=tf.string,
+                shape=[len(texts)]))
         response = self._call(self._stub.Predict, request)
         if not {export.PROBABILITY_OUTPUT, export.PROBABILITIES_OUTPUT} & set(response.outputs):
             raise BadResponseError(f"Predict response has no '{export.PROBABILITY_OUTPUT}' "
@@ -339,7 +354,9 @@ class GrpcClient(_Client):
         request = classification_pb2.ClassificationRequest()
         self._model_spec(request.model_spec, export.CLASSIFY_SIGNATURE)
         for text in texts:
-            request.input.example_list.examples.add().CopyFrom(export.text_example(text))
+            request.input.example_list.examples.add().CopyFrom(
+                export.text_example(*text) if isinstance(text, tuple) else
+                export.text_example(text))
         response = self._call(self._stub.Classify, request)
         classifications = response.result.classifications
         self._check_count(texts, classifications, "Classify")
@@ -377,14 +394,30 @@ def make_client(protocol: str, server: str, model_name: str, **kwargs) -> _Clien
 
 
 def read_texts(texts: Sequence[str], input_path: Optional[str],
-               encoding: str = "utf-8") -> List[str]:
-    """--text values, then the non-blank lines of --input ('-': stdin) in `encoding`."""
-    result = list(texts)
+               encoding: str = "utf-8", *, texts_b: Sequence[str] = (),
+               pairs: bool = False) -> List[object]:
+    """--text values, then the non-blank lines of --input ('-': stdin) in `encoding`.
+
+    With `pairs` (or `texts_b`, one for each --text) the result holds (text, text_b) pairs:
+    --text with --text_b, and --input lines split at their first tab.
+    """
+    pairs = pairs or bool(texts_b)
+    if texts_b and len(texts_b) != len(texts):
+        raise app.UsageError(f"{len(texts)} --text but {len(texts_b)} --text_b: give one "
+                             "--text_b for each --text")
+    result = list(zip(texts, texts_b)) if pairs else list(texts)
     if input_path:
-        lines = data.iter_lines("<stdin>" if input_path == "-" else input_path,
-                                stream=sys.stdin.buffer if input_path == "-" else None,
+        name = "<stdin>" if input_path == "-" else input_path
+        lines = data.iter_lines(name, stream=sys.stdin.buffer if input_path == "-" else None,
                                 encoding=encoding)
-        result.extend(line.rstrip("\r\n") for line in lines if line.strip())
+        for number, line in enumerate(lines, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            if pairs and "\t" not in line:
+                raise data.DataError(f"{name}:{number}: no tab; with --pairs each line is "
+                                     "'text<TAB>text_b'")
+            result.append(tuple(line.split("\t", 1)) if pairs else line)
     return result
 
 
@@ -392,7 +425,8 @@ def read_texts(texts: Sequence[str], input_path: Optional[str],
 def main(argv, flag_values: Optional[flags.FlagValues] = None) -> None:
     del argv
     flags_ = flag_values or FLAGS
-    texts = read_texts(flags_.text, flags_.input, flags_.encoding)
+    texts = read_texts(flags_.text, flags_.input, flags_.encoding, texts_b=flags_.text_b,
+                       pairs=flags_.pairs)
     if not texts:
         raise app.UsageError("give at least one --text or an --input file")
     try:
