@@ -181,7 +181,7 @@ def export_text_classifier(text_classifier: tf_keras.Model, export_dir: str,
         tf.saved_model.save(module, scratch, signatures=module.signature_functions())
         set_method_names(scratch, {CLASSIFY_SIGNATURE: CLASSIFY_METHOD_NAME})
         write_warmup_requests(scratch, warmup_texts(_seq_length(text_classifier)), pairs=pairs)
-        write_class_names(scratch, class_names)
+        write_class_names(os.path.join(scratch, CLASSES_FILE), class_names)
         # The version is claimed only now, by the rename: another export into export_dir
         # running at the same time gets another number.
         final_path = (io_utils.publish_next_version(scratch, export_dir) if version is None
@@ -326,11 +326,13 @@ def write_warmup_requests(saved_model_dir: str, texts: Sequence[str] = WARMUP_RE
     return path
 
 
-def write_class_names(saved_model_dir: str, class_names: Sequence[str]) -> str:
-    """Writes `saved_model_dir/assets/classes.txt`, one class name a line; returns its path."""
-    path = os.path.join(saved_model_dir, CLASSES_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+def write_class_names(path: str, class_names: Sequence[str]) -> str:
+    """Writes `class_names` to `path`, one a line, atomically; returns `path`.
+
+    An export's are `assets/classes.txt` (CLASSES_FILE) in the version; a training run's are
+    `model_dir/classes.txt`.
+    """
+    with io_utils.atomic_file(path) as f:
         f.writelines(f"{name}\n" for name in class_names)
     return path
 

@@ -187,8 +187,8 @@ def fit(config: config_lib.TrainConfig, prepared: Prepared,
     io_utils.write_json(config.to_dict(),
                         os.path.join(prepared.model_dir, config_lib.RUN_CONFIG_FILE),
                         sort_keys=True)
-    with io_utils.atomic_file(os.path.join(prepared.model_dir, CLASSES_FILE)) as f:
-        f.writelines(f"{name}\n" for name in prepared.class_names)
+    export.write_class_names(os.path.join(prepared.model_dir, CLASSES_FILE),
+                             prepared.class_names)
     start = time.monotonic()
     trained, train_data, dev_data = what_to_fit(config, prepared, classifier)
     backup = crash_safety.Backup(prepared.backup_dir,

@@ -64,14 +64,20 @@ def _evaluate_config(saved_model: str, *args: str) -> config.EvaluateConfig:
 # Multi-class, from a headerless TSV
 # ---------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def multiclass_run(tmp_path_factory, tiny_hub_modules, corpus_splits):
-    root = tmp_path_factory.mktemp("multiclass")
+def _topic_files(root: pathlib.Path, corpus_splits, topic_of):
+    """Headerless 'text<TAB>topic' .txt files: 96 training and 48 dev rows."""
     files = {}
     for split, n in (("train", 96), ("dev", 48)):
         texts = _rows(corpus_splits, split, n)
-        files[split] = _write(root / f"{split}.txt",
-                              [f"{text}\t{TOPICS[i % 3]}" for i, text in enumerate(texts)])
+        files[split] = _write(root / f"{split}.txt", [f"{text}\t{topic_of(i)}"
+                                                      for i, text in enumerate(texts)])
+    return files
+
+
+@pytest.fixture(scope="module")
+def multiclass_run(tmp_path_factory, tiny_hub_modules, corpus_splits):
+    root = tmp_path_factory.mktemp("multiclass")
+    files = _topic_files(root, corpus_splits, lambda i: TOPICS[i % 3])
     result = train.run(train_config(
         *tiny_train_args(tiny_hub_modules, root / "model", root / "export"),
         f"--train_data={files['train']}", f"--eval_data={files['dev']}",
@@ -322,11 +328,8 @@ def test_trim_segments_shares_the_budget_between_pairs_round_robin():
 
 def test_a_frozen_encoder_trains_a_weighted_multiclass_head_and_keeps_its_best_epoch(
         tiny_hub_modules, corpus_splits, tmp_path):
-    files = {}
-    for split, n in (("train", 96), ("dev", 48)):
-        texts = _rows(corpus_splits, split, n)
-        files[split] = _write(tmp_path / f"{split}.txt",
-                              [f"{text}\t{TOPICS[min(i % 5, 2)]}" for i, text in enumerate(texts)])
+    # Skewed: the third topic has three times the examples of each other one.
+    files = _topic_files(tmp_path, corpus_splits, lambda i: TOPICS[min(i % 5, 2)])
     result = train.run(train_config(
         *tiny_train_args(tiny_hub_modules, tmp_path / "model", tmp_path / "export"),
         f"--train_data={files['train']}", f"--eval_data={files['dev']}", "--task=multiclass",
@@ -357,39 +360,18 @@ def pair_topics_export(tmp_path_factory, tiny_hub_modules, corpus_splits):
 @pytest.mark.parametrize("protocol", ["grpc", "rest"])
 @pytest.mark.parametrize("signature", ["serving_default", "classify"])
 def test_the_client_sends_pairs_and_reads_class_names(pair_topics_export, protocol, signature):
-    import concurrent.futures
-    import http.server
-    import threading
-    import grpc
-    from tensorflow_serving.apis import prediction_service_pb2_grpc
     from bert_tf2.serving import client as client_lib
-    from tests.test_serving import GrpcServicer, RestHandler, SavedModelBackend
+    from tests import fake_serving
 
     loaded = tf.saved_model.load(pair_topics_export)
     pairs = [("比赛很精彩", "球队赢了"), ("股市大涨", ""), ("新手机", "很好用")]
     _, expected = _serve(pair_topics_export, text=[a for a, _ in pairs],
                          text_b=[b for _, b in pairs])
-    backend = SavedModelBackend(loaded, model_name="topics")
-    if protocol == "grpc":
-        server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            GrpcServicer(backend), server)
-        address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
-        server.start()
-        stop = lambda: server.stop(grace=None).wait(timeout=10)  # noqa: E731
-    else:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RestHandler)
-        server.backend, server.daemon_threads = backend, True
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        address = f"127.0.0.1:{server.server_address[1]}"
-        stop = server.shutdown
-    try:
-        with client_lib.make_client(protocol, address, "topics", timeout=30,
-                                    retries=0) as client:
-            predictions = client.classify_texts(pairs, signature)
-    finally:
-        stop()
+    backend = fake_serving.SavedModelBackend(loaded, "topics")
+    server = fake_serving.grpc_server if protocol == "grpc" else fake_serving.rest_server
+    with server(backend) as address, client_lib.make_client(
+            protocol, address, "topics", timeout=30, retries=0) as client:
+        predictions = client.classify_texts(pairs, signature)
     assert [(p.text, p.text_b) for p in predictions] == pairs
     names = sorted(TOPICS)
     assert [p.label for p in predictions] == [names[i] for i in expected["label_id"]]
