@@ -1,0 +1,60 @@
+"""Tiny task data and calls of an export, shared by the task tests (test_tasks, test_pairs)."""
+
+import pathlib
+
+import bert_tf2  # noqa: F401
+from absl import flags
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (the export's preprocessing needs its ops)
+
+from bert_tf2 import config, evaluate, export, predict
+
+TOPICS = ("体育", "财经", "科技")  # not in sorted order: the model's classes are sorted
+
+
+def rows(corpus_splits, split: str, n: int, offset: int = 0):
+    examples = corpus_splits[split]
+    return [text.replace("\t", " ") for text in examples.texts[offset:offset + n]]
+
+
+def write(path: pathlib.Path, lines) -> str:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return str(path)
+
+
+def serve(saved_model: str, **texts):
+    loaded = tf.saved_model.load(saved_model)
+    outputs = loaded.signatures["serving_default"](
+        **{name: tf.constant(values) for name, values in texts.items()})
+    return loaded, {name: value.numpy() for name, value in outputs.items()}
+
+
+def classify(loaded, **features):
+    examples = [export.text_example(*texts).SerializeToString()
+                for texts in zip(*features.values())]
+    outputs = loaded.signatures["classify"](inputs=tf.constant(examples))
+    return {name: value.numpy() for name, value in outputs.items()}
+
+
+def predict_config(saved_model: str, *args: str) -> config.PredictConfig:
+    flag_values = flags.FlagValues()
+    predict.define_flags(flag_values)
+    flag_values(["predict", f"--saved_model={saved_model}", "--noprogress", *args])
+    return config.PredictConfig.from_flags(flag_values)
+
+
+def evaluate_config(saved_model: str, *args: str) -> config.EvaluateConfig:
+    flag_values = flags.FlagValues()
+    evaluate.define_flags(flag_values)
+    flag_values(["evaluate", f"--saved_model={saved_model}", *args])
+    return config.EvaluateConfig.from_flags(flag_values)
+
+
+def pair_files(root: pathlib.Path, corpus_splits, label_of):
+    """'q1<TAB>q2<TAB>label' TSV files with a header: 64 training and 32 dev rows."""
+    files = {}
+    for split, n in (("train", 64), ("dev", 32)):
+        first, second = (rows(corpus_splits, split, n), rows(corpus_splits, split, n, n))
+        files[split] = write(root / f"{split}.tsv", ["q1\tq2\tlabel"] + [
+            f"{a}\t{b}\t{label_of(i)}" for i, (a, b) in enumerate(zip(first, second))])
+    return files
