@@ -106,7 +106,11 @@ class ServingModule(tf.Module):
     def __init__(self, text_classifier: tf_keras.Model, *, task: str = "binary",
                  class_names: Sequence[str] = CLASS_NAMES, pairs: bool = False):
         super().__init__()
-        self.text_classifier = text_classifier
+        # The SavedModel holds only what the signatures capture (`_captured_state`): tracking
+        # the Keras models would also save every layer's own traced calls, which TF Serving
+        # never runs and which make the export several times larger and slower to load.
+        object.__setattr__(self, "_text_classifier", text_classifier)
+        self.captured_state = _captured_state(text_classifier)
         self.task, self.class_names, self.pairs = task, tuple(class_names), pairs
         text_specs = [tf.TensorSpec([None], tf.string, name=name) for name in self.text_inputs]
         self.serve = tf.function(self._serve_pair if pairs else self._serve_one,
@@ -122,7 +126,8 @@ class ServingModule(tf.Module):
     def _probabilities(self, texts):
         """[batch] or [batch, classes] float32 probabilities of the texts (one or two lists)."""
         texts = [tf.strings.substr(text, 0, MAX_TEXT_BYTES) for text in texts]  # see there
-        probabilities = self.text_classifier(texts if self.pairs else texts[0], training=False)
+        probabilities = self._text_classifier(texts if self.pairs else texts[0],
+                                              training=False)
         if self.task == "binary":
             probabilities = tf.reshape(probabilities, [-1])
         return tf.cast(probabilities, tf.float32)
@@ -158,6 +163,17 @@ class ServingModule(tf.Module):
         """The functions to save as signatures, by signature key."""
         return {SERVING_SIGNATURE: self.serve.get_concrete_function(),
                 CLASSIFY_SIGNATURE: self.classify.get_concrete_function()}
+
+
+def _captured_state(text_classifier) -> list:
+    """What the signatures capture of `text_classifier`, for the SavedModel to hold.
+
+    Of a Keras text classifier (`model.TextClassifier`): its weights and its preprocessing
+    module (the vocab table and file); any other module is held as it is.
+    """
+    if isinstance(text_classifier, tf_keras.Model):
+        return [text_classifier.preprocessor, *text_classifier.weights]
+    return [text_classifier]
 
 
 def export_text_classifier(text_classifier: tf_keras.Model, export_dir: str,
