@@ -50,11 +50,20 @@ class Packer:
 
     def lengths(self, tokens: Sequence[tf.RaggedTensor]) -> tf.Tensor:
         """The packed length of each example ([CLS] and each [SEP] included), capped."""
-        lengths = sum(tf.cast(t.merge_dims(-2, -1).row_lengths(), tf.int32) for t in tokens)
+        lengths = sum(tf.cast(_wordpieces(t).row_lengths(), tf.int32) for t in tokens)
         return tf.minimum(lengths + 1 + len(tokens), self.seq_length)
 
-    def pack(self, tokens: Sequence[tf.RaggedTensor]) -> Dict[str, tf.Tensor]:
-        """The encoder inputs (input_word_ids, input_mask, input_type_ids) of a token batch."""
+    def trim(self, tokens: Sequence[tf.RaggedTensor]) -> Sequence[tf.RaggedTensor]:
+        """`tokens` cut to fit `seq_length` by `truncation` (`trim_segments`)."""
+        return trim_segments(tokens, self.seq_length, self.truncation)
+
+    def pack(self, tokens: Sequence[tf.RaggedTensor], *,
+             trimmed: bool = False) -> Dict[str, tf.Tensor]:
+        """The encoder inputs (input_word_ids, input_mask, input_type_ids) of a token batch.
+
+        `trimmed` says `tokens` come from `trim` already: a caller that packs one request in
+        several parts trims it once, since trimming other than 'head' takes many ops.
+        """
         length = tf.constant(self.seq_length, tf.int32)
         if self.dynamic_padding:
             longest = tf.reduce_max(tf.concat([self.lengths(tokens), [1 + len(tokens)]], 0))
@@ -64,8 +73,13 @@ class Packer:
                                          tf.int32)
                 length = boundaries[tf.searchsorted(boundaries, tf.reshape(longest, [1]))[0]]
             length = tf.minimum(length, self.seq_length)
-        segments = trim_segments(tokens, self.seq_length, self.truncation)
+        segments = tokens if trimmed else self.trim(tokens)
         return self.preprocessor.bert_pack_inputs(list(segments), seq_length=length)
+
+
+def _wordpieces(tokens: tf.RaggedTensor) -> tf.RaggedTensor:
+    """[batch, (wordpieces)] of [batch, (words), (wordpieces)] or of itself."""
+    return tokens.merge_dims(-2, -1) if tokens.shape.rank == 3 else tokens
 
 
 def trim_segments(tokens: Sequence[tf.RaggedTensor], seq_length: int,
@@ -78,7 +92,7 @@ def trim_segments(tokens: Sequence[tf.RaggedTensor], seq_length: int,
     """
     if truncation == "head":
         return tokens
-    pieces = [t.merge_dims(-2, -1) for t in tokens]
+    pieces = [_wordpieces(t) for t in tokens]
     budget = seq_length - 1 - len(pieces)
     kept = text.RoundRobinTrimmer(max_seq_length=budget).generate_mask(pieces)
     trimmed = []

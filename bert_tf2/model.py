@@ -345,7 +345,8 @@ class TextClassifier(tf_keras.Model):
     With `dynamic_padding` a request pays only for the tokens it holds: its texts are sorted by
     length and classified one length bucket (`input_pipeline.length_buckets`) at a time, at
     most `sub_batch` texts a call, each call padded to its bucket, and the answers come back in
-    the request's order. Without it every text is padded to `seq_length`, in one call, as TF Hub's
+    the request's order (a request of one text goes straight to its bucket). Without it every
+    text is padded to `seq_length`, in one call, as TF Hub's
     preprocess modules do.
     """
 
@@ -361,9 +362,15 @@ class TextClassifier(tf_keras.Model):
             length_boundaries=input_pipeline.length_buckets(seq_length))
 
     def call(self, texts, training=False):  # pylint: disable=arguments-differ
-        tokens = self.packer.tokenize(list(texts) if self.pairs else [texts])
+        # Trimmed once for the whole request (other truncations than 'head' take many ops).
+        tokens = self.packer.trim(self.packer.tokenize(list(texts) if self.pairs else [texts]))
         if not self.dynamic_padding:
             return self._classify(tokens, training)
+        # One text needs no sorting: it is padded to its bucket as it is.
+        return tf.cond(tf.shape(tokens[0])[0] == 1, lambda: self._classify(tokens, training),
+                       lambda: self._classify_sorted(tokens, training))
+
+    def _classify_sorted(self, tokens, training):
         lengths = self.packer.lengths(tokens)
         order = tf.argsort(lengths, stable=True)
         tokens = [tf.gather(segment, order) for segment in tokens]
@@ -388,5 +395,6 @@ class TextClassifier(tf_keras.Model):
                              lambda: self._classify([t[:0] for t in tokens], training))
         return tf.gather(classified, tf.math.invert_permutation(order))
 
-    def _classify(self, tokens, training):
-        return tf.cast(self.classifier(self.packer.pack(tokens), training=training), tf.float32)
+    def _classify(self, trimmed_tokens, training):
+        inputs = self.packer.pack(trimmed_tokens, trimmed=True)
+        return tf.cast(self.classifier(inputs, training=training), tf.float32)
