@@ -77,16 +77,24 @@ def pair_topics_export(tmp_path_factory, tiny_hub_modules, corpus_splits):
         "--text_b_column=q2", *FIXED_SHAPE_ARGS)).export_path
 
 
+PAIRS = [("比赛很精彩", "球队赢了"), ("股市大涨", ""), ("新手机", "很好用")]
+
+
+@pytest.fixture(scope="module")
+def pair_topics_served(pair_topics_export):
+    """The loaded export and its serving_default outputs for PAIRS."""
+    return task_data.serve(pair_topics_export, text=[a for a, _ in PAIRS],
+                           text_b=[b for _, b in PAIRS])
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "rest"])
 @pytest.mark.parametrize("signature", ["serving_default", "classify"])
-def test_the_client_sends_pairs_and_reads_class_names(pair_topics_export, protocol, signature):
+def test_the_client_sends_pairs_and_reads_class_names(pair_topics_served, protocol, signature):
     from bert_tf2.serving import client as client_lib
     from tests import fake_serving
 
-    loaded = tf.saved_model.load(pair_topics_export)
-    pairs = [("比赛很精彩", "球队赢了"), ("股市大涨", ""), ("新手机", "很好用")]
-    _, expected = task_data.serve(pair_topics_export, text=[a for a, _ in pairs],
-                         text_b=[b for _, b in pairs])
+    loaded, expected = pair_topics_served
+    pairs = PAIRS
     backend = fake_serving.SavedModelBackend(loaded, "topics")
     server = fake_serving.grpc_server if protocol == "grpc" else fake_serving.rest_server
     with server(backend) as address, client_lib.make_client(
