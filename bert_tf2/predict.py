@@ -39,6 +39,7 @@ The model is called through its `serving_default` signature, exactly as TF Servi
 `Predictor` and `predict_in_batches` are also what bert_tf2.evaluate uses.
 """
 
+import concurrent.futures
 import contextlib
 import csv
 import itertools
@@ -149,6 +150,8 @@ class Predictor:
 
 # Batches read ahead and sorted by length before they are predicted (see predict_in_batches).
 READ_AHEAD_BATCHES = 32
+# Calls of the model running at once: while one batch is in the encoder, the next is tokenized.
+CALLS_IN_FLIGHT = 2
 
 
 def predict_in_batches(predictor: Callable[[Sequence[str]], Tuple[np.ndarray, np.ndarray]],
@@ -187,10 +190,13 @@ def _predict_sorted(predictor, texts: Sequence[object], batch_size: int,
                     bar) -> Tuple[np.ndarray, np.ndarray]:
     """`predictor`'s answers for `texts` in their order, asked in batches of similar length."""
     order = sorted(range(len(texts)), key=lambda i: _length(texts[i]))
+    batches = [[texts[i] for i in order[start:start + batch_size]]
+               for start in range(0, len(order), batch_size)]
     answers = []
-    for start in range(0, len(order), batch_size):
-        answers.append(predictor([texts[i] for i in order[start:start + batch_size]]))
-        bar.update(len(answers[-1][0]))
+    with concurrent.futures.ThreadPoolExecutor(CALLS_IN_FLIGHT) as pool:
+        for answer in pool.map(predictor, batches):
+            answers.append(answer)
+            bar.update(len(answer[0]))
     position = np.empty(len(order), np.int64)
     position[order] = np.arange(len(order))
     return tuple(np.concatenate(column)[position] for column in zip(*answers))
