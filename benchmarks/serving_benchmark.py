@@ -5,7 +5,8 @@ fresh head, since speed does not depend on its weights) and exports it twice, th
 `bert_tf2.train` exports: padding every text to seq_length (TF Hub's bert_zh_preprocess
 packing, the baseline) and padding each length-sorted sub-batch to its longest text (the
 default). It then measures, in process, through each SavedModel's `serving_default` signature
-(the function TF Serving's runtime executes):
+(the function TF Serving's runtime executes), each export under each of THREAD_SETTINGS in a
+fresh process:
 
   latency     one review per call, p50 and p99 over --calls calls of real reviews;
   throughput  reviews/s at batch 8, 64 and 256;
@@ -44,11 +45,20 @@ flags.DEFINE_string("output", str(report.BENCHMARKS_MD),
                     "Markdown file whose serving section is written ('' to only print).")
 flags.DEFINE_string("memory_probe", None, "Internal: measure one 10,000-review request of "
                     "this SavedModel and print the peak memory it adds, in MiB.")
+flags.DEFINE_string("measure", None, "Internal: measure this SavedModel under "
+                    "--inter_op_threads/--intra_op_threads and print the results as JSON.")
+flags.DEFINE_integer("inter_op_threads", 0, "Internal: TensorFlow's inter-op threads.")
+flags.DEFINE_integer("intra_op_threads", 0, "Internal: TensorFlow's intra-op threads.")
+flags.DEFINE_string("scratch", None, "Internal: where the predict input file goes.")
 
 TITLE = "## Serving: padding to the request against padding to seq_length"
 CONFIGS = report.REPO_ROOT / "configs"
 BATCH_SIZES = (8, 64, 256)
 MEMORY_REQUEST = 10000
+# TensorFlow's thread pools (inter-op, intra-op): its defaults (0: one thread per core each),
+# and one thread per op with one op per core at a time, which TF Serving takes as
+# --tensorflow_inter_op_parallelism=<cores> --tensorflow_intra_op_parallelism=1.
+THREAD_SETTINGS = {"defaults": (0, 0), "ops-per-core": (os.cpu_count() or 1, 1)}
 
 
 def reviews(count: int) -> List[str]:
@@ -135,6 +145,19 @@ def _status_kib(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:"))
 
 
+def measure_in_subprocess(saved_model: str, scratch: str, threads) -> Dict[str, object]:
+    """`measure` in a fresh process whose thread pools are `threads` (inter-op, intra-op)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.serving_benchmark", f"--measure={saved_model}",
+         f"--scratch={scratch}", f"--inter_op_threads={threads[0]}",
+         f"--intra_op_threads={threads[1]}", f"--seq_length={FLAGS.seq_length}",
+         f"--calls={FLAGS.calls}", f"--predict_rows={FLAGS.predict_rows}"],
+        cwd=report.REPO_ROOT, capture_output=True, text=True, check=True)
+    results = json.loads(result.stdout.strip().splitlines()[-1])
+    results["throughput"] = {int(b): rate for b, rate in results["throughput"].items()}
+    return results
+
+
 def measure(saved_model: str, scratch: str) -> Dict[str, object]:
     serve = tf.saved_model.load(saved_model).signatures["serving_default"]
     rng = np.random.default_rng(0)
@@ -151,32 +174,44 @@ def measure(saved_model: str, scratch: str) -> Dict[str, object]:
             "memory_mib": peak_memory_mib(saved_model)}
 
 
-def markdown(results: Dict[str, Dict[str, object]]) -> str:
-    rows = {"fixed": "padded to seq_length (TF Hub's packing; the baseline)",
-            "dynamic": "padded to each length-sorted sub-batch (the default)"}
-    lines = ["| export | 1 review: p50 | p99 | batch 8 | batch 64 | batch 256 | predict | "
-             "10,000-review request |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, result in results.items():
+def markdown(results: Dict[tuple, Dict[str, object]]) -> str:
+    """The section: one row per (export, thread setting), results keyed so."""
+    exports = {"fixed": "padded to seq_length (TF Hub's packing; the baseline)",
+               "dynamic": "padded to each length-sorted sub-batch (the default)"}
+    lines = ["| export | threads (inter-op, intra-op) | 1 review: p50 | p99 | batch 8 | "
+             "batch 64 | batch 256 | predict | 10,000-review request |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for (name, setting), result in results.items():
         rate = result["throughput"]
-        lines.append(f"| {rows[name]} | {result['latency']['p50']:.2f} ms | "
-                     f"{result['latency']['p99']:.2f} ms | "
+        lines.append(f"| {exports[name]} | {setting} {THREAD_SETTINGS[setting]} | "
+                     f"{result['latency']['p50']:.2f} ms | {result['latency']['p99']:.2f} ms | "
                      + " | ".join(f"{rate[b]:,.0f}/s" for b in BATCH_SIZES)
                      + f" | {result['predict']:,.0f} texts/s | +{result['memory_mib']:,.0f} MiB |")
-    fixed, dynamic = results["fixed"], results["dynamic"]
-    ratios = ", ".join(f"batch {b} {dynamic['throughput'][b] / fixed['throughput'][b]:.1f}x"
-                       for b in BATCH_SIZES)
-    threads = (tf.config.threading.get_inter_op_parallelism_threads(),
-               tf.config.threading.get_intra_op_parallelism_threads())
     return (f"{TITLE}\n\n`.venv/bin/python -m benchmarks.serving_benchmark` on "
-            f"{report.machine_line()}; TensorFlow's thread pools at their defaults "
-            f"(inter-op {threads[0]}, intra-op {threads[1]}: 0 means one thread per core). The "
-            f"quickstart-sized model (2 layers, hidden 128, seq_length {FLAGS.seq_length}), "
-            "called in process through each export's `serving_default` signature on the "
-            "built-in corpus's test reviews (median 48 characters); `predict` is "
-            f"`bert_tf2.predict` on a {FLAGS.predict_rows:,}-row file of them (read ahead and "
-            "sorted by length before each call); memory is what one 10,000-review request adds "
-            "to the process's peak resident memory (Linux's VmHWM, reset just before it). Padding to the request against "
-            f"padding to seq_length: {ratios}.\n\n" + "\n".join(lines) + "\n")
+            f"{report.machine_line()}. The quickstart-sized model (2 layers, hidden 128, "
+            f"seq_length {FLAGS.seq_length}), called in process through each export's "
+            "`serving_default` signature on the built-in corpus's test reviews (median 48 "
+            "characters), each export under each of two settings of TensorFlow's thread pools "
+            "(set in a fresh process per row): its defaults, and one thread per op with as many "
+            "ops at a time as cores. `predict` is `bert_tf2.predict` on a "
+            f"{FLAGS.predict_rows:,}-row file of them (read ahead and sorted by length before each "
+            "call); memory is what one 10,000-review request adds to the process's peak resident "
+            "memory (Linux's VmHWM, reset just before it).\n\n" + "\n".join(lines) + "\n\n"
+            + ratios(results) + "\n")
+
+
+def ratios(results: Dict[tuple, Dict[str, object]]) -> str:
+    """Each export at its best thread setting per column: the new packing over the baseline."""
+    def best(name, value):
+        return max(value(result) for (export_name, _), result in results.items()
+                   if export_name == name)
+
+    columns = {f"batch {b}": (lambda r, b=b: r["throughput"][b]) for b in BATCH_SIZES}
+    columns["one review (1/p50)"] = lambda r: 1.0 / r["latency"]["p50"]
+    columns["predict"] = lambda r: r["predict"]
+    return ("Padding to the request against padding to seq_length, each at its best thread "
+            "setting: " + ", ".join(f"{label} {best('dynamic', value) / best('fixed', value):.1f}x"
+                                    for label, value in columns.items()) + ".")
 
 
 def main(argv):
@@ -184,12 +219,18 @@ def main(argv):
     if FLAGS.memory_probe:
         probe_memory(FLAGS.memory_probe)
         return
+    if FLAGS.measure:
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
+        print(json.dumps(measure(FLAGS.measure, FLAGS.scratch)))
+        return
     with tempfile.TemporaryDirectory(prefix="bert_tf2_serving_bench_") as scratch:
         exports = build_exports(scratch)
         results = {}
         for name, path in exports.items():
-            results[name] = measure(path, scratch)
-            logging.info("%s: %s", name, json.dumps(results[name]))
+            for setting, threads in THREAD_SETTINGS.items():
+                results[name, setting] = measure_in_subprocess(path, scratch, threads)
+                logging.info("%s, %s: %s", name, setting, json.dumps(results[name, setting]))
     section = markdown(results)
     print(section)
     if FLAGS.output:
