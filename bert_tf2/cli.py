@@ -5,7 +5,7 @@
 
 An error the user can fix (a flag, a file, a row) is a `UserError` whose message names the
 flag or file:line and says what to do; the command prints `NAME: message` on stderr and exits
-with status 1, without a traceback (with `--verbosity=1` the traceback is shown too). Any
+with status 1 (130 for an `Interrupted` one), without a traceback (with `--verbosity=1` the traceback is shown too). Any
 other exception is a bug and keeps its traceback. Imports no TensorFlow.
 """
 
@@ -19,6 +19,14 @@ from absl import app, logging
 class UserError(Exception):
     """A mistake the user can fix; the message says which flag, file or row, and how."""
 
+    exit_status = 1
+
+
+class Interrupted(UserError):
+    """The user stopped the command (Ctrl-C); the message says what was left done."""
+
+    exit_status = 130  # the shells' status for a command ended by SIGINT
+
 
 def one_line_errors(name: str):
     """Decorates a `main`: a UserError ends as `NAME: message` on stderr and exit status 1."""
@@ -30,7 +38,8 @@ def one_line_errors(name: str):
             except UserError as error:
                 if logging.level_debug():
                     raise
-                sys.exit(f"{name}: {error}")
+                print(f"{name}: {error}", file=sys.stderr)
+                sys.exit(error.exit_status)
 
         return wrapped
 

@@ -373,8 +373,9 @@ def _said_if_cut_short(output: str, stdout: Optional[TextIO]) -> Iterator[_Writt
 
 def _incomplete(error: BaseException, count: int, output: str,
                 stdout: Optional[TextIO]) -> BaseException:
-    """What ends a run that `error` stopped after `count` rows: a UserError (status 1, one
-    line) that says how much of the output there is, or `error` itself, with that said."""
+    """What ends a run that `error` stopped after `count` rows: a UserError (one line, status
+    1; 130 after Ctrl-C) that says how much of the output there is, or `error` itself, with
+    that said."""
     note = (f"only the first {count} rows were written to stdout: the output is incomplete"
             if output == STDIO else f"nothing was written to {output}")
     if isinstance(error, BrokenPipeError):
@@ -382,7 +383,7 @@ def _incomplete(error: BaseException, count: int, output: str,
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return cli.UserError(f"stdout was closed (broken pipe); {note}")
     if isinstance(error, KeyboardInterrupt):
-        return cli.UserError(f"interrupted; {note}")
+        return cli.Interrupted(f"interrupted; {note}")
     if isinstance(error, cli.UserError):
         error.args = (f"{error}; {note}",)
     else:

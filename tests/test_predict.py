@@ -332,9 +332,10 @@ def test_a_run_to_stdout_that_stops_early_says_how_many_rows_it_wrote(run_consta
     # time: interrupted while reading the second window, the first one has been written.
     window = 2 * predict.READ_AHEAD_BATCHES
     many = "".join(f"第{i}条\n" for i in range(3 * window)).encode()
-    with pytest.raises(cli.UserError, match=rf"^interrupted; only the first {window} rows were "
-                       "written to stdout: the output is incomplete$"):
+    with pytest.raises(cli.Interrupted, match=rf"^interrupted; only the first {window} rows "
+                       "were written to stdout: the output is incomplete$") as interrupted:
         run_constant("--batch_size=2", stdin=_InterruptedAfter(many, window + 5))
+    assert interrupted.value.exit_status == 130  # as a shell reports a command ended by Ctrl-C
     source = tmp_path / "r.jsonl"
     good = "".join('{"text": "好"}\n' for _ in range(window + 3))
     source.write_text(good + '{"text": "断了\n', encoding="utf-8")

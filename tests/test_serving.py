@@ -347,22 +347,25 @@ def test_config_cli_writes_models_config(tmp_path, saved_model):
                                          f"--export_dir={export_dir}", "--version_policy=x"))
 
 
-def test_config_cli_refuses_a_version_dir_and_an_unwritable_output(tmp_path):
+def test_config_cli_refuses_a_version_dir_and_an_unwritable_output(tmp_path, capsys):
     version = tmp_path / "export" / "3"
     version.mkdir(parents=True)
     (version / "saved_model.pb").write_bytes(b"")
-    with pytest.raises(SystemExit, match=rf"^serving.config: --export_dir={re.escape(str(version))}"
-                       rf": that is a version directory; pass its parent "
-                       rf"{re.escape(str(tmp_path / 'export'))}$"):
+    with pytest.raises(SystemExit) as exited:
         config_lib.main([], _flag_values(config_lib.define_flags, f"--export_dir={version}"))
+    assert exited.value.code == 1
+    assert re.fullmatch(rf"serving.config: --export_dir={re.escape(str(version))}: that is a "
+                        rf"version directory; pass its parent "
+                        rf"{re.escape(str(tmp_path / 'export'))}\n", capsys.readouterr().err)
     (tmp_path / "a_file").write_text("")
     output = tmp_path / "a_file" / "models.config"
-    with pytest.raises(SystemExit, match=rf"^serving.config: --output={re.escape(str(output))} "
-                       "cannot be written: ") as error:
+    with pytest.raises(SystemExit) as exited:
         config_lib.main([], _flag_values(config_lib.define_flags,
                                          f"--export_dir={tmp_path / 'export'}",
                                          f"--output={output}"))
-    assert ".tmp-" not in str(error.value)
+    error = capsys.readouterr().err
+    assert exited.value.code == 1 and ".tmp-" not in error
+    assert error.startswith(f"serving.config: --output={output} cannot be written: ")
 
 
 def test_client_reads_input_in_its_encoding(tmp_path):
