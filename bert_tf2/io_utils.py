@@ -50,7 +50,21 @@ def check_writable_file(path: str, flag: str, *, overwrite: bool = True) -> None
 
 
 def _probe(directory: str) -> None:
-    os.makedirs(directory, exist_ok=True)
+    """Raises OSError unless `directory` is, or can be made, a writable directory.
+
+    Creates nothing: a command that then fails (a model that does not load) leaves no empty
+    directory behind. An existing directory is proved by writing a file into it; a missing
+    one by its nearest existing ancestor, which must be a writable directory.
+    """
+    existing = os.path.abspath(directory)
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), existing)
+    if existing != os.path.abspath(directory):
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), existing)
+        return
     with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-"):
         pass
 

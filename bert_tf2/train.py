@@ -147,6 +147,7 @@ def prepare(config: config_lib.TrainConfig) -> Prepared:
         distribution.per_replica_batch_size(size, strategy.num_replicas_in_sync, flag)
     model_dir = distribution.writable_dir(config.model_dir)
     io_utils.check_writable_dir(model_dir, "--model_dir")
+    os.makedirs(model_dir, exist_ok=True)  # what a run writes goes there from the start
     if config.export.export_dir and distribution.is_chief():
         io_utils.check_writable_dir(config.export.export_dir, "--export_dir")
 

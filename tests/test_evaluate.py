@@ -221,6 +221,12 @@ def test_a_missing_model_or_an_unusable_output_dir_fails_before_the_model_loads(
                            "is not a writable directory"):
             evaluate.run(parse_evaluate_flags(f"--saved_model={tmp_path / 'export'}",
                                               f"--output_dir={output_dir}"))
+    # A usable output directory is checked, not made: the model that then fails to load
+    # leaves nothing behind.
+    with pytest.raises(predict.SavedModelError):
+        evaluate.run(parse_evaluate_flags(f"--saved_model={tmp_path / 'export'}",
+                                          f"--output_dir={tmp_path / 'new' / 'eval'}"))
+    assert not (tmp_path / "new").exists()
 
 
 def test_evaluate_cli_on_the_tiny_model(tiny_training_run, tmp_path, capsys):
