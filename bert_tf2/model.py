@@ -311,9 +311,9 @@ def _check_same_outputs(module, encoder: tf_keras.Model, source: str, vocab_size
     if error > _REBUILD_TOLERANCE.get(dtype, 1e-2):
         raise ValueError(f"{source}: the encoder rebuilt as a BertEncoder computes something "
                          f"else than the module (relative difference {error:.2g} in {dtype}); "
-                         "its architecture is not what its variables suggest. Pass "
-                         "--norebuild_encoder_under_policy to train the module as it is "
-                         "(in float32)")
+                         "its architecture is not what its variables suggest. Train the "
+                         "module as it is (in float32): pass --norebuild_encoder_under_policy "
+                         "and --trainable_encoder_layers=-1 (all of it) or 0 (none of it)")
     logging.info("Rebuilt encoder matches the module (relative difference %.2g in %s)",
                  error, dtype)
 
