@@ -146,10 +146,13 @@ def prepare(config: config_lib.TrainConfig) -> Prepared:
                        ("--eval_batch_size", config.trainer.eval_batch_size)):
         distribution.per_replica_batch_size(size, strategy.num_replicas_in_sync, flag)
     model_dir = distribution.writable_dir(config.model_dir)
-    io_utils.check_writable_dir(model_dir, "--model_dir")
-    os.makedirs(model_dir, exist_ok=True)  # what a run writes goes there from the start
+    outputs = {"--model_dir": model_dir}
     if config.export.export_dir and distribution.is_chief():
-        io_utils.check_writable_dir(config.export.export_dir, "--export_dir")
+        outputs["--export_dir"] = config.export.export_dir
+    for flag, path in outputs.items():
+        io_utils.check_writable_dir(path, flag)
+    for path in outputs.values():  # all checked first: a refused run creates nothing
+        os.makedirs(path, exist_ok=True)
 
     splits = data.load_splits(config.data.train_data, config.data.eval_data,
                               config.data.test_data, seed=config.seed,
