@@ -50,7 +50,8 @@ def pooled_outputs(strategy: tf.distribute.Strategy, classifier: tf_keras.Model,
     encoder = model_lib.pooled_output_model(classifier)
 
     def pool(inputs, labels):
-        return tf.cast(encoder(inputs, training=False), tf.float32), labels
+        pooled = encoder(model_lib.at_least_one_position(inputs), training=False)
+        return tf.cast(pooled, tf.float32), labels
 
     @tf.function(input_signature=[batches.element_spec])
     def step(batch):

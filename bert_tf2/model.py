@@ -35,7 +35,7 @@ all of that (and the trainable counts a run logs) believing the whole encoder tr
 import os
 import re
 import tempfile
-from typing import Optional
+from typing import Dict, Optional
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import numpy as np
@@ -221,6 +221,9 @@ class Classifier(tf_keras.Model):
                 one batch per execution (training keeps `steps_per_execution`);
       fit       validates at each epoch end by calling `evaluate` on `validation_data` (adding
                 the val_* logs Keras would), with a fresh iterator each time.
+
+    A batch of no examples (a replica's share of a last, short evaluation step) is evaluated
+    as one of a single position (`test_step`).
     """
 
     # pylint: disable-next=arguments-differ
@@ -228,6 +231,12 @@ class Classifier(tf_keras.Model):
         if validation_data is not None:
             callbacks = [_ValidateAtEpochEnd(validation_data), *(callbacks or [])]
         return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def test_step(self, data):
+        x, y, sample_weight = tf_keras.utils.unpack_x_y_sample_weight(data)
+        if isinstance(x, dict):  # encoder inputs (a head model takes pooled outputs)
+            x = at_least_one_position(x)
+        return super().test_step(tf_keras.utils.pack_x_y_sample_weight(x, y, sample_weight))
 
     # pylint: disable-next=arguments-differ
     def evaluate(self, x=None, *args, **kwargs):
@@ -242,6 +251,18 @@ class Classifier(tf_keras.Model):
             return super().evaluate(x, *args, **kwargs)
         finally:
             variable.assign(saved)
+
+
+def at_least_one_position(inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """Encoder inputs with a sequence dimension of at least one position.
+
+    Under a multi-replica strategy, a replica with no share of the last step over evaluation
+    data gets a batch of no examples whose every dimension is 0 (tf.distribute fills it in
+    from the dataset's [None, None] spec), and the encoder's pooler reads position 0 of it.
+    Any real batch holds [CLS] and [SEP] and passes unchanged.
+    """
+    return {name: tf.pad(ids, [[0, 0], [0, tf.maximum(1 - tf.shape(ids)[1], 0)]])
+            for name, ids in inputs.items()}
 
 
 def count_steps(dataset) -> int:
