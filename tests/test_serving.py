@@ -480,10 +480,12 @@ def test_client_cli_prints_json_lines(rest_server, reference, tmp_path, capsys):
     assert [row["text"] for row in rows] == TEXTS[:3]
     np.testing.assert_allclose([row["probability"] for row in rows], reference[:3], atol=1e-5)
 
-    with pytest.raises(SystemExit, match="serving.client: .*unreachable"):
+    with pytest.raises(SystemExit) as exited:
         client_lib.main([], _flag_values(
             client_lib.define_flags, f"--server=127.0.0.1:{free_loopback_port()}",
             "--text=很好", "--retries=0"))
+    assert exited.value.code == 1
+    assert re.match("serving.client: .*unreachable", capsys.readouterr().err)
     with pytest.raises(app.UsageError):
         client_lib.main([], _flag_values(client_lib.define_flags, f"--server={address}"))
 
