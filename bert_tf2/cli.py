@@ -5,8 +5,9 @@
 
 An error the user can fix (a flag, a file, a row) is a `UserError` whose message names the
 flag or file:line and says what to do; the command prints `NAME: message` on stderr and exits
-with status 1 (130 for an `Interrupted` one), without a traceback (with `--verbosity=1` the traceback is shown too). Any
-other exception is a bug and keeps its traceback. Imports no TensorFlow.
+with status 1 (130 for an `Interrupted` one), without a traceback (with `--verbosity=1` the
+traceback is shown too). Any other exception is a bug and keeps its traceback. Imports no
+TensorFlow.
 """
 
 import functools
@@ -29,7 +30,8 @@ class Interrupted(UserError):
 
 
 def one_line_errors(name: str):
-    """Decorates a `main`: a UserError ends as `NAME: message` on stderr and exit status 1."""
+    """Decorates a `main`: a UserError ends as `NAME: message` on stderr and its exit status
+    (1; 130 for `Interrupted`)."""
     def decorate(main: Callable[..., None]) -> Callable[..., None]:
         @functools.wraps(main)
         def wrapped(*args, **kwargs):

@@ -367,8 +367,7 @@ class TextClassifier(tf_keras.Model):
     length and classified one length bucket (`input_pipeline.length_buckets`) at a time, at
     most `sub_batch` texts a call, each call padded to its bucket, and the answers come back in
     the request's order (a request of one text goes straight to its bucket). Without it every
-    text is padded to `seq_length`, in one call, as TF Hub's
-    preprocess modules do.
+    text is padded to `seq_length`, in one call, as TF Hub's preprocess modules do.
     """
 
     def __init__(self, preprocessor, classifier: tf_keras.Model, *, seq_length: int,
