@@ -3,11 +3,11 @@
 import pathlib
 
 import bert_tf2  # noqa: F401
-from absl import flags
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (the export's preprocessing needs its ops)
 
-from bert_tf2 import config, evaluate, export, predict
+from bert_tf2 import config, export
+from tests import tiny_fixtures
 
 TOPICS = ("体育", "财经", "科技")  # not in sorted order: the model's classes are sorted
 
@@ -37,17 +37,11 @@ def classify(loaded, **features):
 
 
 def predict_config(saved_model: str, *args: str) -> config.PredictConfig:
-    flag_values = flags.FlagValues()
-    predict.define_flags(flag_values)
-    flag_values(["predict", f"--saved_model={saved_model}", "--noprogress", *args])
-    return config.PredictConfig.from_flags(flag_values)
+    return tiny_fixtures.predict_config(f"--saved_model={saved_model}", "--noprogress", *args)
 
 
 def evaluate_config(saved_model: str, *args: str) -> config.EvaluateConfig:
-    flag_values = flags.FlagValues()
-    evaluate.define_flags(flag_values)
-    flag_values(["evaluate", f"--saved_model={saved_model}", *args])
-    return config.EvaluateConfig.from_flags(flag_values)
+    return tiny_fixtures.evaluate_config(f"--saved_model={saved_model}", *args)
 
 
 def pair_files(root: pathlib.Path, corpus_splits, label_of):

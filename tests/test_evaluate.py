@@ -8,12 +8,13 @@ import re
 import shutil
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import app, flags
+from absl import app
 import numpy as np
 from PIL import Image
 import pytest
 
-from bert_tf2 import cli, config, data, evaluate, plots, predict
+from bert_tf2 import cli, data, evaluate, plots, predict
+from tests.tiny_fixtures import evaluate_config
 
 # The hand-worked fixture. Sorted by probability:
 #
@@ -187,31 +188,23 @@ def test_default_output_dir_is_beside_the_saved_model():
     assert not evaluate._inside("/e/export/eval-3", "/e/export/3")
 
 
-def parse_evaluate_flags(*args: str) -> config.EvaluateConfig:
-    """The `config.EvaluateConfig` that `python -m bert_tf2.evaluate ARGS` would run."""
-    flag_values = flags.FlagValues()
-    evaluate.define_flags(flag_values)
-    flag_values(["evaluate", *args])
-    return config.EvaluateConfig.from_flags(flag_values)
-
-
 def test_history_alone_only_plots_curves(tmp_path, capsys):
     history = tmp_path / "model" / "history.csv"
     history.parent.mkdir()
     _write_history(history)
-    result = evaluate.run(parse_evaluate_flags(f"--history={history}"))
+    result = evaluate.run(evaluate_config(f"--history={history}"))
     assert result["training_curves"] == str(tmp_path / "model" / "training_curves.png")
     _assert_png(result["training_curves"])
     with pytest.raises(app.UsageError, match="--saved_model"):
-        evaluate.run(parse_evaluate_flags())
+        evaluate.run(evaluate_config())
     with pytest.raises(app.UsageError, match="evaluate reads --data"):
-        evaluate.run(parse_evaluate_flags("--saved_model=x", "--test_data=t.csv"))
+        evaluate.run(evaluate_config("--saved_model=x", "--test_data=t.csv"))
 
 
 def test_a_missing_model_or_an_unusable_output_dir_fails_before_the_model_loads(tmp_path):
     with pytest.raises(predict.SavedModelError, match=r"^--saved_model=.*missing: no "
                        r"saved_model\.pb there"):
-        evaluate.run(parse_evaluate_flags(f"--saved_model={tmp_path / 'missing'}"))
+        evaluate.run(evaluate_config(f"--saved_model={tmp_path / 'missing'}"))
     # Not a loadable model: were it loaded, that would fail differently.
     (tmp_path / "export" / "1").mkdir(parents=True)
     (tmp_path / "export" / "1" / "saved_model.pb").write_bytes(b"not loaded")
@@ -219,12 +212,12 @@ def test_a_missing_model_or_an_unusable_output_dir_fails_before_the_model_loads(
     for output_dir in (tmp_path / "a_file", tmp_path / "a_file" / "eval"):
         with pytest.raises(cli.UserError, match=rf"^--output_dir={re.escape(str(output_dir))} "
                            "is not a writable directory"):
-            evaluate.run(parse_evaluate_flags(f"--saved_model={tmp_path / 'export'}",
+            evaluate.run(evaluate_config(f"--saved_model={tmp_path / 'export'}",
                                               f"--output_dir={output_dir}"))
     # A usable output directory is checked, not made: the model that then fails to load
     # leaves nothing behind.
     with pytest.raises(predict.SavedModelError):
-        evaluate.run(parse_evaluate_flags(f"--saved_model={tmp_path / 'export'}",
+        evaluate.run(evaluate_config(f"--saved_model={tmp_path / 'export'}",
                                           f"--output_dir={tmp_path / 'new' / 'eval'}"))
     assert not (tmp_path / "new").exists()
 
@@ -243,7 +236,7 @@ def test_evaluate_cli_on_the_tiny_model(tiny_training_run, tmp_path, capsys):
         for i, (text, label) in enumerate(rows):
             f.write(f'{i},"{text.replace(chr(34), chr(34) * 2)}",{"好评" if label else "差评"}\n')
 
-    report = evaluate.run(parse_evaluate_flags(
+    report = evaluate.run(evaluate_config(
         f"--saved_model={export_dir}", f"--data={test_csv}", "--text_column=评论",
         "--label_column=评价", "--label_map=差评:0,好评:1", "--batch_size=8", "--num_wrong=3",
         f"--history={tiny_training_run['model_dir']}/history.csv"))
@@ -274,5 +267,5 @@ def test_evaluate_cli_on_the_tiny_model(tiny_training_run, tmp_path, capsys):
     assert str(output_dir) in printed
 
     with pytest.raises(app.UsageError, match="inside the SavedModel"):
-        evaluate.run(parse_evaluate_flags(f"--saved_model={export_dir}/1",
+        evaluate.run(evaluate_config(f"--saved_model={export_dir}/1",
                                           f"--output_dir={export_dir}/1/eval"))

@@ -9,12 +9,12 @@ import subprocess
 import sys
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import flags
 import numpy as np
 import pytest
 
-from bert_tf2 import cli, config, data, predict
+from bert_tf2 import cli, data, predict
 from tests.conftest import REPO_ROOT
+from tests.tiny_fixtures import predict_config
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +28,9 @@ def run_predict(tiny_training_run, predictor, monkeypatch):
     monkeypatch.setattr(predict, "Predictor", lambda path: predictor)
 
     def run(*args, stdin: bytes = None):
-        flag_values = flags.FlagValues()
-        predict.define_flags(flag_values)
-        flag_values(["predict", f"--saved_model={tiny_training_run['saved_model']}", *args])
         stdout = io.StringIO()
-        summary = predict.run(config.PredictConfig.from_flags(flag_values),
+        summary = predict.run(predict_config(f"--saved_model={tiny_training_run['saved_model']}",
+                                             *args),
                               stdin=io.BytesIO(stdin) if stdin is not None else None,
                               stdout=stdout)
         return summary, stdout.getvalue()
@@ -246,11 +244,8 @@ def run_constant(monkeypatch):
                         lambda path: loads.append(path) or _ConstantPredictor())
 
     def run(*args, stdin: bytes = b"", stdout=None):
-        flag_values = flags.FlagValues()
-        predict.define_flags(flag_values)
-        flag_values(["predict", "--saved_model=unused", *args])
         stream = stdin if hasattr(stdin, "read") else io.BytesIO(stdin)
-        return predict.run(config.PredictConfig.from_flags(flag_values), stdin=stream,
+        return predict.run(predict_config("--saved_model=unused", *args), stdin=stream,
                            stdout=stdout if stdout is not None else io.StringIO())
 
     run.loads = loads

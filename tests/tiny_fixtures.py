@@ -75,16 +75,32 @@ def corpus_data_flags(root: pathlib.Path, corpus_splits, sizes, stride: int = 1)
 def parse_train_flags(*args: str) -> flags.FlagValues:
     """A private FlagValues with every train flag, parsed from `args` as on a command line."""
     from bert_tf2 import train
-    flag_values = flags.FlagValues()
-    train.define_flags(flag_values)
-    flag_values(["train", *args])
-    return flag_values
+    return _parse_flags(train, "train", args)
 
 
 def train_config(*args: str):
     """The `config.TrainConfig` that `python -m bert_tf2.train ARGS` would run."""
     from bert_tf2 import config
     return config.TrainConfig.from_flags(parse_train_flags(*args))
+
+
+def predict_config(*args: str):
+    """The `config.PredictConfig` that `python -m bert_tf2.predict ARGS` would run."""
+    from bert_tf2 import config, predict
+    return config.PredictConfig.from_flags(_parse_flags(predict, "predict", args))
+
+
+def evaluate_config(*args: str):
+    """The `config.EvaluateConfig` that `python -m bert_tf2.evaluate ARGS` would run."""
+    from bert_tf2 import config, evaluate
+    return config.EvaluateConfig.from_flags(_parse_flags(evaluate, "evaluate", args))
+
+
+def _parse_flags(cli_module, name: str, args) -> flags.FlagValues:
+    flag_values = flags.FlagValues()
+    cli_module.define_flags(flag_values)
+    flag_values([name, *args])
+    return flag_values
 
 
 def tiny_train_args(modules, model_dir, export_dir, *extra: str):
