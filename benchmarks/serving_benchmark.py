@@ -117,11 +117,7 @@ def predict_rate(saved_model: str, input_file: str, output_file: str) -> float:
 
 def peak_memory_mib(saved_model: str) -> float:
     """What one 10,000-review request adds to the peak resident memory, in a fresh process."""
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.serving_benchmark", f"--memory_probe={saved_model}",
-         f"--seq_length={FLAGS.seq_length}"], cwd=report.REPO_ROOT, capture_output=True,
-        text=True, check=True)
-    return float(result.stdout.strip().splitlines()[-1])
+    return float(_in_fresh_process(f"--memory_probe={saved_model}"))
 
 
 def probe_memory(saved_model: str) -> None:
@@ -147,15 +143,21 @@ def _status_kib(field: str) -> int:
 
 def measure_in_subprocess(saved_model: str, scratch: str, threads) -> Dict[str, object]:
     """`measure` in a fresh process whose thread pools are `threads` (inter-op, intra-op)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.serving_benchmark", f"--measure={saved_model}",
-         f"--scratch={scratch}", f"--inter_op_threads={threads[0]}",
-         f"--intra_op_threads={threads[1]}", f"--seq_length={FLAGS.seq_length}",
-         f"--calls={FLAGS.calls}", f"--predict_rows={FLAGS.predict_rows}"],
-        cwd=report.REPO_ROOT, capture_output=True, text=True, check=True)
-    results = json.loads(result.stdout.strip().splitlines()[-1])
+    results = json.loads(_in_fresh_process(
+        f"--measure={saved_model}", f"--scratch={scratch}", f"--inter_op_threads={threads[0]}",
+        f"--intra_op_threads={threads[1]}", f"--calls={FLAGS.calls}",
+        f"--predict_rows={FLAGS.predict_rows}"))
     results["throughput"] = {int(b): rate for b, rate in results["throughput"].items()}
     return results
+
+
+def _in_fresh_process(*args: str) -> str:
+    """The last line this benchmark prints when run with `args` (and this --seq_length)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.serving_benchmark", *args,
+         f"--seq_length={FLAGS.seq_length}"],
+        cwd=report.REPO_ROOT, capture_output=True, text=True, check=True)
+    return result.stdout.strip().splitlines()[-1]
 
 
 def measure(saved_model: str, scratch: str) -> Dict[str, object]:
