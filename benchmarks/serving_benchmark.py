@@ -40,7 +40,7 @@ from bert_tf2 import data, export, hub_modules, model, predict
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("seq_length", 128, "The model's seq_length (the quickstart's).")
 flags.DEFINE_integer("calls", 300, "Single-review calls timed for the latency percentiles.")
-flags.DEFINE_integer("predict_rows", 20000, "Rows of the file bert_tf2.predict reads.")
+flags.DEFINE_integer("predict_rows", 100000, "Rows of the file bert_tf2.predict reads.")
 flags.DEFINE_string("output", str(report.BENCHMARKS_MD),
                     "Markdown file whose serving section is written ('' to only print).")
 flags.DEFINE_string("memory_probe", None, "Internal: measure one 10,000-review request of "
