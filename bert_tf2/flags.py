@@ -179,10 +179,9 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
                 "(capped at --seq_length); --nodynamic_padding pads every batch to "
                 "--seq_length.")
     define.bool("bucket_by_length", True, "Batch examples of similar token length together "
-                "(length groups 8 tokens wide up to 128, wider beyond), so that with "
-                "--dynamic_padding short reviews are not padded to the longest one of a "
-                "random batch. Evaluation batches are grouped too; no example is dropped, "
-                "only their order changes.")
+                "(length buckets up to --seq_length), so that with --dynamic_padding short "
+                "reviews are not padded to the longest one of a random batch. Evaluation "
+                "batches are bucketed too; no example is dropped, only their order changes.")
     define.enum("mixed_precision", "float32", list(config.PRECISIONS),
                 "Keras dtype policy: mixed_float16 (with dynamic loss scaling) on GPUs, "
                 "mixed_bfloat16 on TPUs and CPUs with bfloat16 units. The classification head "

@@ -16,15 +16,8 @@ import tensorflow_text as text
 from bert_tf2 import data
 
 # Upper bounds, in tokens ([CLS] and [SEP] included), of the length buckets; those below
-# --seq_length are used, and --seq_length itself closes the last one. A bucket is a padded
-# shape: the exported model pads a sub-batch to its bucket, XLA compiles one program per
-# bucket, so they are few.
+# --seq_length are used, and --seq_length itself closes the last one.
 LENGTH_BUCKET_BOUNDARIES = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-# Bucketed batching puts examples of one length group in a batch: a group only decides which
-# examples share a batch (padded to its longest member, or to its bucket under XLA), so groups
-# are narrow: 8 tokens wide up to 128, 16 up to 256, 32 beyond. Each bucket boundary is also a
-# group boundary, so a batch of one group lies in one bucket.
-LENGTH_GROUP_WIDTHS = ((128, 8), (256, 16), (None, 32))  # (up to, width)
 # Texts tokenized per call when bucketing (one large call is far cheaper than many small ones).
 _TOKENIZE_BATCH = 1024
 
@@ -32,16 +25,6 @@ _TOKENIZE_BATCH = 1024
 def length_buckets(seq_length: int) -> Tuple[int, ...]:
     """The upper bounds of the length buckets for `seq_length`, ascending, ending with it."""
     return tuple(b for b in LENGTH_BUCKET_BOUNDARIES if b < seq_length) + (seq_length,)
-
-
-def length_groups(seq_length: int) -> Tuple[int, ...]:
-    """The upper bounds of the length groups for `seq_length`, ascending, ending with it."""
-    bounds, bound = [], 0
-    for up_to, width in LENGTH_GROUP_WIDTHS:
-        while bound < min(up_to or seq_length, seq_length):
-            bound += width
-            bounds.append(bound)
-    return tuple(b for b in bounds if b < seq_length) + (seq_length,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,12 +118,12 @@ def make_dataset(examples: data.Examples, *, batch_size: int, preprocessor, seq_
     `dynamic_padding` a batch is padded only to its longest member (capped at `seq_length`), so
     short reviews do not pay for the longest possible one.
 
-    With `bucket_by_length` each batch is made of examples from one length group
+    With `bucket_by_length` each batch is made of examples from one length bucket
     (`bucket_by_token_length`), so with `dynamic_padding` a batch of short reviews stays short
     instead of being padded to the longest review that a random batch happens to hold. Training
-    still shuffles every example each epoch before grouping, so batches are random within a
-    group and the groups interleave at random. Without `training` every example comes out
-    exactly once (the last batch of each group may be smaller), in another order.
+    still shuffles every example each epoch before bucketing, so batches are random within a
+    bucket and the buckets interleave at random. Without `training` every example comes out
+    exactly once (the last batch of each bucket may be smaller), in another order.
 
     `pad_to_bucket_boundary` pads each batch to the next bucket boundary rather than to its
     longest member: a handful of shapes instead of one per length, which XLA needs.
@@ -199,25 +182,25 @@ def bucket_by_token_length(dataset, packer: Packer, *, batch_size: int, drop_rem
 
     `segments` is a tuple of one or two string scalars. The texts are tokenized in large
     batches (one large call is far cheaper than many small ones) and split into examples
-    again, then grouped by packed token length (`length_groups(packer.seq_length)`): every
-    batch holds examples of one length group, in the order they arrive. `tokens` is a tuple of the
+    again, then grouped by packed token length (`length_buckets(packer.seq_length)`): every
+    batch holds examples of one bucket, in the order they arrive. `tokens` is a tuple of the
     preprocessor's ragged [batch, (words), (wordpieces)] outputs, one per segment.
     Fine-tuning (`make_dataset`) and masked-LM pretraining (`bert_tf2.pretrain`) batch this way.
     """
-    groups = tf.constant(length_groups(packer.seq_length), tf.int32)
+    buckets = tf.constant(length_buckets(packer.seq_length), tf.int32)
 
     def tokenize(segments, *rest):
         tokens = packer.tokenize(segments)
         return (tokens, *rest, packer.lengths(tokens))
 
-    def group_of(*example):
-        return tf.cast(tf.searchsorted(groups, tf.reshape(example[-1], [1]))[0], tf.int64)
+    def bucket_of(*example):
+        return tf.cast(tf.searchsorted(buckets, tf.reshape(example[-1], [1]))[0], tf.int64)
 
     return (dataset.batch(_TOKENIZE_BATCH)
             .map(tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .unbatch()
             .group_by_window(
-                group_of, window_size=batch_size,
+                bucket_of, window_size=batch_size,
                 reduce_func=lambda _, window: window.batch(batch_size,
                                                            drop_remainder=drop_remainder))
             .map(lambda *batch: batch[:-1]))  # the lengths have served

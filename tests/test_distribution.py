@@ -149,24 +149,13 @@ def test_length_buckets_end_at_seq_length():
     assert input_pipeline.length_buckets(8) == (8,)
 
 
-def test_length_groups_are_narrow_and_split_no_bucket():
-    assert input_pipeline.length_groups(128) == tuple(range(8, 129, 8))
-    assert input_pipeline.length_groups(100)[-2:] == (96, 100)
-    assert input_pipeline.length_groups(512)[-3:] == (448, 480, 512)
-    assert input_pipeline.length_groups(8) == (8,)
-    for seq_length in (8, 20, 100, 128, 200, 384, 512):
-        groups = input_pipeline.length_groups(seq_length)
-        assert set(input_pipeline.length_buckets(seq_length)) <= set(groups)
-        assert list(groups) == sorted(set(groups)) and groups[-1] == seq_length
-
-
 def test_bucketed_evaluation_keeps_every_example_once(corpus_splits, tiny_preprocessor):
     examples = data.Examples(corpus_splits["dev"].texts[:300], corpus_splits["dev"].labels[:300],
                              "dev")
     seq_length = 128
     lengths = dict(zip(examples.texts, np.minimum(_lengths(tiny_preprocessor, examples.texts),
                                                   seq_length)))
-    groups = input_pipeline.length_groups(seq_length)
+    buckets = input_pipeline.length_buckets(seq_length)
     seen, padded, unbucketed_padded = [], 0, 0
     for inputs, labels in input_pipeline.make_dataset(examples, batch_size=32,
                                             preprocessor=tiny_preprocessor,
@@ -174,10 +163,10 @@ def test_bucketed_evaluation_keeps_every_example_once(corpus_splits, tiny_prepro
                                             bucket_by_length=True):
         mask = inputs["input_mask"].numpy()
         batch_lengths = mask.sum(axis=1)
-        # One length group per batch, padded to its longest member.
+        # One bucket per batch, padded to its longest member.
         assert mask.shape[1] == batch_lengths.max()
-        group_ids = {int(np.searchsorted(groups, n)) for n in batch_lengths}
-        assert len(group_ids) == 1, batch_lengths
+        bucket_ids = {int(np.searchsorted(buckets, n)) for n in batch_lengths}
+        assert len(bucket_ids) == 1, batch_lengths
         seen.extend(zip(batch_lengths.tolist(), labels.numpy().tolist()))
         padded += mask.size
     expected = sorted((int(lengths[t]), y) for t, y in zip(examples.texts, examples.labels))

@@ -24,10 +24,10 @@ def test_masking_selects_only_real_tokens(tiny_hub_modules, corpus_splits):
     word_ids, positions = inputs["input_word_ids"].numpy(), inputs["masked_lm_positions"].numpy()
     weights, originals = weights.numpy(), originals.numpy()
     assert word_ids.shape[1] <= 32 and word_ids.shape[0] == 64
-    # One length group per batch, padded to its longest member.
+    # One length bucket per batch, padded to its longest member.
     lengths = inputs["input_mask"].numpy().sum(axis=1)
     assert word_ids.shape[1] == lengths.max()
-    assert len({int(np.searchsorted(input_pipeline.length_groups(32), n)) for n in lengths}) == 1
+    assert len({int(np.searchsorted(input_pipeline.length_buckets(32), n)) for n in lengths}) == 1
     selected = weights > 0
     assert 0.10 < selected.sum() / inputs["input_mask"].numpy().sum() < 0.20
     masked_positions = positions[selected]
