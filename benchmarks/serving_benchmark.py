@@ -234,9 +234,7 @@ def main(argv):
                 results[name, setting] = measure_in_subprocess(path, scratch, threads)
                 logging.info("%s, %s: %s", name, setting, json.dumps(results[name, setting]))
     section = markdown(results)
-    print(section)
-    if FLAGS.output:
-        report.write_section(FLAGS.output, TITLE, section)
+    report.publish(section, FLAGS.output, TITLE)
 
 
 if __name__ == "__main__":

@@ -217,9 +217,7 @@ def main(argv):
         f"{FLAGS.test_size} has a standard error of about 2 points at 80% accuracy.\n\n"
         "| task | metric | bert_tf2 | TF-IDF + LR | bert_tf2 macro F1 | TF-IDF + LR macro F1 "
         "| training time |\n|---|---|---:|---:|---:|---:|---:|\n" + "\n".join(lines) + "\n")
-    print(section)
-    if FLAGS.output:
-        report.write_section(FLAGS.output, TITLE, section)
+    report.publish(section, FLAGS.output, TITLE)
 
 
 if __name__ == "__main__":

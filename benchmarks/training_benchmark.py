@@ -46,8 +46,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("suite", "cpu", ["cpu", "recipe", "gpu"],
                   "Which set of cases to run (see above).")
 flags.DEFINE_integer("steps", None, "Timed optimizer steps per case (default: 40 for cpu, "
-                     "120 for recipe, "
-                     "200 for gpu).")
+                     "120 for recipe, 200 for gpu).")
 flags.DEFINE_integer("warmup_steps", None, "Untimed steps before them (default: 10 for cpu, "
                      "30 for gpu).")
 flags.DEFINE_string("output", str(report.BENCHMARKS_MD),

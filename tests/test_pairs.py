@@ -94,13 +94,12 @@ def test_the_client_sends_pairs_and_reads_class_names(pair_topics_served, protoc
     from tests import fake_serving
 
     loaded, expected = pair_topics_served
-    pairs = PAIRS
     backend = fake_serving.SavedModelBackend(loaded, "topics")
     server = fake_serving.grpc_server if protocol == "grpc" else fake_serving.rest_server
     with server(backend) as address, client_lib.make_client(
             protocol, address, "topics", timeout=30, retries=0) as client:
-        predictions = client.classify_texts(pairs, signature)
-    assert [(p.text, p.text_b) for p in predictions] == pairs
+        predictions = client.classify_texts(PAIRS, signature)
+    assert [(p.text, p.text_b) for p in predictions] == PAIRS
     names = sorted(task_data.TOPICS)
     assert [p.label for p in predictions] == [names[i] for i in expected["label_id"]]
     np.testing.assert_allclose([p.probability for p in predictions],
