@@ -1,22 +1,27 @@
 """Serving speed: the exported model padding each request to its texts, against fixed padding.
 
-Builds the quickstart's model (configs/bert_tiny_zh.json, the shipped pretrained encoder; a
-fresh head, since speed does not depend on its weights) and exports it twice, the way
-`bert_tf2.train` exports: padding every text to seq_length (TF Hub's bert_zh_preprocess
-packing, the baseline) and padding each length-sorted sub-batch to its longest text (the
-default). It then measures, in process, through each SavedModel's `serving_default` signature
-(the function TF Serving's runtime executes), each export under each of THREAD_SETTINGS in a
-fresh process:
+Builds a model and exports it twice, the way `bert_tf2.train` exports: padding every text to
+seq_length (TF Hub's bert_zh_preprocess packing, the baseline) and padding each length-sorted
+sub-batch to its longest text (the default). The model is, by --encoder:
+
+  quickstart  the quickstart's (configs/bert_tiny_zh.json, the shipped pretrained encoder);
+  bert_base   Google's Chinese BERT-base sizes and vocab (--bert_base_dir), random weights.
+
+Each has a fresh head: speed does not depend on the weights. It then measures, in process,
+through each SavedModel's `serving_default` signature (the function TF Serving's runtime
+executes), each export under each of THREAD_SETTINGS in a fresh process:
 
   latency     one review per call, p50 and p99 over --calls calls of real reviews;
   throughput  reviews/s at batch 8, 64 and 256;
   predict     `bert_tf2.predict` texts/s on a file of --predict_rows real reviews;
-  memory      the peak resident memory a single 10,000-review request adds (in a fresh process).
+  memory      the peak resident memory one large request adds (in a fresh process): 10,000
+              reviews for the quickstart model, 1,000 for BERT-base.
 
 The reviews are the built-in corpus's (test split, repeated as needed). It prints a markdown
-table and writes it as its section of docs/benchmarks.md:
+table and writes it as the encoder's section of docs/benchmarks.md:
 
   .venv/bin/python -m benchmarks.serving_benchmark
+  .venv/bin/python -m benchmarks.serving_benchmark --encoder=bert_base
 """
 
 import json
@@ -25,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from absl import app, flags, logging
@@ -38,9 +43,17 @@ from bert_tf2 import config as config_lib
 from bert_tf2 import data, export, hub_modules, model, predict
 
 FLAGS = flags.FLAGS
+flags.DEFINE_enum("encoder", "quickstart", ["quickstart", "bert_base"],
+                  "The model measured: the quickstart's, or BERT-base sizes (random weights).")
+flags.DEFINE_string("bert_base_dir",
+                    str(report.REPO_ROOT.parent / "shared" / "data" / "bert_zh_layout"),
+                    "For --encoder=bert_base: a directory with Google's Chinese BERT "
+                    "bert_config.json and vocab.txt (its weights are not needed).")
 flags.DEFINE_integer("seq_length", 128, "The model's seq_length (the quickstart's).")
-flags.DEFINE_integer("calls", 300, "Single-review calls timed for the latency percentiles.")
-flags.DEFINE_integer("predict_rows", 100000, "Rows of the file bert_tf2.predict reads.")
+flags.DEFINE_integer("calls", None, "Single-review calls timed for the latency percentiles "
+                     "(default: the encoder's).")
+flags.DEFINE_integer("predict_rows", None, "Rows of the file bert_tf2.predict reads "
+                     "(default: the encoder's).")
 flags.DEFINE_string("output", str(report.BENCHMARKS_MD),
                     "Markdown file whose serving section is written ('' to only print).")
 flags.DEFINE_string("memory_probe", None, "Internal: measure one 10,000-review request of "
@@ -51,14 +64,48 @@ flags.DEFINE_integer("inter_op_threads", 0, "Internal: TensorFlow's inter-op thr
 flags.DEFINE_integer("intra_op_threads", 0, "Internal: TensorFlow's intra-op threads.")
 flags.DEFINE_string("scratch", None, "Internal: where the predict input file goes.")
 
-TITLE = "## Serving: padding to the request against padding to seq_length"
 CONFIGS = report.REPO_ROOT / "configs"
 BATCH_SIZES = (8, 64, 256)
-MEMORY_REQUEST = 10000
 # TensorFlow's thread pools (inter-op, intra-op): its defaults (0: one thread per core each),
 # and one thread per op with one op per core at a time, which TF Serving takes as
 # --tensorflow_inter_op_parallelism=<cores> --tensorflow_intra_op_parallelism=1.
 THREAD_SETTINGS = {"defaults": (0, 0), "ops-per-core": (os.cpu_count() or 1, 1)}
+
+
+class Encoder(NamedTuple):
+    """A measured model: its files, its section of docs/benchmarks.md and its run's sizes."""
+    title: str
+    description: str  # what the section says the model is
+    vocab_file: str
+    bert_config_file: str
+    init_checkpoint: Optional[str]  # None: random weights
+    calls: int
+    predict_rows: int
+    memory_request: int  # reviews in the request whose peak memory is measured
+
+
+def encoder_spec(name: str) -> Encoder:
+    if name == "quickstart":
+        return Encoder(
+            title="## Serving: padding to the request against padding to seq_length",
+            description="The quickstart-sized model (2 layers, hidden 128, shipped weights)",
+            vocab_file=str(CONFIGS / "vocab_snownlp.txt"),
+            bert_config_file=str(CONFIGS / "bert_tiny_zh.json"),
+            init_checkpoint=str(CONFIGS / "bert_tiny_zh_snownlp" / "encoder"),
+            calls=300, predict_rows=100000, memory_request=10000)
+    base_dir = FLAGS.bert_base_dir
+    missing = [f for f in ("bert_config.json", "vocab.txt")
+               if not os.path.isfile(os.path.join(base_dir, f))]
+    if missing:
+        raise app.UsageError(f"--bert_base_dir={base_dir} has no {' or '.join(missing)}: point "
+                             "it at an unpacked chinese_L-12_H-768_A-12 checkpoint directory")
+    return Encoder(
+        title="## Serving BERT-base: padding to the request against padding to seq_length",
+        description=("Google's Chinese BERT-base sizes and vocab (12 layers, hidden 768, 21,128 "
+                     "tokens; random weights, which do not change the speed)"),
+        vocab_file=os.path.join(base_dir, "vocab.txt"),
+        bert_config_file=os.path.join(base_dir, "bert_config.json"), init_checkpoint=None,
+        calls=100, predict_rows=1000, memory_request=1000)
 
 
 def reviews(count: int) -> List[str]:
@@ -66,12 +113,11 @@ def reviews(count: int) -> List[str]:
     return [texts[i % len(texts)] for i in range(count)]
 
 
-def build_exports(scratch: str) -> Dict[str, str]:
-    """{'fixed' | 'dynamic': SavedModel path} of the quickstart-sized model."""
+def build_exports(encoder: Encoder, scratch: str) -> Dict[str, str]:
+    """{'fixed' | 'dynamic': SavedModel path} of `encoder`'s model."""
     modules = hub_modules.build_hub_modules(
-        os.path.join(scratch, "hub"), vocab_file=str(CONFIGS / "vocab_snownlp.txt"),
-        bert_config_file=str(CONFIGS / "bert_tiny_zh.json"),
-        init_checkpoint=str(CONFIGS / "bert_tiny_zh_snownlp" / "encoder"),
+        os.path.join(scratch, "hub"), vocab_file=encoder.vocab_file,
+        bert_config_file=encoder.bert_config_file, init_checkpoint=encoder.init_checkpoint,
         seq_length=FLAGS.seq_length)
     preprocessor = model.load_preprocessor(modules.preprocess)
     classifier = model.build_classifier(modules.encoder)
@@ -116,18 +162,18 @@ def predict_rate(saved_model: str, input_file: str, output_file: str) -> float:
 
 
 def peak_memory_mib(saved_model: str) -> float:
-    """What one 10,000-review request adds to the peak resident memory, in a fresh process."""
+    """What one large request adds to the peak resident memory, in a fresh process."""
     return float(_in_fresh_process(f"--memory_probe={saved_model}"))
 
 
-def probe_memory(saved_model: str) -> None:
-    """Prints the peak resident memory one 10,000-review request adds, in MiB.
+def probe_memory(saved_model: str, request_size: int) -> None:
+    """Prints the peak resident memory one request of `request_size` reviews adds, in MiB.
 
     Linux's peak (VmHWM) is reset to the current resident memory just before the request
     (`/proc/self/clear_refs`), so loading the model does not hide the request's own peak.
     """
     serve = tf.saved_model.load(saved_model).signatures["serving_default"]
-    texts = tf.constant(reviews(MEMORY_REQUEST))
+    texts = tf.constant(reviews(request_size))
     serve(text=texts[:8])
     with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
         f.write("5")
@@ -145,17 +191,19 @@ def measure_in_subprocess(saved_model: str, scratch: str, threads) -> Dict[str, 
     """`measure` in a fresh process whose thread pools are `threads` (inter-op, intra-op)."""
     results = json.loads(_in_fresh_process(
         f"--measure={saved_model}", f"--scratch={scratch}", f"--inter_op_threads={threads[0]}",
-        f"--intra_op_threads={threads[1]}", f"--calls={FLAGS.calls}",
-        f"--predict_rows={FLAGS.predict_rows}"))
+        f"--intra_op_threads={threads[1]}"))
     results["throughput"] = {int(b): rate for b, rate in results["throughput"].items()}
     return results
 
 
 def _in_fresh_process(*args: str) -> str:
-    """The last line this benchmark prints when run with `args` (and this --seq_length)."""
+    """The last line this benchmark prints when run with `args` (and this run's model and
+    sizes)."""
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.serving_benchmark", *args,
-         f"--seq_length={FLAGS.seq_length}"],
+         f"--seq_length={FLAGS.seq_length}", f"--encoder={FLAGS.encoder}",
+         f"--bert_base_dir={FLAGS.bert_base_dir}", f"--calls={FLAGS.calls}",
+         f"--predict_rows={FLAGS.predict_rows}"],
         cwd=report.REPO_ROOT, capture_output=True, text=True, check=True)
     return result.stdout.strip().splitlines()[-1]
 
@@ -176,12 +224,12 @@ def measure(saved_model: str, scratch: str) -> Dict[str, object]:
             "memory_mib": peak_memory_mib(saved_model)}
 
 
-def markdown(results: Dict[tuple, Dict[str, object]]) -> str:
+def markdown(encoder: Encoder, results: Dict[tuple, Dict[str, object]]) -> str:
     """The section: one row per (export, thread setting), results keyed so."""
     exports = {"fixed": "padded to seq_length (TF Hub's packing; the baseline)",
                "dynamic": "padded to each length-sorted sub-batch (the default)"}
     lines = ["| export | threads (inter-op, intra-op) | 1 review: p50 | p99 | batch 8 | "
-             "batch 64 | batch 256 | predict | 10,000-review request |",
+             f"batch 64 | batch 256 | predict | {encoder.memory_request:,}-review request |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for (name, setting), result in results.items():
         rate = result["throughput"]
@@ -189,15 +237,16 @@ def markdown(results: Dict[tuple, Dict[str, object]]) -> str:
                      f"{result['latency']['p50']:.2f} ms | {result['latency']['p99']:.2f} ms | "
                      + " | ".join(f"{rate[b]:,.0f}/s" for b in BATCH_SIZES)
                      + f" | {result['predict']:,.0f} texts/s | +{result['memory_mib']:,.0f} MiB |")
-    return (f"{TITLE}\n\n`.venv/bin/python -m benchmarks.serving_benchmark` on "
-            f"{report.machine_line()}. The quickstart-sized model (2 layers, hidden 128, "
-            f"seq_length {FLAGS.seq_length}), called in process through each export's "
-            "`serving_default` signature on the built-in corpus's test reviews (median 48 "
-            "characters), each export under each of two settings of TensorFlow's thread pools "
-            "(set in a fresh process per row): its defaults, and one thread per op with as many "
-            "ops at a time as cores. `predict` is `bert_tf2.predict` on a "
-            f"{FLAGS.predict_rows:,}-row file of them (read ahead and sorted by length before each "
-            "call); memory is what one 10,000-review request adds to the process's peak resident "
+    flag = "" if FLAGS.encoder == "quickstart" else f" --encoder={FLAGS.encoder}"
+    return (f"{encoder.title}\n\n`.venv/bin/python -m benchmarks.serving_benchmark{flag}` on "
+            f"{report.machine_line()}. {encoder.description}, seq_length {FLAGS.seq_length}, "
+            "called in process through each export's `serving_default` signature on the "
+            "built-in corpus's test reviews (median 48 characters), each export under each of "
+            "two settings of TensorFlow's thread pools (set in a fresh process per row): its "
+            "defaults, and one thread per op with as many ops at a time as cores. `predict` is "
+            f"`bert_tf2.predict` on a {FLAGS.predict_rows:,}-row file of them (read ahead and "
+            "sorted by length before each call); memory is what one "
+            f"{encoder.memory_request:,}-review request adds to the process's peak resident "
             "memory (Linux's VmHWM, reset just before it).\n\n" + "\n".join(lines) + "\n\n"
             + ratios(results) + "\n")
 
@@ -218,8 +267,11 @@ def ratios(results: Dict[tuple, Dict[str, object]]) -> str:
 
 def main(argv):
     del argv
+    encoder = encoder_spec(FLAGS.encoder)
+    FLAGS.calls = FLAGS.calls or encoder.calls
+    FLAGS.predict_rows = FLAGS.predict_rows or encoder.predict_rows
     if FLAGS.memory_probe:
-        probe_memory(FLAGS.memory_probe)
+        probe_memory(FLAGS.memory_probe, encoder.memory_request)
         return
     if FLAGS.measure:
         tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
@@ -227,14 +279,13 @@ def main(argv):
         print(json.dumps(measure(FLAGS.measure, FLAGS.scratch)))
         return
     with tempfile.TemporaryDirectory(prefix="bert_tf2_serving_bench_") as scratch:
-        exports = build_exports(scratch)
+        exports = build_exports(encoder, scratch)
         results = {}
         for name, path in exports.items():
             for setting, threads in THREAD_SETTINGS.items():
                 results[name, setting] = measure_in_subprocess(path, scratch, threads)
                 logging.info("%s, %s: %s", name, setting, json.dumps(results[name, setting]))
-    section = markdown(results)
-    report.publish(section, FLAGS.output, TITLE)
+    report.publish(markdown(encoder, results), FLAGS.output, encoder.title)
 
 
 if __name__ == "__main__":
