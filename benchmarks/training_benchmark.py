@@ -15,6 +15,9 @@ timed steps. Modules are built fresh with random weights (speed does not depend 
                 [CLS] -> Dense(1, sigmoid), Adam, every example tokenized by keras-bert's Python
                 Tokenizer and padded to seq_length; its tokenizing time counts), beside
                 bert_tf2's default pipeline and bert_tf2 with every batch padded.
+  --suite=recipe_base  the same three rows with a BERT-base-sized encoder (12 layers, hidden
+                768) over the quickstart vocab: the size users fine-tune, where the work per
+                position outweighs each step's fixed costs.
   --suite=gpu   a BERT-base-sized encoder (12 layers, hidden 768) at seq_length 128, every batch
                 padded to 128 so the work per example is known: float32, mixed_float16 and
                 mixed_float16 + XLA, with the model FLOPs utilisation against the GPU's peak.
@@ -23,6 +26,7 @@ It prints a markdown table and writes it as that suite's section of docs/benchma
 
   .venv/bin/python -m benchmarks.training_benchmark --suite=cpu
   .venv/bin/python -m benchmarks.training_benchmark --suite=recipe
+  .venv/bin/python -m benchmarks.training_benchmark --suite=recipe_base
   .venv/bin/python -m benchmarks.training_benchmark --suite=gpu   # on a GPU machine
 """
 
@@ -43,12 +47,12 @@ from bert_tf2 import config as config_lib
 from bert_tf2 import data, distribution, hub_modules, model as model_lib, train
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("suite", "cpu", ["cpu", "recipe", "gpu"],
+flags.DEFINE_enum("suite", "cpu", ["cpu", "recipe", "recipe_base", "gpu"],
                   "Which set of cases to run (see above).")
 flags.DEFINE_integer("steps", None, "Timed optimizer steps per case (default: 40 for cpu, "
-                     "120 for recipe, 200 for gpu).")
-flags.DEFINE_integer("warmup_steps", None, "Untimed steps before them (default: 10 for cpu, "
-                     "30 for gpu).")
+                     "120 for recipe, 40 for recipe_base, 200 for gpu).")
+flags.DEFINE_integer("warmup_steps", None, "Untimed steps before them (default: 10 for cpu "
+                     "and recipe, 3 for recipe_base, 30 for gpu).")
 flags.DEFINE_string("output", str(report.BENCHMARKS_MD),
                     "Markdown file whose section for the suite is written ('' to only print).")
 
@@ -97,12 +101,21 @@ def cpu_suite() -> Suite:
               "units (AVX512_BF16 / AMX)."))
 
 
-def recipe_suite() -> Suite:
+def recipe_suite(base_sizes: bool = False) -> Suite:
+    """The keras-bert recipe's row beside bert_tf2's; at the quickstart's sizes or BERT-base's."""
     config = json.loads(QUICKSTART_CONFIG.read_text(encoding="utf-8"))
+    if base_sizes:
+        config.update(BERT_BASE_SIZES)
+        sizes = ("A BERT-base-sized encoder (12 layers, hidden 768, 12 heads; the quickstart "
+                 "vocab of 4,452 tokens)")
+    else:
+        sizes = "The quickstart model's sizes (configs/bert_tiny_zh.json: 2 layers, hidden 128)"
     bound = padding_bound(data.builtin_corpus_splits()["train"], 128)
     return Suite(
-        title="## Training throughput against the keras-bert recipe", bert_config=config,
-        seq_length=128, batch_size=32, steps=120, warmup_steps=10,
+        title=("## Training throughput against the keras-bert recipe"
+               + (", BERT-base sizes" if base_sizes else "")), bert_config=config,
+        seq_length=128, batch_size=32, steps=40 if base_sizes else 120,
+        warmup_steps=3 if base_sizes else 10,
         cases={
             "keras-bert recipe: `get_model`, [CLS] -> `Dense(1, sigmoid)`, keras-bert's "
             "Python tokenizer, every example padded to 128": KERAS_BERT,
@@ -111,14 +124,14 @@ def recipe_suite() -> Suite:
             "bert_tf2 default (in-graph tokenizer, bucketed, each batch padded to its "
             "longest)": BUCKETED,
         },
-        note=("The quickstart model's sizes (configs/bert_tiny_zh.json: 2 layers, hidden 128), "
-              "random weights, seq_length 128, batch 32, on the built-in corpus's training "
-              "split, float32. The keras-bert row's time includes tokenizing its examples "
-              "in Python, as the recipe does before `fit`; bert_tf2 tokenizes in its tf.data "
-              "pipeline, inside the timed steps. How far padding less can go on this data: "
-              f"padding every review to 128 positions is {bound:.2f}x the positions of padding "
-              "none (its reviews' own lengths in characters, [CLS] and [SEP] included, capped "
-              "at 128): the most that any padding scheme can save on the per-position work."))
+        note=(f"{sizes}, random weights, seq_length 128, batch 32, on the built-in corpus's "
+              "training split, float32. The keras-bert row's time includes tokenizing its "
+              "examples in Python, as the recipe does before `fit`; bert_tf2 tokenizes in its "
+              "tf.data pipeline, inside the timed steps. How far padding less can go on this "
+              f"data: padding every review to 128 positions is {bound:.2f}x the positions of "
+              "padding none (its reviews' own lengths in characters, [CLS] and [SEP] included, "
+              "capped at 128): the most that any padding scheme can save on the per-position "
+              "work."))
 
 
 def padding_bound(examples: data.Examples, seq_length: int) -> float:
@@ -290,7 +303,9 @@ def markdown_section(suite: Suite, rows: List[Dict[str, object]]) -> str:
 
 def main(argv):
     del argv
-    suite = {"cpu": cpu_suite, "recipe": recipe_suite, "gpu": gpu_suite}[FLAGS.suite]()
+    suite = {"cpu": cpu_suite, "recipe": recipe_suite,
+             "recipe_base": lambda: recipe_suite(base_sizes=True),
+             "gpu": gpu_suite}[FLAGS.suite]()
     if FLAGS.suite == "gpu" and not tf.config.list_physical_devices("GPU"):
         print("Skipped: --suite=gpu needs a GPU and TensorFlow sees none.")
         return
