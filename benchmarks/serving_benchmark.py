@@ -55,8 +55,8 @@ flags.DEFINE_integer("calls", None, "Single-review calls timed for the latency p
 flags.DEFINE_integer("predict_rows", None, "Rows of the file bert_tf2.predict reads "
                      "(default: the encoder's).")
 flags.DEFINE_string("output", str(report.BENCHMARKS_MD),
-                    "Markdown file whose serving section is written ('' to only print).")
-flags.DEFINE_string("memory_probe", None, "Internal: measure one 10,000-review request of "
+                    "Markdown file whose section for the encoder is written ('' to only print).")
+flags.DEFINE_string("memory_probe", None, "Internal: measure one large request of "
                     "this SavedModel and print the peak memory it adds, in MiB.")
 flags.DEFINE_string("measure", None, "Internal: measure this SavedModel under "
                     "--inter_op_threads/--intra_op_threads and print the results as JSON.")
@@ -235,8 +235,8 @@ def markdown(encoder: Encoder, results: Dict[tuple, Dict[str, object]]) -> str:
         rate = result["throughput"]
         lines.append(f"| {exports[name]} | {setting} {THREAD_SETTINGS[setting]} | "
                      f"{result['latency']['p50']:.2f} ms | {result['latency']['p99']:.2f} ms | "
-                     + " | ".join(f"{rate[b]:,.0f}/s" for b in BATCH_SIZES)
-                     + f" | {result['predict']:,.0f} texts/s | +{result['memory_mib']:,.0f} MiB |")
+                     + " | ".join(f"{_rate(rate[b])}/s" for b in BATCH_SIZES)
+                     + f" | {_rate(result['predict'])} texts/s | +{result['memory_mib']:,.0f} MiB |")
     flag = "" if FLAGS.encoder == "quickstart" else f" --encoder={FLAGS.encoder}"
     return (f"{encoder.title}\n\n`.venv/bin/python -m benchmarks.serving_benchmark{flag}` on "
             f"{report.machine_line()}. {encoder.description}, seq_length {FLAGS.seq_length}, "
@@ -249,6 +249,11 @@ def markdown(encoder: Encoder, results: Dict[tuple, Dict[str, object]]) -> str:
             f"{encoder.memory_request:,}-review request adds to the process's peak resident "
             "memory (Linux's VmHWM, reset just before it).\n\n" + "\n".join(lines) + "\n\n"
             + ratios(results) + "\n")
+
+
+def _rate(per_second: float) -> str:
+    """A rate with a decimal where it is small (BERT-base on a CPU) and without one above."""
+    return f"{per_second:,.1f}" if per_second < 100 else f"{per_second:,.0f}"
 
 
 def ratios(results: Dict[tuple, Dict[str, object]]) -> str:
