@@ -18,6 +18,7 @@ from `--init_checkpoint` (random init without one).
 """
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from absl import flags, logging
+import numpy as np
 import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras
@@ -134,12 +136,59 @@ def build_encoder(bert_config: configs.BertConfig) -> tf_keras.Model:
     policy for training, `export_encoder` always under float32.
     """
     network = export_tfhub_lib.get_bert_encoder(bert_config)
+    dense_einsums_as_matmuls(network)
     inputs = {x.name: x for x in network.inputs}
     outputs = dict(network(inputs))
     outputs["default"] = outputs["pooled_output"]  # Alias, as TF Hub's encoders have it.
     encoder = tf_keras.Model(inputs=inputs, outputs=outputs)
     encoder.network = network
     return encoder
+
+
+def dense_einsums_as_matmuls(network: tf_keras.Model) -> None:
+    """Makes `network`'s dense projections (its `EinsumDense` layers) compute as MatMuls.
+
+    Model Garden's encoder writes its attention projections and feed-forward layers as
+    Einsums over [batch, positions, ...] tensors. oneDNN, which runs TensorFlow's CPU kernels,
+    computes those about 1.5x slower than one MatMul over the positions flattened into rows
+    (docs/benchmarks.md, "Serving BERT-base"). Each such layer here computes the
+    same product as one MatMul of its input and kernel flattened to 2-D; its variables, their
+    names and shapes, and so checkpoints and the module's signature, are unchanged.
+    """
+    for layer in network.submodules:
+        if isinstance(layer, tf_keras.layers.EinsumDense):
+            contracted = _contracted_trailing_axes(layer.equation)
+            if contracted:
+                layer.call = functools.partial(_dense_as_matmul, layer, contracted)
+
+
+def _contracted_trailing_axes(equation: str) -> int:
+    """How many trailing input axes `equation` contracts, if it is a plain dense product
+    ('{batch}{in},{in}{out}->{batch}{out}', as 'abc,cd->abd' or 'abc,cde->abde'); else 0."""
+    match = re.fullmatch(r"(\w+),(\w+)->(\w+)", equation)
+    if not match:
+        return 0
+    inputs, kernel, outputs = match.groups()
+    count = sum(1 for axis in inputs if axis in kernel and axis not in outputs)
+    batch, contracted, kept = inputs[:-count or None], inputs[-count:], kernel[count:]
+    plain = (count and kernel.startswith(contracted) and outputs == batch + kept
+             and not set(batch) & set(kernel))
+    return count if plain else 0
+
+
+def _dense_as_matmul(layer: tf_keras.layers.EinsumDense, contracted: int,
+                     inputs: tf.Tensor) -> tf.Tensor:
+    """What `layer` computes, its Einsum done as one MatMul of 2-D reshapes."""
+    kernel = layer.kernel
+    rows = int(np.prod(kernel.shape[:contracted]))
+    out_shape = kernel.shape[contracted:]
+    outputs = tf.matmul(tf.reshape(inputs, [-1, rows]),
+                        tf.reshape(kernel, [rows, int(np.prod(out_shape))]))
+    outputs = tf.reshape(outputs, tf.concat([tf.shape(inputs)[:-contracted], out_shape], 0))
+    outputs.set_shape(inputs.shape[:-contracted].concatenate(out_shape))
+    if layer.bias is not None:
+        outputs += layer.bias
+    return layer.activation(outputs) if layer.activation is not None else outputs
 
 
 def export_encoder(export_dir: str, *, bert_config: configs.BertConfig, vocab_file: str,

@@ -13,6 +13,9 @@ import tensorflow as tf
 import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401
 
+from official.legacy.bert import configs
+from official.nlp.tools import export_tfhub_lib
+
 from bert_tf2 import cli, hub_modules
 from tests.conftest import REPO_ROOT
 from tests.tiny_fixtures import TINY_SEQ_LENGTH, write_bert_config
@@ -48,6 +51,26 @@ def test_encoder_module_has_the_tf_hub_interface(tiny_hub_modules):
     np.testing.assert_array_equal(again, outputs["pooled_output"])
     with_dropout = encoder(inputs, training=True)["pooled_output"]
     assert not np.allclose(with_dropout, outputs["pooled_output"])
+
+
+def test_dense_layers_compute_as_matmuls_and_as_model_gardens_einsums():
+    config = configs.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2,
+                                num_attention_heads=2, intermediate_size=32)
+    encoder = hub_modules.build_encoder(config)
+    reference = export_tfhub_lib.get_bert_encoder(config)
+    reference.set_weights(encoder.network.get_weights())
+    rng = np.random.default_rng(0)
+    inputs = {"input_word_ids": tf.constant(rng.integers(0, 50, [3, 9]), tf.int32),
+              "input_mask": tf.constant([[1] * 9, [1] * 5 + [0] * 4, [1] * 2 + [0] * 7]),
+              "input_type_ids": tf.zeros([3, 9], tf.int32)}
+    for key in ("sequence_output", "pooled_output"):
+        np.testing.assert_allclose(encoder(inputs)[key], reference(inputs)[key], atol=1e-5)
+
+    graph = tf.function(encoder).get_concrete_function(inputs).graph.as_graph_def()
+    ops = [node.op for node in graph.node] + [
+        node.op for function in graph.library.function for node in function.node_def]
+    assert ops.count("Einsum") == 2 * 2  # per layer, only the attention scores and their use
+    assert ops.count("MatMul") >= 6 * 2  # per layer, Q, K, V, attention output and the FFN
 
 
 def test_vocab_and_config_must_agree(tmp_path, tiny_vocab_file):
