@@ -150,10 +150,11 @@ def dense_einsums_as_matmuls(network: tf_keras.Model) -> None:
 
     Model Garden's encoder writes its attention projections and feed-forward layers as
     Einsums over [batch, positions, ...] tensors. oneDNN, which runs TensorFlow's CPU kernels,
-    computes those about 1.5x slower than one MatMul over the positions flattened into rows
-    (docs/benchmarks.md, "Serving BERT-base"). Each such layer here computes the
-    same product as one MatMul of its input and kernel flattened to 2-D; its variables, their
-    names and shapes, and so checkpoints and the module's signature, are unchanged.
+    computes those about 1.4x slower than one MatMul over the positions flattened into rows at
+    BERT-base sizes (docs/benchmarks.md, "What the serving and keras-bert numbers mean"). Each
+    such layer here computes the same product as one MatMul of its input and kernel flattened
+    to 2-D; its variables, their names and shapes, and so checkpoints and the module's
+    signature, are unchanged.
     """
     for layer in network.submodules:
         if isinstance(layer, tf_keras.layers.EinsumDense):
