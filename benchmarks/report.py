@@ -15,6 +15,8 @@ from absl import logging
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = REPO_ROOT / "docs" / "benchmarks.md"
+# Google's Chinese BERT vocab.txt and bert_config.json (no weights), where this machine has them.
+BERT_ZH_LAYOUT = REPO_ROOT.parent / "shared" / "data" / "bert_zh_layout"
 
 
 def machine_line() -> str:

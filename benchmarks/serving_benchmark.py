@@ -46,7 +46,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("encoder", "quickstart", ["quickstart", "bert_base"],
                   "The model measured: the quickstart's, or BERT-base sizes (random weights).")
 flags.DEFINE_string("bert_base_dir",
-                    str(report.REPO_ROOT.parent / "shared" / "data" / "bert_zh_layout"),
+                    str(report.BERT_ZH_LAYOUT),
                     "For --encoder=bert_base: a directory with Google's Chinese BERT "
                     "bert_config.json and vocab.txt (its weights are not needed).")
 flags.DEFINE_integer("seq_length", 128, "The model's seq_length (the quickstart's).")
@@ -236,7 +236,8 @@ def markdown(encoder: Encoder, results: Dict[tuple, Dict[str, object]]) -> str:
         lines.append(f"| {exports[name]} | {setting} {THREAD_SETTINGS[setting]} | "
                      f"{result['latency']['p50']:.2f} ms | {result['latency']['p99']:.2f} ms | "
                      + " | ".join(f"{_rate(rate[b])}/s" for b in BATCH_SIZES)
-                     + f" | {_rate(result['predict'])} texts/s | +{result['memory_mib']:,.0f} MiB |")
+                     + f" | {_rate(result['predict'])} texts/s"
+                     + f" | +{result['memory_mib']:,.0f} MiB |")
     flag = "" if FLAGS.encoder == "quickstart" else f" --encoder={FLAGS.encoder}"
     return (f"{encoder.title}\n\n`.venv/bin/python -m benchmarks.serving_benchmark{flag}` on "
             f"{report.machine_line()}. {encoder.description}, seq_length {FLAGS.seq_length}, "

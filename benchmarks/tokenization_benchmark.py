@@ -37,7 +37,7 @@ COMMAND = ".venv/bin/python -m benchmarks.tokenization_benchmark"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("vocab_file",
-                    str(REPO_ROOT.parent / "shared" / "data" / "bert_zh_layout" / "vocab.txt"),
+                    str(report.BERT_ZH_LAYOUT / "vocab.txt"),
                     "The Chinese BERT vocab.txt.")
 flags.DEFINE_integer("batch_size", 512, "Texts per batch for the in-graph tokenizers.")
 flags.DEFINE_integer("seq_length", 128, "seq_length of the exported preprocess module.")
