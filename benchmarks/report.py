@@ -26,6 +26,14 @@ def machine_line() -> str:
             f"cores, Python {platform.python_version()}, TensorFlow {tf.__version__}")
 
 
+def command(module: str, flag_values, names) -> str:
+    """The command line that reruns benchmark `module` as it ran: with those of the flags
+    `names` that its own command line gave."""
+    return " ".join([f".venv/bin/python -m {module}"]
+                    + [f"--{name}={flag_values[name].value}" for name in names
+                       if flag_values[name].present])
+
+
 def replace_section(document: str, title: str, section: str) -> str:
     """`document` with its `title` section (up to the next "## ") replaced by `section`."""
     pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.M | re.S)

@@ -238,8 +238,9 @@ def markdown(encoder: Encoder, results: Dict[tuple, Dict[str, object]]) -> str:
                      + " | ".join(f"{_rate(rate[b])}/s" for b in BATCH_SIZES)
                      + f" | {_rate(result['predict'])} texts/s"
                      + f" | +{result['memory_mib']:,.0f} MiB |")
-    flag = "" if FLAGS.encoder == "quickstart" else f" --encoder={FLAGS.encoder}"
-    return (f"{encoder.title}\n\n`.venv/bin/python -m benchmarks.serving_benchmark{flag}` on "
+    command = report.command("benchmarks.serving_benchmark", FLAGS,
+                             ("encoder", "seq_length", "calls", "predict_rows"))
+    return (f"{encoder.title}\n\n`{command}` on "
             f"{report.machine_line()}. {encoder.description}, seq_length {FLAGS.seq_length}, "
             "called in process through each export's `serving_default` signature on the "
             "built-in corpus's test reviews (median 48 characters), each export under each of "

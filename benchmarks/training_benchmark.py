@@ -279,7 +279,8 @@ def run_suite(suite: Suite, scratch: str) -> List[Dict[str, object]]:
 
 
 def markdown_section(suite: Suite, rows: List[Dict[str, object]]) -> str:
-    command = f".venv/bin/python -m benchmarks.training_benchmark --suite={FLAGS.suite}"
+    command = report.command("benchmarks.training_benchmark", FLAGS,
+                             ("suite", "steps", "warmup_steps"))
     base = rows[0]["examples_per_s"]
     peak = gpu_peak() if FLAGS.suite == "gpu" else None
     flops = train_flops_per_example(suite.bert_config, suite.seq_length)
