@@ -49,6 +49,10 @@ DECISION_THRESHOLD = 0.5
 SERVING_SUB_BATCH = 64
 # The binary task's class names: its label ids, as the classify signature reports them.
 BINARY_CLASS_NAMES = ("0", "1")
+# Salts the hash that splits the built-in corpus into train/dev/test (`data`). The split is
+# the same whatever a run's --seed: the shipped quickstart encoder was pretrained on its
+# training texts, so any other split would put reviews it has seen into dev and test.
+BUILTIN_SPLIT_SALT = 42
 
 
 def _flag(name: Optional[str] = None) -> dataclasses.Field:
@@ -373,9 +377,8 @@ class EvaluateConfig:
 
     saved_model: Optional[str] = _flag()
     batch_size: int = _flag()
-    data: Optional[str] = _flag()  # None: the built-in test split of `seed`
+    data: Optional[str] = _flag()  # None: the built-in corpus's test split
     reader: DataConfig  # its columns and labels; the task and classes come from the model
-    seed: int = _flag()
     output_dir: Optional[str] = _flag()
     history: Optional[str] = _flag()
     num_wrong: int = _flag()
@@ -385,6 +388,7 @@ class EvaluateConfig:
     def from_flags(cls, flag_values) -> "EvaluateConfig":
         """The run the parsed flags of `bert_tf2.evaluate` describe."""
         _reject_training_data_flags(flag_values, "evaluate reads --data")
+        _reject_split_seed(flag_values)
         config = _build(cls, lambda name: flag_values[name].value)
         if not config.saved_model and config.history:
             return config  # only plots the training curves
@@ -395,6 +399,20 @@ def _reject_training_data_flags(flag_values, what_instead: str) -> None:
     for name in _TRAINING_DATA_FLAGS:
         if flag_values[name].value:
             raise app.UsageError(f"--{name} is a training flag; {what_instead}")
+
+
+def _reject_split_seed(flag_values) -> None:
+    """Refuses an evaluate --seed that asks for another built-in split than the fixed one.
+
+    The seed does not choose the split; a caller who passes another one expects a test split
+    they would not get, so it is an error rather than ignored.
+    """
+    seed = flag_values["seed"]
+    if seed.present and seed.value != BUILTIN_SPLIT_SALT and not flag_values["data"].value:
+        raise app.UsageError(
+            f"--seed={seed.value}: the built-in corpus's split is fixed whatever the seed, "
+            f"so evaluate has no other test split to pick; drop --seed, or pass --data "
+            f"(docs/evaluate_predict.md)")
 
 
 def _with_model_checked(config):

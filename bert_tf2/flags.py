@@ -90,10 +90,8 @@ def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS):
     define.bool("skip_bad_rows", False, "Skip and count unreadable rows instead of "
                 "stopping at the first one.")
     _define_encoding(flag_values)
-    define.integer("seed", 42, "Seed for shuffling and init, and for the built-in corpus's "
-                   "train/dev/test split. The quickstart's shipped encoder was pretrained on "
-                   "seed 42's training split: at another seed, that corpus's dev and test "
-                   "splits hold reviews it saw in pretraining.")
+    define.integer("seed", 42, "Seed for shuffling, dropout and init. The built-in corpus's "
+                   "train/dev/test split is fixed, whatever the seed.")
 
 
 def _define_encoding(flag_values: flags.FlagValues) -> None:
@@ -227,8 +225,8 @@ def define_evaluation_flags(flag_values: flags.FlagValues = flags.FLAGS):
     """What bert_tf2.evaluate measures and where it writes its report and plots."""
     define = _Definer(flag_values)
     define.string("data", None, "Labelled CSV/TSV/JSONL file or glob to evaluate on "
-                  "(columns: --text_column, --label_column); the built-in test split "
-                  "(--seed) when unset.")
+                  "(columns: --text_column, --label_column); the built-in corpus's test "
+                  "split when unset.")
     define.string("output_dir", None, "Where report.json and the PNG plots go; default "
                   "eval-<version> beside the SavedModel (never inside it, where TF "
                   "Serving looks).")

@@ -159,7 +159,7 @@ def main(argv):
     if not flags_.pretrain_epochs:
         raise app.UsageError("--pretrain_epochs must be at least 1")
     tf_keras.utils.set_random_seed(flags_.seed)
-    texts = data.load_splits(flags_.train_data, None, None, seed=flags_.seed,
+    texts = data.load_splits(flags_.train_data, None, None,
                              **data.reader_options(flags_))["train"].texts
     bert_config = hub_modules.read_bert_config(flags_.bert_config_file)
     # Tokenized by the preprocessing that the same vocab and --normalization give fine-tuning

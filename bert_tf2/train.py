@@ -155,7 +155,7 @@ def prepare(config: config_lib.TrainConfig) -> Prepared:
         os.makedirs(path, exist_ok=True)
 
     splits = data.load_splits(config.data.train_data, config.data.eval_data,
-                              config.data.test_data, seed=config.seed,
+                              config.data.test_data,
                               **data.reader_options(config.data))
     data.warn_about_label_coverage(splits)
     if config.export.export_best and "dev" not in splits:

@@ -69,7 +69,7 @@ def main(argv):
     if flags_.train_data:
         texts = data.read_examples(flags_.train_data, **data.reader_options(flags_)).texts
     else:
-        texts = data.builtin_corpus_splits(seed=flags_.seed)["train"].texts
+        texts = data.builtin_corpus_splits()["train"].texts
     tokens = build_vocab(texts, min_count=flags_.min_count)
     write_vocab(tokens, flags_.output)
     logging.info("Wrote %d tokens to %s", len(tokens), flags_.output)

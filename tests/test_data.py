@@ -11,6 +11,13 @@ import pytest
 from bert_tf2 import data, input_pipeline
 from tests.tiny_fixtures import train_config
 
+# The first two test reviews of the built-in corpus's fixed split, the one the shipped
+# quickstart encoder was pretrained beside (its training texts only).
+FIRST_BUILTIN_TEST_TEXTS = (
+    "(2)安装了WindowsXP系统后，运行的速度挺快。发热量没有想象中那么大。可能尚未运行很耗资源的程序，"
+    "没有感到内存的弊病。不过，1G的内存确实有点小。",
+    "....买回来才知道,一点都不好看....")
+
 
 def test_builtin_corpus_is_clean_and_split_stably(corpus_splits):
     sizes = {name: len(examples) for name, examples in corpus_splits.items()}
@@ -23,8 +30,8 @@ def test_builtin_corpus_is_clean_and_split_stably(corpus_splits):
         assert set(examples.labels) == {0, 1}
     again = data.builtin_corpus_splits()
     assert again["test"].texts == corpus_splits["test"].texts
-    other_seed = data.builtin_corpus_splits(seed=7)
-    assert other_seed["test"].texts != corpus_splits["test"].texts
+    # The split the shipped quickstart encoder was pretrained beside: its first test reviews.
+    assert corpus_splits["test"].texts[:2] == FIRST_BUILTIN_TEST_TEXTS
 
 
 def test_split_of_a_text_does_not_depend_on_the_other_texts():

@@ -188,6 +188,13 @@ def test_default_output_dir_is_beside_the_saved_model():
     assert not evaluate._inside("/e/export/eval-3", "/e/export/3")
 
 
+def test_a_seed_cannot_ask_for_another_builtin_split():
+    with pytest.raises(app.UsageError, match="--seed=7: the built-in corpus's split is fixed"):
+        evaluate_config("--saved_model=x", "--seed=7")
+    assert evaluate_config("--saved_model=x", "--seed=42").saved_model == "x"
+    assert evaluate_config("--saved_model=x", "--seed=7", "--data=d.csv").data == "d.csv"
+
+
 def test_history_alone_only_plots_curves(tmp_path, capsys):
     history = tmp_path / "model" / "history.csv"
     history.parent.mkdir()
