@@ -31,7 +31,9 @@ import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras
 from official.legacy.bert import configs
+from official.modeling import tf_utils
 from official.nlp.modeling import layers
+from official.nlp.modeling import networks
 from official.nlp.tools import export_tfhub_lib
 
 from bert_tf2 import checkpoints
@@ -127,15 +129,21 @@ class _SpecialTokensDict(tf.Module):
         return {key: tf.constant(value) for key, value in self._special_tokens.items()}
 
 
-def build_encoder(bert_config: configs.BertConfig) -> tf_keras.Model:
+def build_encoder(bert_config: configs.BertConfig, *, pooled_only: bool = False
+                  ) -> tf_keras.Model:
     """The Keras model that the encoder module saves: dict in, TF Hub's output dict out.
 
     Its `.network` attribute is the underlying `BertEncoder`, into which weights are loaded.
     It computes in the global Keras dtype policy in force when it is built (its variables are
     float32 under every policy): `bert_tf2.model.rebuild_encoder` builds it under a mixed
     policy for training, `export_encoder` always under float32.
+
+    `pooled_only`: the last transformer layer computes the [CLS] position alone (Model
+    Garden's `output_range=1`), the only one `pooled_output` reads: `pooled_output` is
+    unchanged, `sequence_output` holds [CLS] only, and the last layer's queries, attention
+    output and feed-forward block cost one position instead of every one.
     """
-    network = export_tfhub_lib.get_bert_encoder(bert_config)
+    network = bert_encoder_network(bert_config, output_range=1 if pooled_only else None)
     dense_einsums_as_matmuls(network)
     inputs = {x.name: x for x in network.inputs}
     outputs = dict(network(inputs))
@@ -143,6 +151,28 @@ def build_encoder(bert_config: configs.BertConfig) -> tf_keras.Model:
     encoder = tf_keras.Model(inputs=inputs, outputs=outputs)
     encoder.network = network
     return encoder
+
+
+def bert_encoder_network(bert_config: configs.BertConfig,
+                         output_range: Optional[int] = None) -> networks.BertEncoder:
+    """Model Garden's `BertEncoder` for `bert_config`, with dict outputs, as Model Garden's
+    `export_tfhub_lib.get_bert_encoder` builds it, and its last layer's `output_range`."""
+    return networks.BertEncoder(
+        vocab_size=bert_config.vocab_size,
+        hidden_size=bert_config.hidden_size,
+        num_layers=bert_config.num_hidden_layers,
+        num_attention_heads=bert_config.num_attention_heads,
+        intermediate_size=bert_config.intermediate_size,
+        activation=tf_utils.get_activation(bert_config.hidden_act),
+        dropout_rate=bert_config.hidden_dropout_prob,
+        attention_dropout_rate=bert_config.attention_probs_dropout_prob,
+        max_sequence_length=bert_config.max_position_embeddings,
+        type_vocab_size=bert_config.type_vocab_size,
+        initializer=tf_keras.initializers.TruncatedNormal(
+            stddev=bert_config.initializer_range),
+        embedding_width=bert_config.embedding_size,
+        output_range=output_range,
+        dict_outputs=True)
 
 
 def dense_einsums_as_matmuls(network: tf_keras.Model) -> None:

@@ -20,6 +20,10 @@ Garden `BertEncoder` under the global policy (sizes read off the module's variab
 the module's weights into it, through the same by-name mapping `bert_tf2.checkpoints` uses for
 our classifier checkpoints.
 
+The rebuilt encoder computes its last layer at the [CLS] position alone
+(`rebuild_encoder(pooled_only=True)`): the head reads nothing else, and the pooled output is
+the same.
+
 Freezing the encoder (`ModelConfig.trainable_encoder_layers`): a `hub.KerasLayer` trains all of
 its module's variables or none of them. So a wholly frozen encoder (0) is the hub layer with
 `trainable=False` (or the rebuilt encoder with every layer frozen, under a mixed policy), and a
@@ -89,11 +93,13 @@ def build_classifier_for(model_config: config_lib.ModelConfig, encoder_handle: s
 
     Logs in which dtype the encoder computes: a hub encoder is a SavedModel, which computes in
     the dtypes it was saved with (float32) whatever the policy; `model_config.rebuild_encoder`
-    rebuilds it as a BertEncoder that computes in the policy (`rebuild_encoder`).
+    rebuilds it as a BertEncoder that computes in the policy (`rebuild_encoder`), and computes
+    its last layer at [CLS] alone, the one position the head reads (`pooled_only`).
     """
     policy = tf_keras.mixed_precision.global_policy()
     if model_config.rebuild_encoder:
-        encoder = rebuild_encoder(encoder_handle, load_weights=load_encoder_weights)
+        encoder = rebuild_encoder(encoder_handle, load_weights=load_encoder_weights,
+                                  pooled_only=True)
         freeze_encoder(encoder, model_config.trainable_encoder_layers, source=encoder_handle)
         if policy.compute_dtype != "float32":
             logging.info("Mixed precision: the encoder computes in %s (rebuilt under %s); the "
@@ -291,7 +297,8 @@ class _ValidateAtEpochEnd(tf_keras.callbacks.Callback):
             logs.update({f"val_{name}": value for name, value in results.items()})
 
 
-def rebuild_encoder(encoder_handle: str, *, load_weights: bool = True) -> tf_keras.Model:
+def rebuild_encoder(encoder_handle: str, *, load_weights: bool = True,
+                    pooled_only: bool = False) -> tf_keras.Model:
     """The encoder module at `encoder_handle` rebuilt as a `BertEncoder` under the global policy.
 
     The sizes are read off the module's variables (`hub_modules.bert_config_from_variables`);
@@ -299,15 +306,18 @@ def rebuild_encoder(encoder_handle: str, *, load_weights: bool = True) -> tf_ker
     checkpoint that `bert_tf2.checkpoints` maps and checks like any other, and the rebuilt
     encoder is checked to compute what the module computes (within the policy's precision).
     Without `load_weights` the weights are left random, for a caller that sets them itself.
+    `pooled_only` builds it to compute only `pooled_output` exactly (`hub_modules.build_encoder`).
+    A module that cannot be rebuilt raises ValueError.
     """
     module = hub.load(encoder_handle)
     bert_config = hub_modules.bert_config_from_variables(module.variables, source=encoder_handle)
-    encoder = hub_modules.build_encoder(bert_config)
+    encoder = hub_modules.build_encoder(bert_config, pooled_only=pooled_only)
     if load_weights:
         with tempfile.TemporaryDirectory(prefix="bert_tf2_rebuild_") as scratch:
             prefix = tf.train.Checkpoint(module=module).write(os.path.join(scratch, "module"))
             checkpoints.load_encoder_weights(encoder.network, prefix)
-        _check_same_outputs(module, encoder, encoder_handle, bert_config.vocab_size)
+        _check_same_outputs(module, encoder, encoder_handle, bert_config.vocab_size,
+                            "pooled_output" if pooled_only else "sequence_output")
     logging.info("Encoder %s rebuilt as a BertEncoder computing in %s (%d layers, hidden %d)",
                  encoder_handle, tf_keras.mixed_precision.global_policy().compute_dtype,
                  bert_config.num_hidden_layers, bert_config.hidden_size)
@@ -318,15 +328,25 @@ def rebuild_encoder(encoder_handle: str, *, load_weights: bool = True) -> tf_ker
 _REBUILD_TOLERANCE = {"float32": 1e-4, "bfloat16": 1e-1, "float16": 2e-2}
 
 
-def _check_same_outputs(module, encoder: tf_keras.Model, source: str, vocab_size: int) -> None:
-    """Runs both on two fixed random sequences (one padded) and compares sequence_output."""
+def _check_same_outputs(module, encoder: tf_keras.Model, source: str, vocab_size: int,
+                        output: str) -> None:
+    """Runs both on two fixed random sequences (one padded) and compares `output`
+    (sequence_output: at the positions that are not padding)."""
     mask = tf.sequence_mask([16, 11], 16, dtype=tf.int32)
     ids = tf.random.stateless_uniform([2, 16], seed=[7, 42], maxval=vocab_size,
                                       dtype=tf.int32) * mask
     inputs = {"input_word_ids": ids, "input_mask": mask, "input_type_ids": tf.zeros_like(ids)}
-    valid = tf.cast(mask[:, :, None], tf.float32)
-    expected = module(inputs, training=False)["sequence_output"] * valid
-    actual = tf.cast(encoder(inputs, training=False)["sequence_output"], tf.float32) * valid
+    valid = tf.cast(mask[:, :, None], tf.float32) if output == "sequence_output" else 1.0
+
+    def both_outputs():
+        return (module(inputs, training=False)[output],
+                tf.cast(encoder(inputs, training=False)[output], tf.float32))
+
+    # In a replica: a module loaded under a strategy's scope (mirrored, multi-worker) holds
+    # distributed variables, which its restored functions can only read from there.
+    strategy = tf.distribute.get_strategy()
+    expected, actual = (strategy.experimental_local_results(result)[0] * valid
+                        for result in strategy.run(both_outputs))
     error = float(tf.norm(actual - expected) / tf.maximum(tf.norm(expected), 1e-6))
     dtype = tf_keras.mixed_precision.global_policy().compute_dtype
     if error > _REBUILD_TOLERANCE.get(dtype, 1e-2):

@@ -289,6 +289,22 @@ def test_mirrored_on_two_cpus_trains_exports_and_matches_one_device(dropout_free
 
 
 @pytest.mark.slow
+def test_mirrored_on_two_cpus_trains_the_top_layer_of_a_rebuilt_encoder(tiny_hub_modules,
+                                                                        small_data, tmp_path):
+    # --trainable_encoder_layers=N rebuilds the encoder (as a mixed policy does): the rebuilt
+    # one is checked against the module, loaded under the strategy with mirrored variables.
+    process = start_train(
+        tiny_train_args(tiny_hub_modules, tmp_path / "model", tmp_path / "export", *small_data,
+                        "--trainable_encoder_layers=1", "--distribution_strategy=mirrored"),
+        **{distribution.LOGICAL_CPUS_ENV: "2"})
+    log = finish_ok(process)
+    assert "Strategy mirrored with 2 replica(s)" in log
+    assert "Rebuilt encoder matches the module" in log
+    assert os.listdir(tmp_path / "export") == ["1"]
+    assert np.isfinite(read_metrics(tmp_path / "model")["test"]["loss"])
+
+
+@pytest.mark.slow
 def test_batch_size_that_does_not_split_over_replicas_is_a_one_line_error(tmp_path):
     process = start_train(["--distribution_strategy=mirrored", "--batch_size=15",
                            f"--model_dir={tmp_path}"],

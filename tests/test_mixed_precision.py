@@ -114,6 +114,19 @@ def test_rebuilt_encoder_in_float32_is_the_module(tiny_hub_modules, tiny_bert_co
                                    module(inputs, training=False)[output].numpy(), atol=1e-5)
 
 
+def test_pooled_only_encoder_computes_the_modules_pooled_output(tiny_hub_modules):
+    encoder = model_lib.rebuild_encoder(tiny_hub_modules.encoder, pooled_only=True)
+    module = hub.load(tiny_hub_modules.encoder)
+    inputs = encoder_inputs(length=12)
+    outputs = encoder(inputs, training=False)
+    expected = module(inputs, training=False)
+    np.testing.assert_allclose(outputs["pooled_output"].numpy(),
+                               expected["pooled_output"].numpy(), atol=1e-5)
+    assert outputs["sequence_output"].shape[1] == 1  # the last layer computed [CLS] alone
+    np.testing.assert_allclose(outputs["sequence_output"][:, 0].numpy(),
+                               expected["sequence_output"][:, 0].numpy(), atol=1e-5)
+
+
 def test_config_cannot_be_read_off_a_module_that_is_not_a_bert_encoder():
     variables = [tf.Variable(tf.zeros([3, 4]), name="dense/kernel")]
     with pytest.raises(ValueError, match="no variable.*word_embeddings/embeddings"):
