@@ -26,6 +26,17 @@ def machine_line() -> str:
             f"cores, Python {platform.python_version()}, TensorFlow {tf.__version__}")
 
 
+def train_cli_defaults():
+    """The `config.TrainConfig` of `python -m bert_tf2.train` with no flags: what a case
+    changes, and the model a benchmark builds as the train CLI would."""
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    from bert_tf2 import config, train  # pylint: disable=g-import-not-at-top
+    flag_values = flags.FlagValues()
+    train.define_flags(flag_values)
+    flag_values(["train"])
+    return config.TrainConfig.from_flags(flag_values)
+
+
 def command(module: str, flag_values, names) -> str:
     """The command line that reruns benchmark `module` as it ran: with those of the flags
     `names` that its own command line gave."""

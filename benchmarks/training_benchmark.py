@@ -68,6 +68,8 @@ FIXED = {"input.dynamic_padding": False, "input.bucket_by_length": False}
 DYNAMIC = {"input.dynamic_padding": True, "input.bucket_by_length": False}
 BUCKETED = {"input.dynamic_padding": True, "input.bucket_by_length": True}
 KERAS_BERT = None  # a case trained by keras_bert_examples_per_second, not by bert_tf2
+# The encoder module as saved: every position of its last layer computed, as keras-bert does.
+AS_SAVED = {"model.rebuild_encoder_under_policy": False}
 
 
 class Suite(NamedTuple):
@@ -119,10 +121,15 @@ def recipe_suite(base_sizes: bool = False) -> Suite:
         cases={
             "keras-bert recipe: `get_model`, [CLS] -> `Dense(1, sigmoid)`, keras-bert's "
             "Python tokenizer, every example padded to 128": KERAS_BERT,
+            "bert_tf2, every batch padded to 128, the encoder module as saved "
+            "(`--nodynamic_padding --nobucket_by_length --norebuild_encoder_under_policy`)":
+                {**FIXED, **AS_SAVED},
             "bert_tf2, every batch padded to 128 (`--nodynamic_padding "
             "--nobucket_by_length`)": FIXED,
+            "bert_tf2 bucketed, each batch padded to its longest, the encoder module as "
+            "saved (`--norebuild_encoder_under_policy`)": {**BUCKETED, **AS_SAVED},
             "bert_tf2 default (in-graph tokenizer, bucketed, each batch padded to its "
-            "longest)": BUCKETED,
+            "longest; the encoder rebuilt, its last layer computed at [CLS] alone)": BUCKETED,
         },
         note=(f"{sizes}, random weights, seq_length 128, batch 32, on the built-in corpus's "
               "training split, float32. The keras-bert row's time includes tokenizing its "
@@ -131,7 +138,10 @@ def recipe_suite(base_sizes: bool = False) -> Suite:
               f"data: padding every review to 128 positions is {bound:.2f}x the positions of "
               "padding none (its reviews' own lengths in characters, [CLS] and [SEP] included, "
               "capped at 128): the most that any padding scheme can save on the per-position "
-              "work."))
+              "work. By default bert_tf2 also rebuilds the encoder module as a BertEncoder "
+              "whose last layer computes the [CLS] position alone, the one the classifier "
+              "reads (same pooled output): the rows marked 'module as saved' compute every "
+              "position, as keras-bert does."))
 
 
 def padding_bound(examples: data.Examples, seq_length: int) -> float:
@@ -261,10 +271,7 @@ def run_suite(suite: Suite, scratch: str) -> List[Dict[str, object]]:
                                             seq_length=suite.seq_length)
     train_examples = data.builtin_corpus_splits()["train"]
     # The train CLI's defaults, on these modules, sizes and batch.
-    flag_values = flags.FlagValues()
-    train.define_flags(flag_values)
-    flag_values(["train"])
-    base = config_lib.TrainConfig.from_flags(flag_values).replace(
+    base = report.train_cli_defaults().replace(
         **{"model_dir": scratch, "modules.preprocess_handle": modules.preprocess,
            "modules.encoder_handle": modules.encoder, "input.seq_length": suite.seq_length,
            "trainer.batch_size": suite.batch_size})

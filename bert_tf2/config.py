@@ -129,9 +129,10 @@ class ModelConfig:
     # layers and the pooler.
     trainable_encoder_layers: int = _flag()
     rebuild_encoder_under_policy: bool = _flag()
-    # The encoder is rebuilt as a BertEncoder (`model.rebuild_encoder`): under a mixed policy
-    # with --rebuild_encoder_under_policy (a SavedModel computes in the dtypes it was saved
-    # with), and to train only its top layers (a hub layer trains all its variables or none).
+    # The encoder is rebuilt as a BertEncoder (`model.rebuild_encoder`): with
+    # --rebuild_encoder_under_policy (a SavedModel computes in the dtypes it was saved with,
+    # and every position of its last layer), and to train only its top layers (a hub layer
+    # trains all its variables or none).
     rebuild_encoder: bool = _derived()
 
 
@@ -244,8 +245,8 @@ def _with_implied_settings(config: TrainConfig) -> TrainConfig:
         config,
         input=dataclasses.replace(config.input,
                                   pad_to_bucket_boundary=config.runtime.jit_compile),
-        model=dataclasses.replace(config.model, rebuild_encoder=partly_trainable or (
-            mixed and config.model.rebuild_encoder_under_policy)))
+        model=dataclasses.replace(config.model, rebuild_encoder=(
+            partly_trainable or config.model.rebuild_encoder_under_policy)))
 
 
 def _checked(config: TrainConfig) -> TrainConfig:

@@ -289,6 +289,38 @@ def bert_config_from_variables(variables: Sequence[tf.Variable], *,
         embedding_size=embedding_size)
 
 
+def saved_dropout_rates(module_dir: str) -> Optional[Tuple[float, float]]:
+    """(hidden, attention) dropout rates of the BertEncoder in a Keras-saved encoder module.
+
+    Variables do not hold them; the module's `keras_metadata.pb`, which Keras writes beside
+    the SavedModel (ours and Model Garden's TF Hub exports), holds each layer's config. None
+    where the module has no such file or it names no BertEncoder.
+    """
+    path = os.path.join(module_dir, "keras_metadata.pb")
+    if not tf.io.gfile.exists(path):
+        return None
+    # pylint: disable-next=g-import-not-at-top
+    from tf_keras.protobuf import saved_metadata_pb2
+    metadata = saved_metadata_pb2.SavedMetadata()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        metadata.ParseFromString(f.read())
+    for node in metadata.nodes:
+        try:
+            layer = json.loads(node.metadata)
+        except ValueError:
+            continue
+        config = layer.get("config") if isinstance(layer, dict) else None
+        if not (isinstance(config, dict)
+                and str(layer.get("class_name", "")).endswith("BertEncoder")):
+            continue
+        # Model Garden's names, then their older spellings.
+        hidden = config.get("output_dropout", config.get("dropout_rate"))
+        attention = config.get("attention_dropout", config.get("attention_dropout_rate"))
+        if hidden is not None and attention is not None:
+            return float(hidden), float(attention)
+    return None
+
+
 class _SavedVariable(NamedTuple):
     name: str
     shape: Tuple[int, ...]

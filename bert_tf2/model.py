@@ -20,14 +20,15 @@ Garden `BertEncoder` under the global policy (sizes read off the module's variab
 the module's weights into it, through the same by-name mapping `bert_tf2.checkpoints` uses for
 our classifier checkpoints.
 
-The rebuilt encoder computes its last layer at the [CLS] position alone
-(`rebuild_encoder(pooled_only=True)`): the head reads nothing else, and the pooled output is
-the same.
+The rebuilt encoder is also faster: it computes its last layer at the [CLS] position alone
+(`rebuild_encoder(pooled_only=True)`), the only one the head reads, with the same pooled
+output. So the classifier rebuilds its encoder by default, in float32 too; a module that
+cannot be rebuilt exactly then runs as saved.
 
 Freezing the encoder (`ModelConfig.trainable_encoder_layers`): a `hub.KerasLayer` trains all of
-its module's variables or none of them. So a wholly frozen encoder (0) is the hub layer with
-`trainable=False` (or the rebuilt encoder with every layer frozen, under a mixed policy), and a
-partly frozen one (N > 0) is the encoder rebuilt as a BertEncoder (`rebuild_encoder`, checked
+its module's variables or none of them. So a wholly frozen encoder (0) is the rebuilt encoder
+with every layer frozen (or the hub layer with `trainable=False`, where it is not rebuilt), and
+a partly frozen one (N > 0) is the encoder rebuilt as a BertEncoder (`rebuild_encoder`, checked
 to compute what the module computes) whose embeddings and lower transformer layers are set
 `trainable=False` (`freeze_encoder`). Keras's own trainable flags
 then say what trains: the optimizer keeps AdamW slots for, and decays, only trainable weights,
@@ -91,28 +92,50 @@ def build_classifier_for(model_config: config_lib.ModelConfig, encoder_handle: s
                          load_encoder_weights: bool = True) -> tf_keras.Model:
     """The classifier `model_config` describes for `task`, under the global dtype policy.
 
+    With `model_config.rebuild_encoder` (the default) its encoder is the module rebuilt as a
+    BertEncoder (`rebuild_encoder`): it computes in the policy, can train in part, and
+    computes its last layer at [CLS] alone, the one position the head reads (`pooled_only`).
     Logs in which dtype the encoder computes: a hub encoder is a SavedModel, which computes in
-    the dtypes it was saved with (float32) whatever the policy; `model_config.rebuild_encoder`
-    rebuilds it as a BertEncoder that computes in the policy (`rebuild_encoder`), and computes
-    its last layer at [CLS] alone, the one position the head reads (`pooled_only`).
+    the dtypes it was saved with (float32) whatever the policy.
     """
-    policy = tf_keras.mixed_precision.global_policy()
-    if model_config.rebuild_encoder:
-        encoder = rebuild_encoder(encoder_handle, load_weights=load_encoder_weights,
-                                  pooled_only=True)
-        freeze_encoder(encoder, model_config.trainable_encoder_layers, source=encoder_handle)
-        if policy.compute_dtype != "float32":
-            logging.info("Mixed precision: the encoder computes in %s (rebuilt under %s); the "
-                         "head and the loss in float32", policy.compute_dtype, policy.name)
-    else:
-        if policy.compute_dtype != "float32":
-            logging.warning("Mixed precision: the encoder computes in float32 (the hub module "
-                            "as saved, --norebuild_encoder_under_policy), and so does the "
-                            "head: %s changes nothing", policy.name)
-        encoder = hub.KerasLayer(encoder_handle, name="encoder",
-                                 trainable=model_config.trainable_encoder_layers != 0)
+    encoder = _classifier_encoder(model_config, encoder_handle, load_encoder_weights)
     return build_classifier(encoder_handle, dropout_rate=model_config.dropout, encoder=encoder,
                             task=task, num_classes=num_classes)
+
+
+def _classifier_encoder(model_config: config_lib.ModelConfig, encoder_handle: str,
+                        load_weights: bool) -> tf_keras.layers.Layer:
+    """The rebuilt encoder where `model_config` says so, else the module as a hub layer.
+
+    A rebuild for speed alone (float32, the encoder trained all or none) that cannot be exact
+    (a module that is not a BertEncoder, or whose dropout rates it does not record) falls
+    back to the module as saved; a rebuild that a mixed policy or a partly frozen encoder
+    needs does not.
+    """
+    policy = tf_keras.mixed_precision.global_policy()
+    mixed = policy.compute_dtype != "float32"
+    needed = mixed or model_config.trainable_encoder_layers > 0
+    if model_config.rebuild_encoder:
+        try:
+            encoder = rebuild_encoder(encoder_handle, load_weights=load_weights,
+                                      pooled_only=True, assume_bert_dropout=needed)
+        except ValueError as error:
+            if needed:
+                raise
+            logging.info("%s: the encoder runs as its module was saved", error)
+        else:
+            freeze_encoder(encoder, model_config.trainable_encoder_layers, source=encoder_handle)
+            if mixed:
+                logging.info("Mixed precision: the encoder computes in %s (rebuilt under %s); "
+                             "the head and the loss in float32", policy.compute_dtype,
+                             policy.name)
+            return encoder
+    elif mixed:
+        logging.warning("Mixed precision: the encoder computes in float32 (the hub module as "
+                        "saved, --norebuild_encoder_under_policy), and so does the head: %s "
+                        "changes nothing", policy.name)
+    return hub.KerasLayer(encoder_handle, name="encoder",
+                          trainable=model_config.trainable_encoder_layers != 0)
 
 
 def loss_and_metrics(task: str, num_classes: int):
@@ -298,7 +321,8 @@ class _ValidateAtEpochEnd(tf_keras.callbacks.Callback):
 
 
 def rebuild_encoder(encoder_handle: str, *, load_weights: bool = True,
-                    pooled_only: bool = False) -> tf_keras.Model:
+                    pooled_only: bool = False, assume_bert_dropout: bool = True
+                    ) -> tf_keras.Model:
     """The encoder module at `encoder_handle` rebuilt as a `BertEncoder` under the global policy.
 
     The sizes are read off the module's variables (`hub_modules.bert_config_from_variables`);
@@ -307,10 +331,20 @@ def rebuild_encoder(encoder_handle: str, *, load_weights: bool = True,
     encoder is checked to compute what the module computes (within the policy's precision).
     Without `load_weights` the weights are left random, for a caller that sets them itself.
     `pooled_only` builds it to compute only `pooled_output` exactly (`hub_modules.build_encoder`).
-    A module that cannot be rebuilt raises ValueError.
+    The dropout rates come from the module's Keras metadata (`hub_modules.saved_dropout_rates`);
+    where it has none, BERT's 0.1 is assumed, or with `assume_bert_dropout=False` ValueError
+    is raised, as for any module that cannot be rebuilt.
     """
     module = hub.load(encoder_handle)
     bert_config = hub_modules.bert_config_from_variables(module.variables, source=encoder_handle)
+    rates = hub_modules.saved_dropout_rates(hub.resolve(encoder_handle))
+    if rates:
+        bert_config.hidden_dropout_prob, bert_config.attention_probs_dropout_prob = rates
+    elif not assume_bert_dropout:
+        raise ValueError(f"{encoder_handle}: no dropout rates in its keras_metadata.pb")
+    else:
+        logging.info("%s: no dropout rates in its keras_metadata.pb; BERT's 0.1 assumed",
+                     encoder_handle)
     encoder = hub_modules.build_encoder(bert_config, pooled_only=pooled_only)
     if load_weights:
         with tempfile.TemporaryDirectory(prefix="bert_tf2_rebuild_") as scratch:

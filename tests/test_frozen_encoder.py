@@ -104,10 +104,12 @@ def check_serves_what_it_trained(result) -> np.ndarray:
 # The config and the model
 # ---------------------------------------------------------------------------------------------
 
-def test_flag_defaults_to_training_everything_and_rebuilds_only_for_top_layers():
+def test_flag_defaults_to_training_everything_and_top_layers_need_a_rebuild():
     assert train_config().model.trainable_encoder_layers == -1
-    assert not train_config("--trainable_encoder_layers=0").model.rebuild_encoder
-    assert train_config("--trainable_encoder_layers=2").model.rebuild_encoder
+    assert not train_config("--trainable_encoder_layers=0",
+                            "--norebuild_encoder_under_policy").model.rebuild_encoder
+    assert train_config("--trainable_encoder_layers=2",
+                        "--norebuild_encoder_under_policy").model.rebuild_encoder
     with pytest.raises(cli.UserError, match=r"--trainable_encoder_layers=2 rebuilds the encoder "
                                             r".*drop --norebuild_encoder_under_policy"):
         train_config("--trainable_encoder_layers=2", "--mixed_precision=mixed_bfloat16",
@@ -134,8 +136,7 @@ def test_what_trains_is_what_the_flag_says(two_layer_modules, set_policy, policy
     assert {w.name for w in classifier.trainable_weights} == expected
     assert model_lib.describe_trainable(classifier).startswith(
         f"trainable: {len(expected)} variables")
-    rebuilt = any(isinstance(layer, tf_keras.Model) for layer in classifier.layers)
-    assert rebuilt == (layers > 0 or policy != "float32")
+    assert any(isinstance(layer, tf_keras.Model) for layer in classifier.layers)  # rebuilt
 
 
 def test_more_layers_than_the_encoder_has_is_a_user_error(two_layer_modules):

@@ -10,6 +10,7 @@ float32 (Model Garden keeps the final LayerNorm in float32), and computes what t
 
 import collections
 import logging
+import shutil
 
 import bert_tf2  # noqa: F401
 import numpy as np
@@ -125,6 +126,58 @@ def test_pooled_only_encoder_computes_the_modules_pooled_output(tiny_hub_modules
     assert outputs["sequence_output"].shape[1] == 1  # the last layer computed [CLS] alone
     np.testing.assert_allclose(outputs["sequence_output"][:, 0].numpy(),
                                expected["sequence_output"][:, 0].numpy(), atol=1e-5)
+
+
+def test_dropout_rates_are_read_from_the_modules_keras_metadata(tiny_hub_modules,
+                                                                dropout_free_modules, tmp_path):
+    assert hub_modules.saved_dropout_rates(tiny_hub_modules.encoder) == (0.1, 0.1)
+    assert hub_modules.saved_dropout_rates(dropout_free_modules.encoder) == (0.0, 0.0)
+    assert hub_modules.saved_dropout_rates(str(tmp_path)) is None
+
+
+def test_float32_classifier_rebuilds_its_encoder_with_the_same_probabilities(
+        tiny_hub_modules):
+    args = tiny_train_args(tiny_hub_modules, "/tmp/unused", "")
+    rebuilt = model_lib.build_classifier_for(train_config(*args).model, tiny_hub_modules.encoder)
+    as_saved = model_lib.build_classifier_for(
+        train_config(*args, "--norebuild_encoder_under_policy").model, tiny_hub_modules.encoder)
+    assert not any(isinstance(layer, hub.KerasLayer) for layer in rebuilt.layers)
+    assert isinstance(as_saved.get_layer("encoder"), hub.KerasLayer)
+    as_saved.get_layer("classifier").set_weights(rebuilt.get_layer("classifier").get_weights())
+    inputs = encoder_inputs(batch=2, length=12)
+    np.testing.assert_allclose(rebuilt(inputs, training=False).numpy(),
+                               as_saved(inputs, training=False).numpy(), atol=1e-6)
+
+
+def not_a_bert_encoder_module(path) -> str:
+    """A SavedModel with the encoder interface whose variables are not a BertEncoder's."""
+    inputs = {name: tf_keras.Input(shape=(None,), dtype=tf.int32, name=name)
+              for name in model_lib.ENCODER_INPUTS}
+    sequence = tf_keras.layers.Embedding(300, 8)(inputs["input_word_ids"])
+    pooled = tf_keras.layers.GlobalAveragePooling1D()(sequence)
+    tf_keras.Model(inputs, {"pooled_output": pooled, "sequence_output": sequence}).save(
+        str(path), save_format="tf")
+    return str(path)
+
+
+def test_a_module_that_cannot_be_rebuilt_exactly_runs_as_saved_in_float32(
+        tiny_hub_modules, tmp_path, set_policy, caplog):
+    config = train_config(*tiny_train_args(tiny_hub_modules, "/tmp/unused", "")).model
+    not_bert = not_a_bert_encoder_module(tmp_path / "not_bert")
+    no_rates = shutil.copytree(tiny_hub_modules.encoder, tmp_path / "no_rates")
+    (no_rates / "keras_metadata.pb").unlink()
+    with caplog.at_level(logging.INFO, logger="absl"):
+        for handle, reason in ((not_bert, "cannot read a BERT config"),
+                               (str(no_rates), "no dropout rates")):
+            classifier = model_lib.build_classifier_for(config, handle)
+            assert isinstance(classifier.get_layer("encoder"), hub.KerasLayer), handle
+            assert reason in caplog.text
+            assert classifier(encoder_inputs(), training=False).shape == (2, 1)
+    set_policy("mixed_bfloat16")  # the module as saved cannot compute in it: rebuilt or an error
+    with pytest.raises(ValueError, match="cannot read a BERT config"):
+        model_lib.build_classifier_for(config, not_bert)
+    classifier = model_lib.build_classifier_for(config, str(no_rates))
+    assert not any(isinstance(layer, hub.KerasLayer) for layer in classifier.layers)
 
 
 def test_config_cannot_be_read_off_a_module_that_is_not_a_bert_encoder():

@@ -132,7 +132,8 @@ def test_run_config_round_trips_and_flags_beside_it_override(tmp_path):
 
 
 def test_implied_settings_are_derived_in_the_config():
-    assert not train_config().model.rebuild_encoder  # float32: the module computes as saved
+    assert train_config().model.rebuild_encoder  # its last layer computed at [CLS] alone
+    assert not train_config("--norebuild_encoder_under_policy").model.rebuild_encoder
     assert train_config("--mixed_precision=mixed_bfloat16").model.rebuild_encoder
     assert not train_config("--mixed_precision=mixed_bfloat16",
                             "--norebuild_encoder_under_policy").model.rebuild_encoder
