@@ -191,8 +191,8 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
                 "Rebuild the encoder module as a tf-models-official BertEncoder in the "
                 "--mixed_precision policy, load the module's weights into it and check that "
                 "it computes what the module does. It then computes its last layer at [CLS] "
-                "alone, the one position the classifier reads (1.5x faster for the "
-                "quickstart's 2 layers). --norebuild_encoder_under_policy runs the module as "
+                "alone, the one position the classifier reads (about 1.4x faster training "
+                "for the quickstart's 2 layers). --norebuild_encoder_under_policy runs the module as "
                 "saved: in float32 whatever the policy, every position computed. In float32 a "
                 "module that is not a BertEncoder, or does not record its dropout rates, runs "
                 "as saved.")
