@@ -13,6 +13,8 @@ import re
 
 from absl import logging
 
+from bert_tf2 import io_utils
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = REPO_ROOT / "docs" / "benchmarks.md"
 # Google's Chinese BERT vocab.txt and bert_config.json (no weights), where this machine has them.
@@ -61,7 +63,8 @@ def write_section(output: str, title: str, section: str) -> None:
     path = pathlib.Path(output)
     document = path.read_text(encoding="utf-8") if path.exists() else ""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(replace_section(document, title, section), encoding="utf-8")
+    with io_utils.atomic_file(str(path)) as f:
+        f.write(replace_section(document, title, section))
 
 
 def publish(section: str, output: str, title: str) -> None:
