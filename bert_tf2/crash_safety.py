@@ -76,6 +76,29 @@ def backed_up_step(backup_dir: str) -> Optional[int]:
     return int(reader.get_tensor("train_counter/.ATTRIBUTES/VARIABLE_VALUE"))
 
 
+class BackupMismatchError(cli.UserError, ValueError):
+    """The backup in the model directory was written by a run of another model."""
+
+
+def check_backup_fits(backup_dir: str, model: tf_keras.Model) -> None:
+    """Raises if the backup `fit` would resume from lacks some of `model`'s weights.
+
+    Keras restores a backup without checking that it matches, so a backup of another model
+    (another encoder, or the same one built another way) would leave those weights as they
+    were initialised, silently.
+    """
+    checkpoint = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+    if not checkpoint:
+        return
+    try:
+        tf.train.Checkpoint(model=model).read(checkpoint).assert_existing_objects_matched()
+    except AssertionError:
+        raise BackupMismatchError(
+            f"{backup_dir}: this backup is of another model than this run builds (some of "
+            "its weights are not in it); resume with the command that wrote it "
+            "(docs/crash_safety.md), or delete the backup to start over") from None
+
+
 class Backup(tf_keras.callbacks.BackupAndRestore):
     """Backs up at every epoch end and, with `checkpoint_steps`, every N optimizer steps.
 
@@ -95,6 +118,7 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
         self._last_step = self._backed_up_step = None
 
     def on_train_begin(self, logs=None):
+        check_backup_fits(self.backup_dir, self.model)
         super().on_train_begin(logs)  # restores the backup, if any
         self._last_step = self._backed_up_step = int(self.model.optimizer.iterations.numpy())
 

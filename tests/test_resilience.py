@@ -143,6 +143,19 @@ def test_resume_mid_epoch_continues_exactly_where_the_run_stopped(
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1", "2"]
 
 
+def test_a_backup_of_another_model_is_refused_and_its_own_command_resumes(
+        tmp_path, dropout_free_modules, train_file):
+    args = _args(dropout_free_modules, tmp_path, train_file, "--train_steps=12",
+                 "--checkpoint_steps=4", "--dropout=0")
+    as_saved = train_config(*args, "--norebuild_encoder_under_policy")  # a hub-layer encoder
+    with pytest.raises(Crash):
+        train.run(as_saved, callbacks=[CrashAtStep(6)])
+    with pytest.raises(crash_safety.BackupMismatchError,
+                       match=r"backup: this backup is of another model than this run builds"):
+        train.run(train_config(*args))  # the encoder rebuilt: other weights
+    assert train.run(as_saved).optimizer_steps == 12
+
+
 def test_run_killed_after_training_resumes_and_takes_no_extra_step(
         tmp_path, tiny_hub_modules, train_file, monkeypatch, caplog):
     """Killed after `fit` returned (plotting, evaluating, exporting): resumed, not restarted."""
