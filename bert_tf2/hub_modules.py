@@ -143,7 +143,7 @@ def build_encoder(bert_config: configs.BertConfig, *, pooled_only: bool = False
     unchanged, `sequence_output` holds [CLS] only, and the last layer's queries, attention
     output and feed-forward block cost one position instead of every one.
     """
-    network = bert_encoder_network(bert_config, output_range=1 if pooled_only else None)
+    network = _bert_encoder_network(bert_config, output_range=1 if pooled_only else None)
     dense_einsums_as_matmuls(network)
     inputs = {x.name: x for x in network.inputs}
     outputs = dict(network(inputs))
@@ -153,8 +153,8 @@ def build_encoder(bert_config: configs.BertConfig, *, pooled_only: bool = False
     return encoder
 
 
-def bert_encoder_network(bert_config: configs.BertConfig,
-                         output_range: Optional[int] = None) -> networks.BertEncoder:
+def _bert_encoder_network(bert_config: configs.BertConfig,
+                          output_range: Optional[int] = None) -> networks.BertEncoder:
     """Model Garden's `BertEncoder` for `bert_config`, with dict outputs, as Model Garden's
     `export_tfhub_lib.get_bert_encoder` builds it, and its last layer's `output_range`."""
     return networks.BertEncoder(
