@@ -16,7 +16,7 @@ import tensorflow_text  # noqa: F401
 from official.legacy.bert import configs
 from official.nlp.tools import export_tfhub_lib
 
-from bert_tf2 import cli, hub_modules
+from bert_tf2 import cli, hub_modules, model
 from tests.conftest import REPO_ROOT
 from tests.tiny_fixtures import TINY_SEQ_LENGTH, write_bert_config
 
@@ -51,6 +51,22 @@ def test_encoder_module_has_the_tf_hub_interface(tiny_hub_modules):
     np.testing.assert_array_equal(again, outputs["pooled_output"])
     with_dropout = encoder(inputs, training=True)["pooled_output"]
     assert not np.allclose(with_dropout, outputs["pooled_output"])
+
+
+def test_the_tiny_classifier_tells_reviews_apart(tiny_hub_modules, corpus_splits):
+    # The tests compare probabilities to 1e-5 (served against fixed padding, one strategy
+    # against another, an export against its model): that only means something when different
+    # reviews get probabilities much further apart, untrained as the test modules are: here
+    # 30 times that, at least.
+    preprocessor = model.load_preprocessor(tiny_hub_modules.preprocess)
+    classifier = model.build_classifier(tiny_hub_modules.encoder)
+    one, pairs = (model.build_text_classifier(preprocessor, classifier, pairs=pairs,
+                                              seq_length=TINY_SEQ_LENGTH)
+                  for pairs in (False, True))
+    texts = tf.constant(corpus_splits["test"].texts[:400])
+    assert one(texts).numpy().std() > 30 * 1e-5
+    # Pairs that differ only in their second text too: it reaches [CLS] only through attention.
+    assert pairs([tf.fill([400], "很好"), texts]).numpy().std() > 30 * 1e-5
 
 
 def test_dense_layers_compute_as_matmuls_and_as_model_gardens_einsums():
