@@ -56,6 +56,8 @@ EXAMPLE_REVIEWS = ("房间很干净，服务很周到，下次还会再来。",
 Metrics = Dict[str, Dict[str, float]]
 # model_dir/classes.txt: the class names, one a line, in the order of the probabilities.
 CLASSES_FILE = "classes.txt"
+# The global norm gradients are clipped to (BERT's).
+GRADIENT_CLIP_NORM = 1.0
 # The dev score --export_best maximises, by task.
 BEST_METRIC = {"binary": "val_accuracy", "multiclass": "val_macro_f1", "multilabel": "val_auc"}
 
@@ -461,9 +463,14 @@ def create_optimizer(optimizer_config: config_lib.OptimizerConfig, total_steps: 
     if warmup_steps:
         schedule = optimization.WarmUp(initial_learning_rate=learning_rate,
                                        decay_schedule_fn=schedule, warmup_steps=warmup_steps)
+    # Gradients are clipped to BERT's global norm of 1 once summed over the replicas, so that
+    # a step is the same on one device and on several. Model Garden's own clipping
+    # (`gradient_clip_norm`) clips each replica's share before the sum: its steps change with
+    # the number of replicas.
     return optimization.AdamWeightDecay(
         learning_rate=schedule, weight_decay_rate=optimizer_config.weight_decay, epsilon=1e-6,
-        exclude_from_weight_decay=["LayerNorm", "layer_norm", "bias"])
+        exclude_from_weight_decay=["LayerNorm", "layer_norm", "bias"],
+        gradient_clip_norm=0.0, global_clipnorm=GRADIENT_CLIP_NORM)
 
 
 def distributed_dataset(strategy: tf.distribute.Strategy, preprocessor,

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from bert_tf2 import data, distribution, input_pipeline
+from tests import task_data
 from tests.conftest import REPO_ROOT
 from tests.tiny_fixtures import corpus_data_flags, tiny_train_args, train_config
 
@@ -72,6 +73,11 @@ def finish_ok(process: subprocess.Popen) -> str:
 
 def read_metrics(model_dir: pathlib.Path):
     return json.loads((model_dir / "metrics.json").read_text())
+
+
+def serve(saved_model, texts) -> np.ndarray:
+    """The export's probabilities of `texts`."""
+    return task_data.serve(str(saved_model), text=list(texts))[1]["probability"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,22 +263,25 @@ def test_jit_compile_and_steps_per_execution_run_on_cpu(tiny_hub_modules, small_
 # computes for its share of the batches.
 @pytest.mark.parametrize("trainable_encoder_layers", [-1, 0])
 def test_mirrored_on_two_cpus_trains_exports_and_matches_one_device(dropout_free_modules,
-                                                                    small_data, tmp_path,
+                                                                    small_data, corpus_splits,
+                                                                    tmp_path,
                                                                     trainable_encoder_layers):
     from bert_tf2 import train
-    # Length bucketing (the default) leaves short evaluation steps, where one replica gets a
-    # batch of no examples: it must count for nothing, not fail.
-    common = [*small_data, "--dropout=0", "--eval_batch_size=32",
+    # Without length buckets the two see the same examples at every step. 64 evaluation rows
+    # in batches of 20 (10 a replica) end on a step where one replica gets 4 examples and the
+    # other none: that must count for nothing, not fail.
+    common = [*small_data, "--dropout=0", "--eval_batch_size=20", "--nobucket_by_length",
               f"--trainable_encoder_layers={trainable_encoder_layers}"]
     mirrored = start_train(
         tiny_train_args(dropout_free_modules, tmp_path / "mirrored" / "model",
                         tmp_path / "mirrored" / "export", *common,
                         "--distribution_strategy=mirrored"),
         **{distribution.LOGICAL_CPUS_ENV: "2"})
-    # The one-device baseline runs here meanwhile; no export: only the mirrored one's is checked.
+    # The one-device baseline runs here meanwhile.
     try:
-        train.run(train_config(*tiny_train_args(dropout_free_modules,
-                                                tmp_path / "one" / "model", "", *common)))
+        one = train.run(train_config(*tiny_train_args(
+            dropout_free_modules, tmp_path / "one" / "model", tmp_path / "one" / "export",
+            *common)))
     except BaseException:
         mirrored.kill()
         raise
@@ -280,12 +289,55 @@ def test_mirrored_on_two_cpus_trains_exports_and_matches_one_device(dropout_free
     assert "Strategy mirrored with 2 replica(s)" in log
     assert ("Frozen encoder: pooled outputs" in log) == (trainable_encoder_layers == 0)
     assert os.listdir(tmp_path / "mirrored" / "export") == ["1"]
+    # The two trained the same model: their exports answer alike, and they evaluated alike.
+    texts = corpus_splits["dev"].texts[:200]
+    np.testing.assert_allclose(serve(tmp_path / "mirrored" / "export" / "1", texts),
+                               serve(one.export_path, texts), rtol=0, atol=1e-5)
     one_metrics = read_metrics(tmp_path / "one" / "model")
     mirrored_metrics = read_metrics(tmp_path / "mirrored" / "model")
     for split in ("dev", "test"):
         for name in ("loss", "accuracy", "auc"):
             assert mirrored_metrics[split][name] == pytest.approx(one_metrics[split][name],
-                                                                  abs=2e-3), (split, name)
+                                                                  abs=1e-5), (split, name)
+
+
+# Two optimizer steps from per-replica gradients; one device gets their sums. Clipping each
+# replica's share (to norm 1) before the sum would give other weights.
+_CLIPPED_STEPS = """
+import json
+import bert_tf2
+import tensorflow as tf
+from bert_tf2 import config, distribution, train
+
+STEPS = ([[10.0, 0.0, 0.0], [0.0, 0.1, 0.0]], [[0.0, 0.0, 10.0], [0.1, 0.1, 0.0]])
+
+def weights_after(name):
+    strategy = distribution.get_strategy(name)
+    with strategy.scope():
+        weights = tf.Variable([1.0, 1.0, 1.0])
+        optimizer = train.create_optimizer(config.OptimizerConfig(
+            learning_rate=0.1, warmup_fraction=0.0, weight_decay=0.0), total_steps=10)
+    replicas = strategy.num_replicas_in_sync
+    for gradients in STEPS:
+        def step():
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            mine = tf.gather(tf.constant(gradients), tf.range(replica, 2, replicas))
+            optimizer.apply_gradients([(tf.reduce_sum(mine, axis=0), weights)])
+        strategy.run(tf.function(step))
+    return weights.numpy().tolist()
+
+print(json.dumps([weights_after(name) for name in ("one_device", "mirrored")]))
+"""
+
+
+def test_gradients_are_clipped_once_summed_over_the_replicas():
+    env = {**os.environ, distribution.LOGICAL_CPUS_ENV: "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([sys.executable, "-c", _CLIPPED_STEPS], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one_device, mirrored = json.loads(result.stdout.strip().splitlines()[-1])
+    assert one_device != [1.0, 1.0, 1.0]
+    np.testing.assert_allclose(mirrored, one_device, rtol=0, atol=1e-7)
 
 
 @pytest.mark.slow
