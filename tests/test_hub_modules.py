@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
 import tensorflow_text  # noqa: F401
+import tf_keras
 
 from official.legacy.bert import configs
 from official.nlp.tools import export_tfhub_lib
@@ -59,6 +60,7 @@ def test_the_tiny_classifier_tells_reviews_apart(tiny_hub_modules, corpus_splits
     # reviews get probabilities much further apart, untrained as the test modules are: here
     # 30 times that, at least.
     preprocessor = model.load_preprocessor(tiny_hub_modules.preprocess)
+    tf_keras.utils.set_random_seed(0)  # the head's initial weights
     classifier = model.build_classifier(tiny_hub_modules.encoder)
     one, pairs = (model.build_text_classifier(preprocessor, classifier, pairs=pairs,
                                               seq_length=TINY_SEQ_LENGTH)

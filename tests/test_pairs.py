@@ -28,8 +28,9 @@ def test_binary_pairs_serve_two_texts(tiny_hub_modules, corpus_splits, tmp_path)
     classified = task_data.classify(loaded, text=["很好", "很差"], text_b=["不错", ""])
     np.testing.assert_allclose(classified["scores"][:, 1], outputs["probability"], rtol=1e-5)
     # The second text changes the answer: it is packed as segment 1, not ignored.
-    _, swapped = task_data.serve(result.export_path, text=["很好"] * 2, text_b=["很差", "很好很好很好"])
-    assert abs(swapped["probability"][0] - swapped["probability"][1]) > 1e-4
+    second_texts = list(corpus_splits["test"].texts[:32])
+    _, answers = task_data.serve(result.export_path, text=["很好"] * 32, text_b=second_texts)
+    assert answers["probability"].std() > 1e-4
 
 
 def test_multilabel_pairs_train_predict_and_evaluate(tiny_hub_modules, corpus_splits,

@@ -33,6 +33,7 @@ from absl import flags  # noqa: E402
 
 ENV_VAR = "BERT_TF2_TINY_FIXTURES"
 TINY_SEQ_LENGTH = 32
+ENCODER_SEED = 0
 TRAIN_RUN_ROWS = {"train": 160, "dev": 160, "test": 160}
 
 
@@ -193,8 +194,14 @@ def _modules(root: pathlib.Path, name: str, vocab: str, **sizes):
     from bert_tf2 import hub_modules as hub_modules_lib
     config = _bert_config(root, name, vocab, **sizes)
     encoder = root / name / "encoder"
-    _once(encoder, lambda scratch: hub_modules_lib.export_encoder(
-        str(scratch), bert_config=hub_modules_lib.read_bert_config(config), vocab_file=vocab))
+
+    def build(scratch: pathlib.Path) -> None:
+        # The same weights in every build, so a test sees the same encoder here, under Bazel
+        # and in CI.
+        tf_keras.utils.set_random_seed(ENCODER_SEED)
+        hub_modules_lib.export_encoder(
+            str(scratch), bert_config=hub_modules_lib.read_bert_config(config), vocab_file=vocab)
+    _once(encoder, build)
     return hub_modules_lib.HubModules(preprocess=_preprocess(root, vocab), encoder=str(encoder))
 
 
