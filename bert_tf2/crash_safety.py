@@ -61,9 +61,14 @@ def check_free_space(num_params: int, model_dir: str, export_dir: Optional[str])
                 "free some space or choose another directory")
 
 
+def _latest_backup(backup_dir: str) -> Optional[str]:
+    """The checkpoint `fit` resumes from (BackupAndRestore keeps the chief's under chief/)."""
+    return tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+
+
 def backed_up_step(backup_dir: str) -> Optional[int]:
     """The optimizer step of the backup that `fit` will resume from, or None if there is none."""
-    checkpoint = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+    checkpoint = _latest_backup(backup_dir)
     if not checkpoint:
         return None
     reader = tf.train.load_checkpoint(checkpoint)
@@ -87,7 +92,7 @@ def check_backup_fits(backup_dir: str, model: tf_keras.Model) -> None:
     (another encoder, or the same one built another way) would leave those weights as they
     were initialised, silently.
     """
-    checkpoint = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+    checkpoint = _latest_backup(backup_dir)
     if not checkpoint:
         return
     try:
