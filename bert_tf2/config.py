@@ -81,6 +81,7 @@ class DataConfig:
     label_map: Optional[str] = _flag()  # binary: '差评:0,好评:1'; None: the default names
     class_names: Optional[str] = _flag()  # 'a,b,c'; None: the training split's labels, sorted
     label_separator: str = _flag()  # multilabel: between the labels of one cell
+    allow_single_label_rows: bool = _flag()  # multilabel: no row with two labels is meant so
     skip_bad_rows: bool = _flag()
     encoding: str = _flag()  # a Python codec name, or 'auto' (data.iter_lines)
 
@@ -247,6 +248,30 @@ def _with_implied_settings(config: TrainConfig) -> TrainConfig:
                                   pad_to_bucket_boundary=config.runtime.jit_compile),
         model=dataclasses.replace(config.model, rebuild_encoder=(
             partly_trainable or config.model.rebuild_encoder_under_policy)))
+
+
+# Flags a resumed run may set otherwise than the run it resumes: where files go and how the
+# steps are run, not which model the steps make (`resume_differences`).
+RESUMABLE_CHANGES = frozenset({
+    "model_dir", "export_dir", "keep_exports", "checkpoint_steps", "eval_batch_size",
+    "test_data", "distribution_strategy", "num_gpus", "tpu", "jit_compile",
+    "steps_per_execution"})
+# How the data is read: compared through the fingerprints of what was read, when both runs
+# have them, so a moved file or another spelling of the same columns may resume.
+_READING_FLAGS = frozenset(
+    (field.metadata.get("flag") or field.name) for field in dataclasses.fields(DataConfig)
+) - {"task", "test_data"}
+
+
+def resume_differences(interrupted: TrainConfig, resumed: TrainConfig, *,
+                       compare_reading: bool = True) -> Dict[str, Any]:
+    """{flag: (interrupted value, resumed value)} for each flag that differs between the two
+    runs and changes the model the steps make; `compare_reading=False` leaves out how the
+    data is read (the caller compares what was read instead)."""
+    skipped = RESUMABLE_CHANGES | (frozenset() if compare_reading else _READING_FLAGS)
+    before, after = flag_values_of(interrupted), flag_values_of(resumed)
+    return {name: (before[name], after[name]) for name in sorted(before)
+            if name not in skipped and before[name] != after[name]}
 
 
 def _checked(config: TrainConfig) -> TrainConfig:

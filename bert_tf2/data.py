@@ -75,6 +75,9 @@ class LabelSpec:
     label_map: Mapping[str, int] = dataclasses.field(default_factory=lambda: DEFAULT_LABEL_MAP)
     class_names: Optional[Tuple[str, ...]] = None
     separator: str = "|"
+    # Multilabel: data in which no row has two labels is meant so (else it is refused when its
+    # labels look joined by another separator: `check_label_separator`).
+    allow_single_label_rows: bool = False
 
 
 def reader_options(data_config, **label_overrides) -> Dict[str, object]:
@@ -86,7 +89,8 @@ def reader_options(data_config, **label_overrides) -> Dict[str, object]:
     """
     labels = LabelSpec(task=data_config.task, label_map=parse_label_map(data_config.label_map),
                        class_names=parse_names(data_config.class_names, "--class_names"),
-                       separator=data_config.label_separator)
+                       separator=data_config.label_separator,
+                       allow_single_label_rows=data_config.allow_single_label_rows)
     return dict(text_column=data_config.text_column, label_column=data_config.label_column,
                 text_b_column=data_config.text_b_column or None,
                 column_names=parse_names(data_config.column_names, "--column_names"),
@@ -225,7 +229,13 @@ def read_examples(pattern: str, *, text_column: str = "text", label_column: str 
                     texts_b=texts_b if text_b_column else None, origins=origins)
 
 
-class MissingColumn(DataError):
+class SchemaError(DataError):
+    """The flags do not fit the file (its columns or its classes), so every row would be bad:
+    the message says which flag to fix, and --skip_bad_rows, which would skip them all, is not
+    offered."""
+
+
+class MissingColumn(SchemaError):
     """A column the run needs is absent from the file: a wrong flag, never skipped as a row."""
 
 
@@ -233,21 +243,28 @@ class BadRows:
     """The one bad-row policy: `on_bad_row` for `iter_rows`, and what the readers call.
 
     A bad row raises its DataError, which then says how to go on, or with `skip`
-    (--skip_bad_rows) is counted and logged. A MissingColumn always raises as it is.
+    (--skip_bad_rows) is counted, the first LOGGED_ROWS of them logged. A MissingColumn always
+    raises as it is; another SchemaError raises without offering --skip_bad_rows.
     """
+
+    LOGGED_ROWS = 10
 
     def __init__(self, skip: bool):
         self.skip = skip
         self.count = 0
 
     def __call__(self, error: DataError) -> None:
-        if isinstance(error, MissingColumn):
+        if isinstance(error, MissingColumn) or (isinstance(error, SchemaError)
+                                                and not self.skip):
             raise error
         if not self.skip:
             raise DataError(f"{error} (pass --skip_bad_rows to skip and count such rows)"
                             ) from error
         self.count += 1
-        logging.warning("Skipping bad row: %s", error)
+        if self.count <= self.LOGGED_ROWS:
+            logging.warning("Skipping bad row: %s", error)
+        if self.count == self.LOGGED_ROWS:
+            logging.warning("Logging no more bad rows; their count follows at the end")
 
 
 def iter_rows(path: str, *, file_format: Optional[str] = None,
@@ -411,8 +428,8 @@ def _refuse_spreadsheet(path: str, head: bytes = b"") -> None:
 
 
 def _bad_row(on_bad_row: Callable[[DataError], None], message: str,
-             cause: Optional[BaseException] = None) -> None:
-    error = DataError(message)
+             cause: Optional[BaseException] = None, *, schema: bool = False) -> None:
+    error = (SchemaError if schema else DataError)(message)
     error.__cause__ = cause
     on_bad_row(error)
 
@@ -456,7 +473,7 @@ def _iter_delimited(lines: Iterable[str], *, path: str, delimiter: str,
         names_what = "the header has"
     if header is None:
         return
-    start_line = reader.line_num + 1
+    start_line, first = reader.line_num + 1, True
     while True:
         try:
             fields = next(reader)
@@ -466,13 +483,30 @@ def _iter_delimited(lines: Iterable[str], *, path: str, delimiter: str,
             _bad_row(on_bad_row, f"{path}:{reader.line_num}: malformed row: {error}", error)
         else:
             if fields and any(field.strip() for field in fields):
+                if first and column_names:
+                    _refuse_header_row(fields, column_names, path, start_line)
                 if len(fields) != len(header):
                     _bad_row(on_bad_row, f"{path}:{start_line}: {len(fields)} field"
                              f"{'s' if len(fields) != 1 else ''} but {names_what} "
-                             f"{len(header)} ({', '.join(header)})")
+                             f"{len(header)} ({', '.join(header)})"
+                             + (_COLUMN_NAMES_HINT if first and column_names else ""),
+                             schema=first)
                 else:
                     yield start_line, dict(zip(header, fields))
+                first = False
         start_line = reader.line_num + 1
+
+
+_COLUMN_NAMES_HINT = ": fix --column_names, or drop it if the file has a header row"
+
+
+def _refuse_header_row(fields: Sequence[str], column_names: Sequence[str], path: str,
+                       line: int) -> None:
+    """Raises a SchemaError when the first row of a file read with --column_names names
+    columns (each of its fields is one of them): a header, which would be read as data."""
+    if all(field.strip() in column_names for field in fields):
+        raise SchemaError(f"{path}:{line}: the first row ({','.join(fields)}) names the "
+                          "columns: the file has a header; drop --column_names")
 
 
 def column_value(row: Mapping[str, object], column: str, path: str, line: int,
@@ -513,8 +547,9 @@ def _label_field(row: Mapping[str, object], column: str, spec: LabelSpec, path: 
                            "--label_separator)"))
     unknown = [name for name in names if spec.class_names and name not in spec.class_names]
     if unknown:
-        raise DataError(f"{where}: {unknown[0]!r} is not one of --class_names "
-                        f"({', '.join(spec.class_names)})")
+        raise SchemaError(f"{where}: {unknown[0]!r} is not one of --class_names "
+                          f"({', '.join(spec.class_names)}): add it to --class_names, or "
+                          "fix the row")
     return names[0] if spec.task == "multiclass" else names
 
 
@@ -529,6 +564,30 @@ def _class_names_of(train: Examples, task: str) -> Tuple[str, ...]:
         raise DataError(f"{train.source}: --task={task} needs at least two classes, but the "
                         f"training data has only {', '.join(map(repr, seen)) or 'none'}")
     return tuple(seen)
+
+
+# What users join multi-label cells with, when not the default '|'.
+_LIKELY_SEPARATORS = ("/", ",", ";", "、", "，", "；", " ")
+
+
+def check_label_separator(train: Examples, spec: LabelSpec) -> None:
+    """Refuses multi-label training data in which no row has two labels while every label
+    holds one same separator-like character (`书籍/正面` with the default '|'): its labels are
+    almost surely joined by that character, and read whole they train a one-label model over
+    the combinations."""
+    if spec.task != "multilabel" or spec.allow_single_label_rows:
+        return
+    if any(len(label) > 1 for label in train.labels):
+        return
+    names = {label[0] for label in train.labels}
+    shared = [c for c in _LIKELY_SEPARATORS if c != spec.separator
+              and all(c in name.strip(c) for name in names)]
+    if shared:
+        example = next(iter(sorted(names)))
+        raise SchemaError(
+            f"{train.source}: no row has two labels, and every label holds {shared[0]!r} "
+            f"(e.g. {example!r}): pass --label_separator={shared[0]!r} if that joins them, or "
+            "--allow_single_label_rows if each row has one label")
 
 
 def label_key(value: object) -> str:
@@ -551,6 +610,7 @@ def encode_labels(splits: Dict[str, Examples], spec: LabelSpec) -> Dict[str, Exa
     if spec.task == "binary":
         return {split: dataclasses.replace(examples, class_names=config.BINARY_CLASS_NAMES)
                 for split, examples in splits.items()}
+    check_label_separator(splits["train"], spec)
     class_names = spec.class_names or _class_names_of(splits["train"], spec.task)
     if len(class_names) < 2:
         raise DataError(f"--class_names={','.join(class_names)}: --task={spec.task} needs at "
@@ -599,6 +659,16 @@ def load_splits(train_data: Optional[str], eval_data: Optional[str], test_data: 
         logging.info("%s split: %d rows (%s) from %s", name, len(examples),
                      class_counts(examples), examples.source)
     return splits
+
+
+def fingerprint(examples: Examples) -> Dict[str, object]:
+    """How many examples, and a SHA-256 of their texts, labels and class names: what a resumed
+    run compares to know it trains on the data the interrupted run did."""
+    digest = hashlib.sha256()
+    for part in (examples.class_names, examples.texts, examples.texts_b, examples.labels):
+        digest.update(json.dumps(part, ensure_ascii=False).encode("utf-8"))
+        digest.update(b"\0")
+    return {"examples": len(examples), "sha256": digest.hexdigest()}
 
 
 def class_counts(examples: Examples) -> str:

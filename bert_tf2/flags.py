@@ -87,6 +87,10 @@ def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS):
                   "split's labels, sorted.")
     define.string("label_separator", "|", "Multilabel: what separates the labels of one "
                   "cell, e.g. '体育|财经'.")
+    define.bool("allow_single_label_rows", False, "Multilabel: train on data in which no row "
+                "has two labels. Without it such data is refused when every label holds a "
+                "character that usually joins labels ('/', ',', ';', '、', space...): pass "
+                "that --label_separator instead.")
     define.bool("skip_bad_rows", False, "Skip and count unreadable rows instead of "
                 "stopping at the first one.")
     _define_encoding(flag_values)
@@ -139,8 +143,16 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
     define.bool("build_missing_modules", False,
                 "If the handles are local paths that do not exist yet, build them "
                 "from --vocab_file, --bert_config_file and --init_checkpoint first.")
-    define.string("model_dir", None, "Checkpoints, TensorBoard logs, metrics.json.")
+    define.string("model_dir", None, "Checkpoints, TensorBoard logs, metrics.json. A "
+                  "model_dir holding an interrupted run resumes it (the same command, the same "
+                  "data); one holding a finished run, or an interrupted run of other settings "
+                  "or data, is refused unless --overwrite.")
+    define.bool("overwrite", False, "Remove what an earlier run left in --model_dir (backup, "
+                "checkpoints, metrics, run_config.json, logs) and start afresh.")
     define.string("export_dir", None, "SavedModels are exported to export_dir/<version>.")
+    define.bool("export_new_task", False, "Export even though the newest version in "
+                "--export_dir has another task, inputs or class names (by default refused: "
+                "the new version would be served in its place, under the same clients).")
     define.integer("keep_exports", None, "Keep only the newest N versions under --export_dir, "
                    "removing older ones after a successful export; default: keep all.",
                    lower_bound=1)

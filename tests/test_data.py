@@ -258,3 +258,95 @@ def test_a_spreadsheet_is_named_as_one(tmp_path, name, content):
         data.read_examples(str(path))
     with pytest.raises(data.DataError, match="a spreadsheet"):
         list(data.iter_lines(str(path)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Mistakes that would read as data: a header as a row, labels joined by another separator
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("first_row", ["cat,label,review", "review,cat,label"])
+def test_a_header_read_with_column_names_is_refused_not_trained(tmp_path, first_row):
+    path = tmp_path / "news.csv"
+    path.write_text(f"{first_row}\n体育,1,比赛很精彩\n财经,0,股市大跌\n", encoding="utf-8")
+    with pytest.raises(data.SchemaError, match=re.escape(
+            f"{path}:1: the first row ({first_row}) names the columns: the file has a "
+            "header; drop --column_names")):
+        data.read_examples(str(path), column_names=("cat", "label", "review"),
+                           text_column="review")
+    if first_row == "cat,label,review":  # the file's own header reads it right
+        read = data.read_examples(str(path), text_column="review")  # as the error says
+        assert read.texts == ("比赛很精彩", "股市大跌")
+
+
+def test_a_first_row_that_only_shares_a_word_with_column_names_is_data(tmp_path):
+    path = tmp_path / "reviews.tsv"
+    path.write_text("text\t1\n很好\t0\n", encoding="utf-8")
+    read = data.read_examples(str(path), column_names=("text", "label"))
+    assert read.texts == ("text", "很好") and read.labels == (1, 0)
+
+
+def _multilabel_splits(path, cells, **spec):
+    path.write_text("text\tlabel\n" + "".join(f"评论{i}\t{cell}\n" for i, cell in
+                                              enumerate(cells)), encoding="utf-8")
+    return data.load_splits(str(path), None, None, labels=data.LabelSpec(task="multilabel",
+                                                                         **spec))
+
+
+@pytest.mark.parametrize("separator", ["/", "，", " "])
+def test_multilabel_cells_joined_by_another_separator_are_refused(tmp_path, separator):
+    cells = [f"书籍{separator}正面", f"书籍{separator}负面", f"酒店{separator}正面"]
+    with pytest.raises(data.SchemaError, match=re.escape(
+            f"no row has two labels, and every label holds {separator!r} (e.g. "
+            f"'书籍{separator}正面'): pass --label_separator={separator!r}")):
+        _multilabel_splits(tmp_path / "train.tsv", cells)
+    splits = _multilabel_splits(tmp_path / "train.tsv", cells, separator=separator)
+    assert splits["train"].class_names == ("书籍", "正面", "负面", "酒店")
+    assert splits["train"].labels[0] == (1, 1, 0, 0)
+
+
+def test_multilabel_data_with_one_label_a_row_trains_when_asked(tmp_path):
+    cells = ["书籍/正面", "酒店/正面"]
+    splits = _multilabel_splits(tmp_path / "train.tsv", cells, allow_single_label_rows=True)
+    assert splits["train"].class_names == ("书籍/正面", "酒店/正面")
+    plain = _multilabel_splits(tmp_path / "train.tsv", ["体育", "财经"])  # no separator
+    assert plain["train"].class_names == ("体育", "财经")
+
+
+def test_the_separator_check_is_a_flag_of_every_command_that_reads_labels():
+    config = train_config("--model_dir=/tmp/m", "--allow_single_label_rows")
+    assert data.reader_options(config.data)["labels"].allow_single_label_rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema errors: the flags do not fit the file
+# ---------------------------------------------------------------------------------------------
+
+def test_a_wrong_column_names_count_says_to_fix_the_flag_not_to_skip_rows(tmp_path):
+    path = tmp_path / "reviews.tsv"
+    path.write_text("很好\t1\n很差\t0\n", encoding="utf-8")
+    with pytest.raises(data.SchemaError) as raised:
+        data.read_examples(str(path), column_names=("id", "text", "label"))
+    message = str(raised.value)
+    assert message.startswith(f"{path}:1: 2 fields but --column_names names 3 (id, text, label)")
+    assert "fix --column_names" in message and "--skip_bad_rows" not in message
+
+
+def test_a_label_outside_class_names_says_to_fix_them_not_to_skip_rows(tmp_path):
+    path = tmp_path / "news.tsv"
+    path.write_text("text\tlabel\n比赛\t体育\n股市\t金融\n", encoding="utf-8")
+    with pytest.raises(data.SchemaError) as raised:
+        data.read_examples(str(path), labels=data.LabelSpec(task="multiclass",
+                                                            class_names=("体育", "财经")))
+    assert "'金融' is not one of --class_names (体育, 财经): add it to --class_names" in str(
+        raised.value)
+    assert "--skip_bad_rows" not in str(raised.value)
+
+
+def test_skipped_rows_are_logged_a_few_then_counted(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="absl")
+    path = tmp_path / "reviews.jsonl"
+    path.write_text('{"text": "好", "label": 1}\n' + "{not json\n" * 50, encoding="utf-8")
+    read = data.read_examples(str(path), skip_bad_rows=True)
+    assert read.skipped_rows == 50
+    assert caplog.text.count("Skipping bad row") == data.BadRows.LOGGED_ROWS
+    assert "skipped 50 bad rows" in caplog.text
