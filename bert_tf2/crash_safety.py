@@ -5,17 +5,32 @@ this order: StopOnNonFiniteLoss first (a NaN step never reaches a backup), the l
 StopAtStep, then Backup last (an epoch is backed up only once it is logged).
 """
 
+import json
 import math
 import os
 import shutil
-from typing import List, Optional
+from typing import Dict, List, Mapping, Optional
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 import tf_keras
 
 from bert_tf2 import cli
+from bert_tf2 import config as config_lib
+from bert_tf2 import data
+from bert_tf2 import distribution
 from bert_tf2 import io_utils
+
+# model_dir/run_data.json: {split: data.fingerprint(...)} of the data a run trains on, written
+# beside run_config.json, so that a resume can tell it is given the same data.
+RUN_DATA_FILE = "run_data.json"
+# What a run leaves in model_dir; --overwrite removes these (and nothing else there).
+RUN_OUTPUTS = (config_lib.RUN_CONFIG_FILE, RUN_DATA_FILE, "backup", "best", "checkpoints",
+               "logs", "history.csv", "metrics.json", "training_curves.png", "classes.txt",
+               "pretrain")
+# Only a finished run leaves these (a run still to resume has its backup instead).
+_FINISHED_RUN_OUTPUTS = ("metrics.json", os.path.join("checkpoints", "final.index"))
+FINGERPRINTED_SPLITS = ("train", "dev")
 
 
 class StopAtStep(tf_keras.callbacks.Callback):
@@ -202,3 +217,92 @@ def non_finite_error(what: str, step: int, epoch: int, backup_dir: str) -> NonFi
            "command resumes from it (fix the cause first, e.g. with a lower --learning_rate; "
            "delete it to start over)." if last_good is not None else
            "No backup had been written yet; try a lower --learning_rate."))
+
+
+class ModelDirInUseError(cli.UserError):
+    """--model_dir holds another run (finished, or interrupted with other settings or data)."""
+
+
+def check_model_dir(config: config_lib.TrainConfig, splits: Mapping[str, data.Examples],
+                    *, overwrite: bool = False) -> None:
+    """Refuses, before anything trains, a run that would silently mix with the one in
+    model_dir: a finished run (its checkpoints, metrics and run_config.json would be
+    replaced), or an interrupted one that this run would resume with other model settings or
+    other data. With `overwrite` the earlier run's outputs are removed and this one starts
+    afresh (on the chief; the other workers of a cluster leave them to it)."""
+    model_dir = config.model_dir
+    if overwrite:
+        if distribution.is_chief():
+            clear_run_outputs(model_dir)
+        return
+    if backed_up_step(os.path.join(model_dir, "backup")) is not None:
+        _check_resume(config, splits)
+    elif any(os.path.exists(os.path.join(model_dir, name)) for name in _FINISHED_RUN_OUTPUTS):
+        raise ModelDirInUseError(
+            f"--model_dir={model_dir} holds a finished run (its checkpoints, metrics.json and "
+            f"{config_lib.RUN_CONFIG_FILE}); pass --overwrite to replace it, or choose another "
+            "--model_dir")
+
+
+def _check_resume(config: config_lib.TrainConfig,
+                  splits: Mapping[str, data.Examples]) -> None:
+    """Refuses to resume the backup in model_dir with settings or data that change the model."""
+    model_dir = config.model_dir
+    path = os.path.join(model_dir, config_lib.RUN_CONFIG_FILE)
+    try:
+        interrupted = config_lib.load(path)
+    except cli.UserError as error:
+        raise ModelDirInUseError(
+            f"--model_dir={model_dir} holds a backup to resume, but its run cannot be compared "
+            f"with this one ({error}); pass --overwrite to start afresh, or choose another "
+            "--model_dir") from error
+    recorded = read_run_data(model_dir)
+    differences = [f"--{name} ({before!r}, now {after!r})" for name, (before, after) in
+                   config_lib.resume_differences(interrupted, config,
+                                                 compare_reading=recorded is None).items()]
+    if recorded is not None:
+        differences += _data_differences(recorded, data_fingerprints(splits))
+    if differences:
+        raise ModelDirInUseError(
+            f"--model_dir={model_dir} holds an interrupted run that this one would resume, but "
+            f"with other settings or data: {'; '.join(differences)}. Rerun its own command "
+            f"(--run_config={path}) to resume it, or pass --overwrite to start afresh, or "
+            "choose another --model_dir")
+
+
+def _data_differences(recorded: Mapping[str, Mapping[str, object]],
+                      current: Mapping[str, Mapping[str, object]]) -> List[str]:
+    """'the train data (1200 examples, now 800)' for each split whose fingerprint changed."""
+    def described(fingerprint):
+        return f"{fingerprint['examples']} examples" if fingerprint else "none"
+
+    return [f"the {split} data ({described(recorded.get(split))}, now "
+            f"{described(current.get(split))}"
+            + (", other contents)" if recorded.get(split) and current.get(split) and
+               recorded[split]["examples"] == current[split]["examples"] else ")")
+            for split in FINGERPRINTED_SPLITS if recorded.get(split) != current.get(split)]
+
+
+def data_fingerprints(splits: Mapping[str, data.Examples]) -> Dict[str, Dict[str, object]]:
+    """`data.fingerprint` of the splits that make the model (train; dev picks the best epoch)."""
+    return {split: data.fingerprint(splits[split]) for split in FINGERPRINTED_SPLITS
+            if split in splits}
+
+
+def read_run_data(model_dir: str) -> Optional[Dict[str, Dict[str, object]]]:
+    """The fingerprints a run wrote to model_dir (`RUN_DATA_FILE`), or None."""
+    path = os.path.join(model_dir, RUN_DATA_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def clear_run_outputs(model_dir: str) -> None:
+    """Removes what a run left in model_dir (`RUN_OUTPUTS`), nothing else."""
+    for name in RUN_OUTPUTS:
+        path = os.path.join(model_dir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)

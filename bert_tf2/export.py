@@ -39,6 +39,7 @@ initialization. TF Serving fails the load if a warm-up request fails, so they ar
 requests that the tests replay against the exported model.
 """
 
+import dataclasses
 import os
 import re
 import shutil
@@ -50,6 +51,7 @@ from absl import logging
 import tensorflow as tf
 import tf_keras
 
+from bert_tf2 import cli
 from bert_tf2 import config
 from bert_tf2 import input_pipeline
 from bert_tf2 import io_utils
@@ -219,19 +221,70 @@ def set_method_names(saved_model_dir: str, method_names: Dict[str, str]) -> None
     real method name makes the signature work either way; TF2 loading ignores method names.
     The fingerprint (a checksum of saved_model.pb) is recomputed to match.
     """
-    from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
-    path = os.path.join(saved_model_dir, "saved_model.pb")
-    saved_model = saved_model_pb2.SavedModel()
-    with open(path, "rb") as f:
-        saved_model.ParseFromString(f.read())
+    saved_model = _read_saved_model(saved_model_dir)
     for meta_graph in saved_model.meta_graphs:
         for key, method_name in method_names.items():
             if key not in meta_graph.signature_def:
                 raise KeyError(f"no signature {key!r} in {saved_model_dir}")
             meta_graph.signature_def[key].method_name = method_name
-    with open(path, "wb") as f:
+    with open(os.path.join(saved_model_dir, "saved_model.pb"), "wb") as f:
         f.write(saved_model.SerializeToString(deterministic=True))
     _rewrite_fingerprint(saved_model_dir)
+
+
+def _read_saved_model(saved_model_dir: str):
+    """The SavedModel proto of `saved_model_dir/saved_model.pb`, read without loading it."""
+    from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+        saved_model.ParseFromString(f.read())
+    return saved_model
+
+
+@dataclasses.dataclass(frozen=True)
+class Contract:
+    """What an export's clients rely on: its task (which outputs), whether it takes pairs
+    (which inputs) and its class names (what the outputs' columns and labels mean)."""
+
+    task: str
+    pairs: bool
+    class_names: Tuple[str, ...]
+
+    def __str__(self) -> str:
+        return (f"{self.task} {'sentence pairs' if self.pairs else 'texts'} over classes "
+                f"{','.join(self.class_names)}")
+
+
+def read_contract(saved_model_dir: str) -> Contract:
+    """The `Contract` of an export, read off its serving_default signature and class names."""
+    signature = _read_saved_model(saved_model_dir).meta_graphs[0].signature_def[
+        SERVING_SIGNATURE]
+    outputs = set(signature.outputs)
+    task = ("binary" if PROBABILITY_OUTPUT in outputs else
+            "multiclass" if LABEL_ID_OUTPUT in outputs else "multilabel")
+    return Contract(task=task, pairs=TEXT_B_INPUT in signature.inputs,
+                    class_names=read_class_names(saved_model_dir))
+
+
+class ContractChangeError(cli.UserError):
+    """An export would become the served version of a directory whose clients expect another
+    contract."""
+
+
+def check_contract(export_dir: str, contract: Contract) -> None:
+    """Refuses to export `contract` into `export_dir` when its newest version has another:
+    the new version is the one TF Serving and predict pick up, under the same clients."""
+    versions = [version for version in io_utils.existing_versions(export_dir)
+                if os.path.isfile(os.path.join(export_dir, str(version), "saved_model.pb"))]
+    if not versions:
+        return
+    served = read_contract(os.path.join(export_dir, str(versions[-1])))
+    if served != contract:
+        raise ContractChangeError(
+            f"--export_dir={export_dir}: its version {versions[-1]} serves {served}; this run "
+            f"would export {contract} as version {versions[-1] + 1}, which TF Serving and "
+            "predict would take in its place. Pass another --export_dir, or --export_new_task "
+            "to change the contract under its clients")
 
 
 def _rewrite_fingerprint(saved_model_dir: str) -> None:
@@ -248,12 +301,8 @@ def _rewrite_fingerprint(saved_model_dir: str) -> None:
 
 def graph_ops(saved_model_dir: str) -> Set[str]:
     """Every op type in the SavedModel's graphs, function bodies included."""
-    from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
-    saved_model = saved_model_pb2.SavedModel()
-    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
-        saved_model.ParseFromString(f.read())
     ops = set()
-    for meta_graph in saved_model.meta_graphs:
+    for meta_graph in _read_saved_model(saved_model_dir).meta_graphs:
         ops.update(node.op for node in meta_graph.graph_def.node)
         for function in meta_graph.graph_def.library.function:
             ops.update(node.op for node in function.node_def)

@@ -103,13 +103,16 @@ class TrainResult:
 
 
 def run(config: config_lib.TrainConfig,
-        callbacks: Sequence[tf_keras.callbacks.Callback] = ()) -> TrainResult:
+        callbacks: Sequence[tf_keras.callbacks.Callback] = (), *, overwrite: bool = False,
+        export_new_task: bool = False) -> TrainResult:
     """Runs the whole job `config` describes.
 
     `callbacks` run in `fit` after the loggers and before the backup, so one that stops or
-    fails at step N does so before step N is backed up.
+    fails at step N does so before step N is backed up. `overwrite` replaces the run that
+    model_dir holds (--overwrite); `export_new_task` exports even over a newest version of
+    another contract (--export_new_task).
     """
-    prepared = prepare(config)
+    prepared = prepare(config, overwrite=overwrite, export_new_task=export_new_task)
     classifier, backed_up_steps = fit(config, prepared, callbacks)
     metrics = evaluate(config, prepared, classifier)
     text_classifier = model_lib.build_text_classifier(
@@ -132,8 +135,11 @@ def run(config: config_lib.TrainConfig,
 # The phases
 # ---------------------------------------------------------------------------------------------
 
-def prepare(config: config_lib.TrainConfig) -> Prepared:
-    """Strategy and dtype policy, output checks, the data, the modules and the step plan."""
+def prepare(config: config_lib.TrainConfig, *, overwrite: bool = False,
+            export_new_task: bool = False) -> Prepared:
+    """Strategy and dtype policy, output checks, the data, the checks that this run does not
+    silently replace or mix with another (model_dir, export_dir), the modules and the step
+    plan."""
     runtime = config.runtime
     strategy = distribution.get_strategy(runtime.distribution_strategy,
                                          num_gpus=runtime.num_gpus, tpu=runtime.tpu)
@@ -163,6 +169,11 @@ def prepare(config: config_lib.TrainConfig) -> Prepared:
     if config.export.export_best and "dev" not in splits:
         raise cli.UserError("--export_best picks the epoch with the best dev score: pass "
                             "--eval_data too")
+    crash_safety.check_model_dir(config, splits, overwrite=overwrite)
+    if "--export_dir" in outputs and not export_new_task:
+        export.check_contract(config.export.export_dir, export.Contract(
+            task=config.data.task, pairs=bool(config.data.text_b_column),
+            class_names=splits["train"].class_names))
     if config.modules.build_missing:
         build_missing_modules(config, splits["train"].texts, model_dir)
     check_seq_length(config.input.seq_length, config.modules.encoder_handle)
@@ -193,6 +204,8 @@ def fit(config: config_lib.TrainConfig, prepared: Prepared,
     io_utils.write_json(config.to_dict(),
                         os.path.join(prepared.model_dir, config_lib.RUN_CONFIG_FILE),
                         sort_keys=True)
+    io_utils.write_json(crash_safety.data_fingerprints(prepared.splits),
+                        os.path.join(prepared.model_dir, crash_safety.RUN_DATA_FILE))
     export.write_class_names(os.path.join(prepared.model_dir, CLASSES_FILE),
                              prepared.class_names)
     start = time.monotonic()
@@ -581,8 +594,22 @@ def main(argv):
     if not config.model_dir:
         raise app.UsageError("--model_dir is required")
     start = time.time()
-    run(config)
+    try:
+        run(config, overwrite=FLAGS.overwrite, export_new_task=FLAGS.export_new_task)
+    except KeyboardInterrupt:
+        raise interrupted(config) from None
     logging.info("Done in %.1f s", time.time() - start)
+
+
+def interrupted(config: config_lib.TrainConfig) -> cli.Interrupted:
+    """The one line a Ctrl-C ends with: where the backup is and how to resume from it."""
+    backup_dir = os.path.join(config.model_dir, "backup")
+    step = crash_safety.backed_up_step(backup_dir)
+    if step is None:
+        return cli.Interrupted("interrupted before the first backup; rerunning the same "
+                               "command starts over")
+    return cli.Interrupted(f"interrupted; the backup of step {step} is in {backup_dir}: "
+                           "rerunning the same command resumes from it")
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:

@@ -4,10 +4,12 @@ See docs/crash_safety.md for what these guarantee to a user.
 """
 
 import concurrent.futures
+import json
 import logging
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -369,3 +371,67 @@ def test_cli_reports_errors_in_one_line_without_a_traceback(tmp_path, case):
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("train: ") and re.search(expected, last_line), last_line
+
+
+# ---------------------------------------------------------------------------------------------
+# A model_dir or export_dir that holds another run
+# ---------------------------------------------------------------------------------------------
+
+def test_a_resume_with_other_data_or_settings_is_refused_and_overwrite_starts_afresh(
+        tmp_path, tiny_hub_modules, train_file, corpus_splits, caplog):
+    caplog.set_level(logging.INFO, logger="absl")
+    model_dir = tmp_path / "m"
+    args = _args(tiny_hub_modules, model_dir, train_file, "--train_steps=12",
+                 "--checkpoint_steps=4")
+    with pytest.raises(Crash):
+        train.run(train_config(*args), callbacks=[CrashAtStep(6)])
+    other_data = write_jsonl(tmp_path / "other.jsonl", corpus_splits["dev"], 160)
+    other = _args(tiny_hub_modules, model_dir, other_data, "--train_steps=12",
+                  "--checkpoint_steps=4", "--batch_size=8")
+    with pytest.raises(crash_safety.ModelDirInUseError, match=re.escape(
+            "holds an interrupted run that this one would resume, but with other settings or "
+            "data: --batch_size (16, now 8); the train data (160 examples, now 160 examples, "
+            "other contents). Rerun its own command")):
+        train.run(train_config(*other))
+    assert crash_safety.backed_up_step(str(model_dir / "backup")) == 4  # left as it was
+
+    # Where files go and how often to back up may change: the run resumes.
+    caplog.clear()
+    result = train.run(train_config(*args, "--checkpoint_steps=5",
+                                    f"--export_dir={tmp_path / 'e'}"))
+    assert RESUMING.findall(caplog.text) == [("4", "1")] and result.optimizer_steps == 12
+
+    with pytest.raises(crash_safety.ModelDirInUseError, match=re.escape(
+            f"--model_dir={model_dir} holds a finished run (its checkpoints, metrics.json and "
+            "run_config.json); pass --overwrite to replace it")):
+        train.run(train_config(*other))
+    caplog.clear()
+    result = train.run(train_config(*other), overwrite=True)
+    assert not RESUMING.findall(caplog.text) and result.optimizer_steps == 12
+    history = (model_dir / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["0"]  # this run's epoch alone
+    assert json.loads((model_dir / "run_config.json").read_text())["trainer"]["batch_size"] == 8
+
+
+def test_an_export_of_another_contract_is_refused_before_training(
+        tmp_path, tiny_hub_modules, tiny_training_run, train_file):
+    export_dir = tmp_path / "e"
+    shutil.copytree(tiny_training_run["saved_model"], export_dir / "1")
+    served = export.read_contract(str(export_dir / "1"))
+    assert served == export.Contract(task="binary", pairs=False, class_names=("0", "1"))
+
+    multiclass = export.Contract(task="multiclass", pairs=False, class_names=("0", "1"))
+    with pytest.raises(export.ContractChangeError, match=re.escape(
+            f"--export_dir={export_dir}: its version 1 serves binary texts over classes 0,1; "
+            "this run would export multiclass texts over classes 0,1 as version 2")):
+        export.check_contract(str(export_dir), multiclass)
+    export.check_contract(str(export_dir), served)  # the same contract: a new version is fine
+
+    args = [*_args(tiny_hub_modules, tmp_path / "m", train_file, "--train_steps=2"),
+            f"--export_dir={export_dir}", "--task=multiclass"]
+    with pytest.raises(export.ContractChangeError, match="--export_new_task"):
+        train.run(train_config(*args))
+    assert not (tmp_path / "m" / "checkpoints").exists()  # refused before training
+    result = train.run(train_config(*args), export_new_task=True)
+    assert result.export_path == str(export_dir / "2")
+    assert export.read_contract(result.export_path).task == "multiclass"
