@@ -277,15 +277,26 @@ def multilabel_report(labels, probabilities, class_names: Sequence[str], *,
         both = 0 < y[:, i].sum() < len(y)
         per_label[name]["roc_auc"] = (float(sk_metrics.roc_auc_score(y[:, i], p[:, i]))
                                       if both else None)
+        per_label[name]["f1_by_threshold"] = {
+            f"{t:.1f}": float(sk_metrics.f1_score(y[:, i], p[:, i] >= t, zero_division=0))
+            for t in SWEPT_THRESHOLDS}
     return {
         "task": "multilabel", "num_examples": int(len(y)), "class_names": list(class_names),
         "threshold": float(threshold),
-        "subset_accuracy": float(sk_metrics.accuracy_score(y, predicted)),
         "micro_f1": float(sk_metrics.f1_score(y, predicted, average="micro", zero_division=0)),
         "macro_f1": float(sk_metrics.f1_score(y, predicted, average="macro", zero_division=0)),
+        "subset_accuracy": float(sk_metrics.accuracy_score(y, predicted)),
+        "label_accuracy": float(1.0 - sk_metrics.hamming_loss(y, predicted)),
         "hamming_loss": float(sk_metrics.hamming_loss(y, predicted)),
+        "never_predicted": [name for i, name in enumerate(class_names)
+                            if not predicted[:, i].any()],
         "per_label": per_label,
     }
+
+
+# The thresholds a multilabel report scores each label's F1 at (`f1_by_threshold`): a label
+# never predicted at 0.5 may be at a lower one.
+SWEPT_THRESHOLDS = tuple(i / 10 for i in range(1, 10))
 
 
 def format_class_report(report: Mapping[str, object]) -> str:
@@ -294,8 +305,10 @@ def format_class_report(report: Mapping[str, object]) -> str:
     width = max(10, *(len(name) + 2 for name in per_class))
     lines = [f"Model {report.get('saved_model', '?')}",
              f"Data  {report.get('data', '?')}: {report['num_examples']} examples, "
-             f"{len(per_class)} classes ({report['task']})",
-             f"{'':{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+             f"{len(per_class)} classes ({report['task']})"]
+    summary = _multilabel_summary(report) if report["task"] == "multilabel" else []
+    lines += summary[:2 if report.get("never_predicted") else 1]  # the headline first
+    lines.append(f"{'':{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
     for name, m in per_class.items():
         lines.append(f"{name:{width}}{m['precision']:10.3f}{m['recall']:10.3f}{m['f1']:10.3f}"
                      f"{m['support']:10d}")
@@ -307,10 +320,28 @@ def format_class_report(report: Mapping[str, object]) -> str:
                 lines.append(f"  {name} -> {error['predicted']} p={error['probability']:.3f}  "
                              f"{_one_line(_joined(error['text']))}")
     else:
-        lines.append(f"subset accuracy {report['subset_accuracy']:.3f}  micro F1 "
-                     f"{report['micro_f1']:.3f}  macro F1 {report['macro_f1']:.3f}  Hamming "
-                     f"loss {report['hamming_loss']:.3f}")
+        lines += summary[2 if report.get("never_predicted") else 1:]  # the threshold sweep
     return "\n".join(lines)
+
+
+def _multilabel_summary(report: Mapping[str, object]) -> List[str]:
+    """The headline figures of a multilabel report, the labels it never predicts, and each
+    label's F1 over the swept thresholds."""
+    lines = [f"micro F1 {report['micro_f1']:.3f}  macro F1 {report['macro_f1']:.3f}  subset "
+             f"accuracy {report['subset_accuracy']:.3f}  (per-label accuracy "
+             f"{report['label_accuracy']:.3f}, Hamming loss {report['hamming_loss']:.3f})"]
+    never = report["never_predicted"]
+    if never:
+        lines.append(f"NEVER PREDICTED at threshold {report['threshold']}: {len(never)} of "
+                     f"{len(report['class_names'])} labels ({', '.join(never)})")
+    per_label = report["per_label"]
+    width = max(10, *(len(name) + 2 for name in per_label))
+    thresholds = list(next(iter(per_label.values()))["f1_by_threshold"])
+    lines.append(f"{'F1 at':{width}}" + "".join(f"{t:>6}" for t in thresholds))
+    for name, m in per_label.items():
+        lines.append(f"{name:{width}}" + "".join(f"{f1:6.2f}"
+                                                 for f1 in m["f1_by_threshold"].values()))
+    return lines
 
 
 def _joined(text: object) -> Optional[str]:

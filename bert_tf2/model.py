@@ -144,9 +144,67 @@ def loss_and_metrics(task: str, num_classes: int):
         return (tf_keras.losses.SparseCategoricalCrossentropy(),
                 [tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
                  MacroF1(num_classes)])
+    if task == "multilabel":  # the headline figures first; per-label accuracy only beside
+        return (tf_keras.losses.BinaryCrossentropy(),  # them (most labels are off: it is high)
+                [MultilabelF1("micro", num_classes), MultilabelF1("macro", num_classes),
+                 SubsetAccuracy(),
+                 tf_keras.metrics.BinaryAccuracy(name="label_accuracy"),
+                 tf_keras.metrics.AUC(name="auc", multi_label=True)])
     return (tf_keras.losses.BinaryCrossentropy(),
             [tf_keras.metrics.BinaryAccuracy(name="accuracy"),
-             tf_keras.metrics.AUC(name="auc", multi_label=task == "multilabel")])
+             tf_keras.metrics.AUC(name="auc")])
+
+
+def _decisions(y_true, y_pred):
+    """The 0/1 labels and the served decisions (probability >= the threshold), as float32."""
+    return (tf.cast(y_true, tf.float32),
+            tf.cast(y_pred >= config_lib.DECISION_THRESHOLD, tf.float32))
+
+
+class SubsetAccuracy(tf_keras.metrics.MeanMetricWrapper):
+    """Multi-label: the share of examples whose every label is right."""
+
+    def __init__(self, name: str = "subset_accuracy", **kwargs):
+        def all_right(y_true, y_pred):
+            labels, decided = _decisions(y_true, y_pred)
+            return tf.reduce_min(tf.cast(tf.equal(labels, decided), tf.float32), axis=-1)
+        super().__init__(all_right, name=name, **kwargs)
+
+
+class MultilabelF1(tf_keras.metrics.Metric):
+    """Multi-label F1 of the served decisions: `micro` over every (example, label) decision,
+    or `macro`, the unweighted mean of the labels' F1 (0 for a label neither on nor predicted,
+    as scikit-learn's `f1_score(average="macro", zero_division=0)`)."""
+
+    def __init__(self, average: str, num_classes: int, name: str = None, **kwargs):
+        super().__init__(name=name or f"{average}_f1", **kwargs)
+        self.average, self.num_classes = average, num_classes
+        self.counts = self.add_weight(name="counts", shape=(3, num_classes),
+                                      initializer="zeros", dtype=tf.float32)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        labels, decided = _decisions(y_true, y_pred)
+        weight = (tf.ones_like(labels[:, :1]) if sample_weight is None else
+                  tf.reshape(tf.cast(sample_weight, tf.float32), [-1, 1]))
+        self.counts.assign_add(tf.stack([  # true positives, false positives, false negatives
+            tf.reduce_sum(weight * labels * decided, axis=0),
+            tf.reduce_sum(weight * (1 - labels) * decided, axis=0),
+            tf.reduce_sum(weight * labels * (1 - decided), axis=0)]))
+
+    def result(self):
+        counts = self.counts if self.average == "macro" else tf.reduce_sum(
+            self.counts, axis=1, keepdims=True)
+        true_positives, false_positives, false_negatives = tf.unstack(counts)
+        f1 = tf.math.divide_no_nan(2.0 * true_positives,
+                                   2.0 * true_positives + false_positives + false_negatives)
+        return tf.reduce_mean(f1)
+
+    def reset_state(self):
+        self.counts.assign(tf.zeros_like(self.counts))
+
+    def get_config(self):
+        return {**super().get_config(), "average": self.average,
+                "num_classes": self.num_classes}
 
 
 class MacroF1(tf_keras.metrics.Metric):

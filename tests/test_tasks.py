@@ -97,6 +97,84 @@ def test_multiclass_predict_and_evaluate(multiclass_run, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
+# Multi-label, one text
+# ---------------------------------------------------------------------------------------------
+
+def _topics_of(i: int) -> str:
+    """One, two or three topics a row, joined by '|'."""
+    return "|".join(task_data.TOPICS[(i + k) % 3] for k in range(1 + i % 3))
+
+
+@pytest.fixture(scope="module")
+def multilabel_run(tmp_path_factory, tiny_hub_modules, corpus_splits):
+    root = tmp_path_factory.mktemp("multilabel")
+    files = _topic_files(root, corpus_splits, _topics_of)
+    result = train.run(train_config(
+        *tiny_train_args(tiny_hub_modules, root / "model", root / "export"),
+        f"--train_data={files['train']}", f"--eval_data={files['dev']}",
+        "--task=multilabel", "--column_names=text,label", *FIXED_SHAPE_ARGS))
+    return {"result": result, "dev": files["dev"]}
+
+
+def test_multilabel_headline_figures_are_f1_and_subset_accuracy_the_same_everywhere(
+        multilabel_run, tmp_path, capsys):
+    result = multilabel_run["result"]
+    dev = result.metrics["dev"]
+    assert {"micro_f1", "macro_f1", "subset_accuracy",
+            "label_accuracy", "auc"} <= set(dev)
+    assert "accuracy" not in dev  # per-label accuracy is named so, beside the headline
+    report = evaluate.run(task_data.evaluate_config(
+        result.export_path, f"--data={multilabel_run['dev']}", "--column_names=text,label",
+        f"--output_dir={tmp_path / 'eval'}"))
+    for name in ("micro_f1", "macro_f1", "subset_accuracy", "label_accuracy"):
+        assert dev[name] == pytest.approx(report[name], abs=1e-6), name
+    per_label = report["per_label"]
+    assert report["never_predicted"] == [name for name in report["class_names"]
+                                         if per_label[name]["f1"] == 0.0
+                                         and per_label[name]["f1_by_threshold"]["0.5"] == 0.0
+                                         and per_label[name]["precision"] == 0.0]
+    assert all(len(m["f1_by_threshold"]) == 9 for m in per_label.values())
+    out = capsys.readouterr().out
+    headline = out.splitlines()[2]
+    assert headline.startswith("micro F1 ") and "subset accuracy" in headline
+
+
+def test_multilabel_predicts_the_labels_that_are_on(multilabel_run, tmp_path):
+    saved_model = multilabel_run["result"].export_path
+    predict.run(task_data.predict_config(
+        saved_model, f"--input={multilabel_run['dev']}", "--input_format=tsv",
+        "--column_names=text,label", f"--output={tmp_path / 'p.jsonl'}"))
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(rows) == 48
+    for row in rows:
+        assert set(row["probabilities"]) == set(task_data.TOPICS)
+        assert row["labels"] == [name for name in sorted(task_data.TOPICS)
+                                 if row["probabilities"][name] >= 0.5]
+
+
+def test_multilabel_training_metrics_agree_with_scikit_learn():
+    from sklearn import metrics as sk_metrics
+    from bert_tf2 import model as model_lib
+    rng = np.random.default_rng(0)
+    labels = (rng.random((200, 4)) < [0.5, 0.2, 0.05, 0.0]).astype(np.float32)
+    probabilities = rng.random((200, 4)).astype(np.float32) * [1, 1, 0.4, 1]
+    decided = probabilities >= 0.5
+    _, keras_metrics = model_lib.loss_and_metrics("multilabel", 4)
+    expected = {
+        "micro_f1": sk_metrics.f1_score(labels, decided, average="micro", zero_division=0),
+        "macro_f1": sk_metrics.f1_score(labels, decided, average="macro", zero_division=0),
+        "subset_accuracy": sk_metrics.accuracy_score(labels, decided),
+        "label_accuracy": 1 - sk_metrics.hamming_loss(labels, decided)}
+    assert [metric.name for metric in keras_metrics][:3] == [
+        "micro_f1", "macro_f1", "subset_accuracy"]
+    for metric in keras_metrics:
+        if metric.name in expected:
+            for start in range(0, 200, 64):  # in batches, as Keras feeds them
+                metric.update_state(labels[start:start + 64], probabilities[start:start + 64])
+            assert float(metric.result()) == pytest.approx(expected[metric.name], abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
 # --export_best
 # ---------------------------------------------------------------------------------------------
 
