@@ -78,6 +78,8 @@ class LabelSpec:
     # Multilabel: data in which no row has two labels is meant so (else it is refused when its
     # labels look joined by another separator: `check_label_separator`).
     allow_single_label_rows: bool = False
+    # Where `class_names` came from, for messages: the flag, or the model evaluate runs.
+    class_names_source: str = "--class_names"
 
 
 def reader_options(data_config, **label_overrides) -> Dict[str, object]:
@@ -547,9 +549,11 @@ def _label_field(row: Mapping[str, object], column: str, spec: LabelSpec, path: 
                            "--label_separator)"))
     unknown = [name for name in names if spec.class_names and name not in spec.class_names]
     if unknown:
-        raise SchemaError(f"{where}: {unknown[0]!r} is not one of --class_names "
-                          f"({', '.join(spec.class_names)}): add it to --class_names, or "
-                          "fix the row")
+        from_flag = spec.class_names_source == "--class_names"
+        raise SchemaError(f"{where}: {unknown[0]!r} is not one of {spec.class_names_source} "
+                          f"({', '.join(spec.class_names)}): "
+                          + ("add it to --class_names, or fix the row" if from_flag else
+                             "the data must be labelled with these classes"))
     return names[0] if spec.task == "multiclass" else names
 
 

@@ -509,7 +509,7 @@ def _labelled_examples(config: config_lib.EvaluateConfig,
     classes say."""
     if not config.data:
         if predictor.task != "binary" or predictor.pairs:
-            raise app.UsageError(f"{predictor.path} is a {predictor.task} model"
+            raise cli.UserError(f"{predictor.path} is a {predictor.task} model"
                                  + (" of text pairs" if predictor.pairs else "")
                                  + ": pass --data, the built-in corpus is binary")
         return data.encode_labels(data.builtin_corpus_splits(),
@@ -517,7 +517,8 @@ def _labelled_examples(config: config_lib.EvaluateConfig,
     predictor.check_text_b_column(config.reader.text_b_column)
     overrides = {"task": predictor.task}
     if predictor.task != "binary":
-        overrides["class_names"] = predictor.class_names
+        overrides.update(class_names=predictor.class_names,
+                         class_names_source=f"the classes of the model {predictor.path}")
     options = data.reader_options(config.reader, **overrides)
     examples = data.read_examples(config.data, **options)
     return data.encode_labels({"train": examples}, options["labels"])["train"]

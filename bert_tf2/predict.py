@@ -127,11 +127,18 @@ class Predictor:
         self.class_names = export.read_class_names(self.path)
 
     def check_text_b_column(self, text_b_column: Optional[str]) -> None:
-        """A UsageError unless --text_b_column is given exactly for a model of pairs."""
+        """A UserError unless --text_b_column is given exactly for a model of pairs."""
         if self.pairs != bool(text_b_column):
-            raise app.UsageError(f"{self.path} classifies "
+            raise cli.UserError(f"--saved_model: {self.path} classifies "
                                  + ("pairs of texts: pass --text_b_column" if self.pairs else
                                     "single texts: leave --text_b_column unset"))
+
+    def check_top_k(self, top_k: Optional[int]) -> None:
+        """A UserError for a --top_k that a binary model would ignore (it has no ranking)."""
+        if top_k and self.task == "binary":
+            raise cli.UserError(f"--top_k={top_k}: {self.path} is a binary model, whose rows "
+                                "hold P(positive) and the label, no classes to rank; drop "
+                                "--top_k")
 
     def __call__(self, texts: Sequence[object]) -> Tuple[np.ndarray, np.ndarray]:
         """Probabilities and labels for n >= 1 texts ((text, text_b) pairs for a pair model).
@@ -413,6 +420,7 @@ def run(config: config_lib.PredictConfig, *, stdin: Optional[BinaryIO] = None,
     predictor = Predictor(config.saved_model)
     load_seconds = time.perf_counter() - start
     predictor.check_text_b_column(config.text_b_column)
+    predictor.check_top_k(config.top_k)
 
     bad_rows = data.BadRows(skip=config.skip_bad_rows)
     if config.input == STDIO:

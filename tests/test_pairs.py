@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (the export's preprocessing needs its ops)
 
-from bert_tf2 import data, evaluate, predict, train
+from bert_tf2 import cli, data, evaluate, predict, train
 from tests import task_data
 from tests.tiny_fixtures import FIXED_SHAPE_ARGS, tiny_train_args, train_config
 
@@ -42,7 +42,7 @@ def test_multilabel_pairs_train_predict_and_evaluate(tiny_hub_modules, corpus_sp
         f"--train_data={files['train']}", f"--eval_data={files['dev']}", "--task=multilabel",
         "--text_column=q1", "--text_b_column=q2", "--truncation=tail", *FIXED_SHAPE_ARGS))
     assert result.class_names == ("a", "b", "c")
-    assert {"accuracy", "auc"} <= set(result.metrics["dev"])
+    assert {"micro_f1", "macro_f1", "subset_accuracy", "auc"} <= set(result.metrics["dev"])
     loaded, outputs = task_data.serve(result.export_path, text=["很好", "很差"], text_b=["不错", "差"])
     assert set(outputs) == {"probabilities", "labels"}
     np.testing.assert_array_equal(outputs["labels"], outputs["probabilities"] >= 0.5)
@@ -59,9 +59,18 @@ def test_multilabel_pairs_train_predict_and_evaluate(tiny_hub_modules, corpus_sp
     assert report["task"] == "multilabel" and report["num_examples"] == 32
     assert set(report["per_label"]) == {"a", "b", "c"}
     assert 0.0 <= report["subset_accuracy"] <= 1.0
-    with pytest.raises(Exception, match="pass --text_b_column"):
-        predict.run(task_data.predict_config(result.export_path, f"--input={files['dev']}",
-                                    "--text_column=q1", f"--output={tmp_path / 'q.csv'}"))
+    # One line with the tool's name (cli.UserError), not the module's whole help.
+    for tool, run_tool, args in (
+            ("predict", predict.run, task_data.predict_config(
+                result.export_path, f"--input={files['dev']}", "--text_column=q1",
+                f"--output={tmp_path / 'q.csv'}")),
+            ("evaluate", evaluate.run, task_data.evaluate_config(
+                result.export_path, f"--data={files['dev']}", "--text_column=q1",
+                f"--output_dir={tmp_path / 'eval2'}"))):
+        with pytest.raises(cli.UserError, match=r"^--saved_model: .* classifies pairs of "
+                           r"texts: pass --text_b_column$"):
+            run_tool(args)
+    assert not (tmp_path / "q.csv").exists()
 
 
 # ---------------------------------------------------------------------------------------------

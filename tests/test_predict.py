@@ -383,3 +383,12 @@ def test_a_closed_pipe_ends_the_command_with_a_last_line_and_status_1(tiny_train
     assert re.fullmatch(r"predict: stdout was closed \(broken pipe\); only the first \d+ rows "
                         r"were written to stdout: the output is incomplete", last_line), stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+
+
+def test_top_k_on_a_binary_model_is_refused_not_ignored(tiny_training_run, tmp_path):
+    with pytest.raises(cli.UserError, match=r"--top_k=2: .* is a binary model, whose rows hold "
+                       r"P\(positive\) and the label, no classes to rank; drop --top_k"):
+        predict.run(predict_config(f"--saved_model={tiny_training_run['saved_model']}",
+                                   "--top_k=2", f"--output={tmp_path / 'p.jsonl'}",
+                                   "--noprogress"))
+    assert not (tmp_path / "p.jsonl").exists()

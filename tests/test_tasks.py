@@ -96,6 +96,18 @@ def test_multiclass_predict_and_evaluate(multiclass_run, tmp_path, capsys):
     assert "macro F1" in capsys.readouterr().out
 
 
+def test_evaluate_names_the_model_as_where_the_classes_came_from(multiclass_run, tmp_path):
+    saved_model = multiclass_run["result"].export_path
+    path = task_data.write(tmp_path / "dev.txt", ["比赛很精彩\t体育", "新片上映\t娱乐"])
+    with pytest.raises(data.SchemaError) as raised:
+        evaluate.run(task_data.evaluate_config(saved_model, f"--data={path}",
+                                               "--column_names=text,label",
+                                               f"--output_dir={tmp_path / 'eval'}"))
+    assert str(raised.value) == (
+        f"{path}:2: label '娱乐' in column 'label': '娱乐' is not one of the classes of the "
+        f"model {saved_model} (体育, 科技, 财经): the data must be labelled with these classes")
+
+
 # ---------------------------------------------------------------------------------------------
 # Multi-label, one text
 # ---------------------------------------------------------------------------------------------
