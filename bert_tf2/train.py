@@ -14,6 +14,7 @@ backup (model, optimizer, step and data position) instead of starting over; see
 """
 
 import collections
+import contextlib
 import dataclasses
 import json
 import math
@@ -480,10 +481,31 @@ def create_optimizer(optimizer_config: config_lib.OptimizerConfig, total_steps: 
     # a step is the same on one device and on several. Model Garden's own clipping
     # (`gradient_clip_norm`) clips each replica's share before the sum: its steps change with
     # the number of replicas.
-    return optimization.AdamWeightDecay(
-        learning_rate=schedule, weight_decay_rate=optimizer_config.weight_decay, epsilon=1e-6,
-        exclude_from_weight_decay=["LayerNorm", "layer_norm", "bias"],
-        gradient_clip_norm=0.0, global_clipnorm=GRADIENT_CLIP_NORM)
+    # Its own "gradient_clip_norm=0" line would say clipping is off.
+    with _dropped_log_lines("AdamWeightDecay gradient_clip_norm"):
+        optimizer = optimization.AdamWeightDecay(
+            learning_rate=schedule, weight_decay_rate=optimizer_config.weight_decay,
+            epsilon=1e-6, exclude_from_weight_decay=["LayerNorm", "layer_norm", "bias"],
+            gradient_clip_norm=0.0, global_clipnorm=GRADIENT_CLIP_NORM)
+    logging.info("AdamW: peak learning rate %g, %d warmup steps of %d, weight decay %g, "
+                 "gradients clipped to a global norm of %g once summed over the replicas",
+                 learning_rate, warmup_steps, total_steps, optimizer_config.weight_decay,
+                 GRADIENT_CLIP_NORM)
+    return optimizer
+
+
+@contextlib.contextmanager
+def _dropped_log_lines(prefix: str):
+    """Leaves out of absl's log the lines that start with `prefix`, within the block."""
+    def keep(record) -> bool:
+        return not str(record.msg).startswith(prefix)
+
+    logger = logging.get_absl_logger()
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def distributed_dataset(strategy: tf.distribute.Strategy, preprocessor,

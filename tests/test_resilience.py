@@ -113,6 +113,34 @@ def test_sigkilled_cli_run_resumes_from_its_last_backup(tmp_path, tiny_hub_modul
     assert not (model_dir / "backup").exists(), "a finished run leaves no backup"
 
 
+def test_ctrl_c_ends_in_one_line_naming_the_backup_and_status_130(tmp_path, tiny_hub_modules,
+                                                                  corpus_splits):
+    train_data = write_jsonl(tmp_path / "train.jsonl", corpus_splits["train"], 640)
+    model_dir = tmp_path / "model"
+    command = [sys.executable, "-m", "bert_tf2.train",
+               *_args(tiny_hub_modules, model_dir, train_data, "--train_steps=400",
+                      "--checkpoint_steps=10", "--epochs=100", *FIXED_SHAPE_ARGS)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while (not (model_dir / "backup" / "chief" / "checkpoint").exists()
+               and process.poll() is None):
+            assert time.monotonic() < deadline, "no backup within 120 s"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    step = crash_safety.backed_up_step(str(model_dir / "backup"))
+    assert stderr.rstrip().splitlines()[-1] == (
+        f"train: interrupted; the backup of step {step} is in {model_dir / 'backup'}: rerunning "
+        "the same command resumes from it")
+
+
 def test_resume_mid_epoch_continues_exactly_where_the_run_stopped(
         tmp_path, dropout_free_modules, train_file, caplog):
     """Model, optimizer, step and data position: the resumed run ends bit-identical."""

@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import logging
 import os
 import pathlib
 import re
@@ -211,3 +212,13 @@ def test_a_run_config_restarts_the_same_run(dropout_free_modules, corpus_splits,
     assert again.config == first.config.replace(model_dir=str(tmp_path / "b"))
     assert again.optimizer_steps == first.optimizer_steps == 4
     assert again.metrics == first.metrics
+
+
+def test_the_optimizer_log_line_says_how_gradients_are_clipped(caplog):
+    caplog.set_level(logging.INFO, logger="absl")
+    optimizer = train.create_optimizer(train_config("--model_dir=/tmp/m").optimizer, 100)
+    assert optimizer.global_clipnorm == train.GRADIENT_CLIP_NORM
+    assert "gradient_clip_norm=0" not in caplog.text
+    assert ("AdamW: peak learning rate 2e-05, 10 warmup steps of 100, weight decay 0.01, "
+            "gradients clipped to a global norm of 1 once summed over the replicas"
+            in caplog.text)
