@@ -133,13 +133,6 @@ class Predictor:
                                  + ("pairs of texts: pass --text_b_column" if self.pairs else
                                     "single texts: leave --text_b_column unset"))
 
-    def check_top_k(self, top_k: Optional[int]) -> None:
-        """A UserError for a --top_k that a binary model would ignore (it has no ranking)."""
-        if top_k and self.task == "binary":
-            raise cli.UserError(f"--top_k={top_k}: {self.path} is a binary model, whose rows "
-                                "hold P(positive) and the label, no classes to rank; drop "
-                                "--top_k")
-
     def __call__(self, texts: Sequence[object]) -> Tuple[np.ndarray, np.ndarray]:
         """Probabilities and labels for n >= 1 texts ((text, text_b) pairs for a pair model).
 
@@ -398,6 +391,13 @@ def _incomplete(error: BaseException, count: int, output: str,
     return error
 
 
+def check_top_k(predictor: Predictor, top_k: Optional[int]) -> None:
+    """A UserError for a --top_k that a binary model would ignore (it has no ranking)."""
+    if top_k and predictor.task == "binary":
+        raise cli.UserError(f"--top_k={top_k}: {predictor.path} is a binary model, whose rows "
+                            "hold P(positive) and the label, no classes to rank; drop --top_k")
+
+
 def _probability(value: np.float32) -> float:
     """The float32 probability as the shortest decimal that reads back as the same float32."""
     return float(str(np.float32(value)))
@@ -420,7 +420,7 @@ def run(config: config_lib.PredictConfig, *, stdin: Optional[BinaryIO] = None,
     predictor = Predictor(config.saved_model)
     load_seconds = time.perf_counter() - start
     predictor.check_text_b_column(config.text_b_column)
-    predictor.check_top_k(config.top_k)
+    check_top_k(predictor, config.top_k)
 
     bad_rows = data.BadRows(skip=config.skip_bad_rows)
     if config.input == STDIO:
