@@ -46,6 +46,21 @@ class StopAtStep(tf_keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class StepProgress(tf_keras.callbacks.ProgbarLogger):
+    """Keras' progress bar (one line an epoch when not on a terminal), each epoch as long as
+    the run's step plan makes it: the last epoch of a --train_steps cap ends where the cap
+    does, where Keras would show it full."""
+
+    def __init__(self, steps_per_epoch: int, total_steps: int):
+        super().__init__(count_mode="steps")
+        self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.target = min(self.steps_per_epoch,
+                          self.total_steps - epoch * self.steps_per_epoch)
+        super().on_epoch_begin(epoch, logs)
+
+
 # --model_dir or --export_dir cannot take the run's output; found before training starts.
 OutputDirError = io_utils.OutputError
 

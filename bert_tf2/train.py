@@ -220,6 +220,7 @@ def fit(config: config_lib.TrainConfig, prepared: Prepared,
         validation_data=dev_data,
         callbacks=[
             crash_safety.StopOnNonFiniteLoss(prepared.backup_dir),  # first: before any save
+            crash_safety.StepProgress(plan.steps_per_epoch, plan.total_steps),
             tf_keras.callbacks.TensorBoard(os.path.join(prepared.model_dir, "logs")),
             tf_keras.callbacks.CSVLogger(os.path.join(prepared.model_dir, "history.csv"),
                                          append=True),

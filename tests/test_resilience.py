@@ -406,7 +406,7 @@ def test_cli_reports_errors_in_one_line_without_a_traceback(tmp_path, case):
 # ---------------------------------------------------------------------------------------------
 
 def test_a_resume_with_other_data_or_settings_is_refused_and_overwrite_starts_afresh(
-        tmp_path, tiny_hub_modules, train_file, corpus_splits, caplog):
+        tmp_path, tiny_hub_modules, train_file, corpus_splits, caplog, capsys):
     caplog.set_level(logging.INFO, logger="absl")
     model_dir = tmp_path / "m"
     args = _args(tiny_hub_modules, model_dir, train_file, "--train_steps=12",
@@ -434,8 +434,11 @@ def test_a_resume_with_other_data_or_settings_is_refused_and_overwrite_starts_af
             "run_config.json); pass --overwrite to replace it")):
         train.run(train_config(*other))
     caplog.clear()
+    capsys.readouterr()
     result = train.run(train_config(*other), overwrite=True)
     assert not RESUMING.findall(caplog.text) and result.optimizer_steps == 12
+    # 20 steps an epoch, capped at 12: the progress line counts the 12 steps taken.
+    assert re.search(r"^12/12 - ", capsys.readouterr().out, re.MULTILINE)
     history = (model_dir / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["0"]  # this run's epoch alone
     assert json.loads((model_dir / "run_config.json").read_text())["trainer"]["batch_size"] == 8
