@@ -1,6 +1,6 @@
 """Tokenization throughput on the built-in corpus: ours against the usual BERT tokenizers.
 
-Issue 3 asks for the original BERT tokenizer's ids at a speed that does not hold training back;
+The original BERT tokenizer's ids are only useful at a speed that does not hold training back;
 this measures texts/s for each way of getting them, on the same texts and vocab, in one run:
 
   bert_original layer in tf.data     our layer mapped over batches, parallel calls (training)

@@ -177,7 +177,7 @@ def test_targeted_cases_in_one_batch(tiny_layer, tiny_reference):
     ("u\u0308" * 150, ["u"] + ["##u"] * 149),
 ])
 def test_rules_give_the_expected_tokens(text, tokens, tiny_layer, tiny_reference):
-    """The rules spelled out, so the reference itself is checked against the issue."""
+    """The rules' tokens written out by hand, so the reference itself is checked too."""
     ids = our_ids(tiny_layer, [text])[0]
     assert [TINY_VOCAB[i] for i in ids] == tokens
     assert tiny_reference.convert_ids_to_tokens(reference_ids(tiny_reference, text)) == tokens
