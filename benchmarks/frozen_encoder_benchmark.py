@@ -6,8 +6,8 @@ process of its own, one after the other, all on the same hub modules (built firs
 For each it reports dev and test accuracy, the training time the run logs ("Finished after N
 optimizer steps in S s": from the start of training to its end, a frozen encoder's pooled
 outputs included), the whole command's wall time, and its peak memory (the process's maximum
-resident set size). It prints a markdown table, with the commands, and writes it as the
-measured section of docs/frozen_encoder.md:
+resident set size). It prints a markdown table, with the commands, and writes it as its
+section of docs/benchmarks.md (docs/frozen_encoder.md links there):
 
   .venv/bin/python -m benchmarks.frozen_encoder_benchmark
 """
@@ -26,10 +26,10 @@ from absl import app, flags, logging
 from benchmarks import report
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output", str(report.REPO_ROOT / "docs" / "frozen_encoder.md"),
-                    "Markdown file whose measured section is written ('' to only print).")
+flags.DEFINE_string("output", str(report.BENCHMARKS_MD),
+                    "Markdown file whose section is written ('' to only print).")
 
-TITLE = "## Measured on the built-in corpus"
+TITLE = "## Fine-tuning everything against freezing the encoder"
 OUTPUT_ROOT = "runs/frozen_encoder_benchmark"
 HUB = f"{OUTPUT_ROOT}/hub"
 QUICKSTART = "--flagfile=configs/quickstart.flags"
