@@ -119,7 +119,7 @@ def test_megabyte_text_is_cheap_and_means_its_beginning(loaded, text):
     rss, peak = _rss_bytes(), _peak_rss_bytes()
     probability = _serve(loaded, [text, text])
     # Only the first export.MAX_TEXT_BYTES are tokenized, so memory does not grow with the
-    # request: uncapped, "好" * MIB took ~160 MiB more (and ~0.35 s; time is for benchmarks).
+    # request; uncapped, "好" * MIB costs well over this bound (docs/benchmarks.md).
     if _peak_rss_bytes() > peak:
         assert _peak_rss_bytes() - rss < 64 * MIB
     prefix = text.encode("utf-8")[:export.MAX_TEXT_BYTES]
