@@ -17,7 +17,7 @@ import pytest
 from bert_tf2 import beam_predict, cli, config, predict
 from tests import task_data
 from tests.conftest import REPO_ROOT
-from tests.tiny_fixtures import FIXED_SHAPE_ARGS, predict_config, tiny_train_args, train_config
+from tests.tiny_fixtures import predict_config
 
 TWO_WORKERS = ("--direct_num_workers=2", "--direct_running_mode=multi_processing")
 
@@ -30,13 +30,9 @@ def saved_model(tiny_training_run):
 @pytest.fixture(scope="module")
 def pair_topics_export(tmp_path_factory, tiny_hub_modules, corpus_splits):
     """A multi-class model of sentence pairs: both the pairs and the classes of a handler."""
-    from bert_tf2 import train
     root = tmp_path_factory.mktemp("pair_topics")
-    files = task_data.pair_files(root, corpus_splits, lambda i: task_data.TOPICS[i % 3])
-    return train.run(train_config(
-        *tiny_train_args(tiny_hub_modules, root / "model", root / "export"),
-        f"--train_data={files['train']}", "--task=multiclass", "--text_column=q1",
-        "--text_b_column=q2", *FIXED_SHAPE_ARGS)).export_path, files["dev"]
+    return (task_data.pair_topics_export(root, tiny_hub_modules, corpus_splits),
+            str(root / "dev.tsv"))
 
 
 def run_beam(*args: str):
