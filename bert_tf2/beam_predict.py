@@ -443,4 +443,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run("beam_predict", main, define_flags, flags_parser=parse_flags)
+    # The pipeline's classes must be bert_tf2.beam_predict's, not __main__'s: worker processes
+    # unpickle them by that name.
+    from bert_tf2 import beam_predict  # pylint: disable=import-self
+    cli.run("beam_predict", beam_predict.main, beam_predict.define_flags,
+            flags_parser=beam_predict.parse_flags)

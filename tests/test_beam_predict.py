@@ -216,14 +216,14 @@ def test_a_missing_or_broken_export_fails_before_the_job(two_files, tmp_path):
         run_beam(f"--saved_model={broken}", *args)
 
 
-@pytest.mark.slow  # starts the command
-def test_the_command_runs_offline_by_default_and_fails_in_one_line(saved_model, tmp_path):
+@pytest.mark.slow  # starts the command and its workers
+def test_the_command_runs_offline_on_two_processes_and_fails_in_one_line(saved_model, tmp_path):
     a, _ = bad_files(tmp_path)
     command = [sys.executable, "-m", "bert_tf2.beam_predict", f"--saved_model={saved_model}",
                f"--input={a}", "--text_column=评论", f"--output={tmp_path / 'p'}"]
     # Any download (Prism's binary, say) would fail through this proxy.
     env = {**os.environ, "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
-    done = subprocess.run(command + ["--skip_bad_rows"], cwd=REPO_ROOT, env=env,
+    done = subprocess.run(command + ["--skip_bad_rows", *TWO_WORKERS], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines()[-1].startswith("beam_predict: 3 rows of 1 files answered")
