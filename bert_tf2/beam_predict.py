@@ -315,6 +315,9 @@ def input_files(config: config_lib.PredictConfig) -> List[str]:
     files = sorted(metadata.path for metadata in matched.metadata_list)
     if not files:
         raise cli.UserError(f"--input={config.input}: no file matches this pattern")
+    if os.path.isdir(files[0]):
+        raise cli.UserError(f"--input={config.input} is a directory: pass a pattern of the "
+                            f"files in it, e.g. {files[0].rstrip('/')}/*.csv")
     ours = [path for path in files if _is_shard(path, config.output)]
     if ours:
         raise cli.UserError(f"--input={config.input} matches {ours[0]}, a shard of --output="

@@ -173,6 +173,7 @@ def test_csv_output_has_a_header_in_every_shard(saved_model, two_files, tmp_path
 @pytest.mark.parametrize("args, message", [
     (("--input={tmp}/nothing*.csv",), r"--input=.*nothing\*\.csv: no file matches"),
     (("--input=-",), "does not read stdin"),
+    (("--input={tmp}",), "is a directory: pass a pattern of the files in it"),
     (("--input={a}", "--output=-"), "pass a prefix for the output files"),
     (("--input={a}", "--output={tmp}"), "is a directory"),
     (("--input={a}", "--text_colum=评论"), "--text_colum=评论: neither a beam_predict flag"),
