@@ -222,14 +222,30 @@ def test_the_command_runs_offline_on_two_processes_and_fails_in_one_line(saved_m
     a, _ = bad_files(tmp_path)
     command = [sys.executable, "-m", "bert_tf2.beam_predict", f"--saved_model={saved_model}",
                f"--input={a}", "--text_column=评论", f"--output={tmp_path / 'p'}"]
-    # Any download (Prism's binary, say) would fail through this proxy.
-    env = {**os.environ, "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    # Any download (Prism's binary, say) would fail through this proxy; Prism's cache would be
+    # under this HOME.
+    home = tmp_path / "home"
+    env = {**os.environ, "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+           "HOME": str(home)}
     done = subprocess.run(command + ["--skip_bad_rows", *TWO_WORKERS], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines()[-1].startswith("beam_predict: 3 rows of 1 files answered")
     assert "2 rows in the dead letter" in done.stderr and "prism" not in done.stderr.lower()
+    assert not (home / ".apache_beam").exists()
     failed = subprocess.run(command + ["--overwrite"], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert failed.returncode == 1
     assert failed.stderr.splitlines()[-1].startswith(f"beam_predict: {a}:4: 3 fields")
+
+
+def test_the_default_runner_is_the_fn_api_runner_and_flags_pass_through():
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+    from apache_beam.runners import runner
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    options = beam_predict.pipeline_options(TWO_WORKERS)
+    assert isinstance(runner.create_runner(options.view_as(StandardOptions).runner),
+                      fn_runner.FnApiRunner)  # not DirectRunner, which may try Prism first
+    assert options.view_as(DirectOptions).direct_num_workers == 2
+    chosen = beam_predict.pipeline_options(["--runner=DataflowRunner", "--project=p"])
+    assert chosen.view_as(StandardOptions).runner == "DataflowRunner"
