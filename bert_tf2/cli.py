@@ -12,7 +12,7 @@ TensorFlow.
 
 import functools
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from absl import app, logging
 
@@ -49,7 +49,15 @@ def one_line_errors(name: str):
 
 
 def run(name: str, main: Callable[[Sequence[str]], None],
-        define_flags: Callable[[], None]) -> None:
-    """Defines the command's flags, parses them and runs `main` with one-line user errors."""
+        define_flags: Callable[[], None],
+        flags_parser: Optional[Callable[[Sequence[str]], Sequence[str]]] = None) -> None:
+    """Defines the command's flags, parses them and runs `main` with one-line user errors.
+
+    `flags_parser` replaces absl's (it returns the arguments `main` gets): bert_tf2.beam_predict
+    hands the flags it does not define to Apache Beam.
+    """
     define_flags()
-    app.run(one_line_errors(name)(main))
+    if flags_parser is None:
+        app.run(one_line_errors(name)(main))
+    else:
+        app.run(one_line_errors(name)(main), flags_parser=flags_parser)

@@ -42,6 +42,7 @@ The model is called through its `serving_default` signature, exactly as TF Servi
 import concurrent.futures
 import contextlib
 import csv
+import io
 import itertools
 import json
 import os
@@ -310,13 +311,31 @@ def _row_writer(out: TextIO, output_format: str,
                 fields: Sequence[str]) -> Callable[[Dict[str, object]], None]:
     if output_format == "jsonl":
         return lambda row: out.write(_json_line(row))
-    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n",
-                            delimiter="\t" if output_format == "tsv" else ",")
+    writer = _csv_writer(out, output_format, fields)
     writer.writeheader()
-    # Lists and distributions go into one cell each, as JSON.
-    return lambda row: writer.writerow(
-        {key: json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value
-         for key, value in row.items()})
+    return lambda row: writer.writerow(_csv_cells(row))
+
+
+def output_line(row: Dict[str, object], output_format: str, fields: Sequence[str]) -> str:
+    """`row` as the text it is in an output file, line ending included: a JSONL line, or a
+    CSV/TSV row under the header `fields` (a header is `output_line(dict(zip(fields,
+    fields)), ...)`). What `run` writes, row by row; bert_tf2.beam_predict writes it too."""
+    if output_format == "jsonl":
+        return _json_line(row)
+    buffer = io.StringIO()
+    _csv_writer(buffer, output_format, fields).writerow(_csv_cells(row))
+    return buffer.getvalue()
+
+
+def _csv_writer(out: TextIO, output_format: str, fields: Sequence[str]) -> csv.DictWriter:
+    return csv.DictWriter(out, fieldnames=fields, lineterminator="\n",
+                          delimiter="\t" if output_format == "tsv" else ",")
+
+
+def _csv_cells(row: Dict[str, object]) -> Dict[str, object]:
+    """Lists and distributions go into one cell each, as JSON."""
+    return {key: json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list))
+            else value for key, value in row.items()}
 
 
 @contextlib.contextmanager

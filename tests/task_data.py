@@ -52,3 +52,13 @@ def pair_files(root: pathlib.Path, corpus_splits, label_of):
         files[split] = write(root / f"{split}.tsv", ["q1\tq2\tlabel"] + [
             f"{a}\t{b}\t{label_of(i)}" for i, (a, b) in enumerate(zip(first, second))])
     return files
+
+
+def pair_topics_export(root: pathlib.Path, modules, corpus_splits) -> str:
+    """A tiny multi-class model of sentence pairs (TOPICS of pair_files' q1, q2), exported."""
+    from bert_tf2 import train  # pylint: disable=g-import-not-at-top
+    files = pair_files(root, corpus_splits, lambda i: TOPICS[i % 3])
+    return train.run(tiny_fixtures.train_config(
+        *tiny_fixtures.tiny_train_args(modules, root / "model", root / "export"),
+        f"--train_data={files['train']}", "--task=multiclass", "--text_column=q1",
+        "--text_b_column=q2", *tiny_fixtures.FIXED_SHAPE_ARGS)).export_path

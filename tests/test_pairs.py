@@ -79,12 +79,8 @@ def test_multilabel_pairs_train_predict_and_evaluate(tiny_hub_modules, corpus_sp
 
 @pytest.fixture(scope="module")
 def pair_topics_export(tmp_path_factory, tiny_hub_modules, corpus_splits):
-    root = tmp_path_factory.mktemp("pair_topics")
-    files = task_data.pair_files(root, corpus_splits, lambda i: task_data.TOPICS[i % 3])
-    return train.run(train_config(
-        *tiny_train_args(tiny_hub_modules, root / "model", root / "export"),
-        f"--train_data={files['train']}", "--task=multiclass", "--text_column=q1",
-        "--text_b_column=q2", *FIXED_SHAPE_ARGS)).export_path
+    return task_data.pair_topics_export(tmp_path_factory.mktemp("pair_topics"),
+                                        tiny_hub_modules, corpus_splits)
 
 
 PAIRS = [("比赛很精彩", "球队赢了"), ("股市大涨", ""), ("新手机", "很好用")]
