@@ -124,10 +124,10 @@ def test_ctrl_c_ends_in_one_line_naming_the_backup_and_status_130(tmp_path, tiny
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while (not (model_dir / "backup" / "chief" / "checkpoint").exists()
                and process.poll() is None):
-            assert time.monotonic() < deadline, "no backup within 120 s"
+            assert time.monotonic() < deadline, "no backup within 300 s"
             time.sleep(0.02)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
@@ -180,9 +180,9 @@ def test_a_backup_of_another_model_is_refused_and_its_own_command_resumes(
     as_saved = train_config(*args, "--norebuild_encoder_under_policy")  # a hub-layer encoder
     with pytest.raises(Crash):
         train.run(as_saved, callbacks=[CrashAtStep(6)])
-    with pytest.raises(crash_safety.BackupMismatchError,
-                       match=r"backup: this backup is of another model than this run builds"):
-        train.run(train_config(*args))  # the encoder rebuilt: other weights
+    with pytest.raises(crash_safety.ModelDirInUseError,
+                       match=r"--rebuild_encoder_under_policy \(False, now True\)"):
+        train.run(train_config(*args))  # the encoder rebuilt: another model
     assert train.run(as_saved).optimizer_steps == 12
 
 
