@@ -121,7 +121,7 @@ def _classifier_encoder(model_config: config_lib.ModelConfig, encoder_handle: st
                                       pooled_only=True, assume_bert_dropout=needed)
         except ValueError as error:
             if needed:
-                raise
+                raise ValueError(f"{error}; {_why_rebuilt(model_config, policy.name)}") from error
             logging.info("%s: the encoder runs as its module was saved", error)
         else:
             freeze_encoder(encoder, model_config.trainable_encoder_layers, source=encoder_handle)
@@ -136,6 +136,18 @@ def _classifier_encoder(model_config: config_lib.ModelConfig, encoder_handle: st
                         "changes nothing", policy.name)
     return hub.KerasLayer(encoder_handle, name="encoder",
                           trainable=model_config.trainable_encoder_layers != 0)
+
+
+def _why_rebuilt(model_config: config_lib.ModelConfig, policy: str) -> str:
+    """Which flag needs the encoder rebuilt, and how to train without rebuilding it."""
+    layers = model_config.trainable_encoder_layers
+    if layers > 0:
+        return (f"--trainable_encoder_layers={layers} trains only its top layers, which needs "
+                "it rebuilt: pass --trainable_encoder_layers=-1 (all of it) or 0 (none of it) "
+                "to train the module as saved")
+    return (f"--mixed_precision={policy} computes it in that policy, which needs it rebuilt: "
+            "pass --mixed_precision=float32, or --norebuild_encoder_under_policy to run the "
+            "module as saved (in float32)")
 
 
 def loss_and_metrics(task: str, num_classes: int):
@@ -443,10 +455,8 @@ def _check_same_outputs(module, encoder: tf_keras.Model, source: str, vocab_size
     dtype = tf_keras.mixed_precision.global_policy().compute_dtype
     if error > _REBUILD_TOLERANCE.get(dtype, 1e-2):
         raise ValueError(f"{source}: the encoder rebuilt as a BertEncoder computes something "
-                         f"else than the module (relative difference {error:.2g} in {dtype}); "
-                         "its architecture is not what its variables suggest. Train the "
-                         "module as it is (in float32): pass --norebuild_encoder_under_policy "
-                         "and --trainable_encoder_layers=-1 (all of it) or 0 (none of it)")
+                         f"else than the module (relative difference {error:.2g} in {dtype}): "
+                         "its architecture is not what its variables suggest")
     logging.info("Rebuilt encoder matches the module (relative difference %.2g in %s)",
                  error, dtype)
 

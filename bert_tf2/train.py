@@ -637,10 +637,7 @@ def interrupted(config: config_lib.TrainConfig) -> cli.Interrupted:
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Defines every flag `TrainConfig.from_flags` reads."""
-    project_flags.define_module_flags(flag_values)
-    project_flags.define_data_flags(flag_values)
-    project_flags.define_pretraining_flags(flag_values)
-    project_flags.define_training_flags(flag_values)
+    project_flags.define_train_command_flags(flag_values)
 
 
 if __name__ == "__main__":
