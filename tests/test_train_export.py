@@ -150,6 +150,27 @@ def test_a_run_config_of_an_earlier_version_takes_todays_defaults_in_one_warning
     assert str(path) in warnings[0] and "--seq_length" not in warnings[0]
 
 
+def test_a_resume_compares_with_the_run_config_of_an_earlier_version(tmp_path, caplog):
+    from bert_tf2 import crash_safety
+    model_dir = tmp_path / "model"
+    # A backup of step 3 (what `crash_safety.backed_up_step` reads) and an older run config.
+    iteration = tf.Variable(3, dtype=tf.int64)
+    tf.train.Checkpoint(model=tf.train.Checkpoint(optimizer=tf.train.Checkpoint(
+        iter=iteration))).write(str(model_dir / "backup" / "chief" / "ckpt-1"))
+    # tf.train.latest_checkpoint reads the directory's state file.
+    (model_dir / "backup" / "chief" / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-1"\n', encoding="utf-8")
+    interrupted = train_config(f"--model_dir={model_dir}", "--seq_length=64")
+    older = interrupted.to_dict()
+    del older["input"]["static_shapes"]
+    (model_dir / config.RUN_CONFIG_FILE).write_text(json.dumps(older), encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        crash_safety.check_model_dir(interrupted.replace(**{"input.static_shapes": True}), {})
+    assert "lacks --static_shapes" in caplog.text
+    with pytest.raises(crash_safety.ModelDirInUseError, match=r"--seq_length \(64, now 128\)"):
+        crash_safety.check_model_dir(interrupted.replace(**{"input.seq_length": 128}), {})
+
+
 def test_static_shapes_are_forced_under_tpu_and_pad_to_bucket_boundaries():
     assert not train_config().input.static_shapes
     tpu = train_config("--distribution_strategy=tpu").input
