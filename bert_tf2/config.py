@@ -26,9 +26,10 @@ This module imports no TensorFlow: the CLIs parse their flags before paying for 
 import dataclasses
 import json
 import typing
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from absl import app
+from absl import logging
 
 from bert_tf2 import cli
 
@@ -94,8 +95,11 @@ class InputConfig:
     truncation: str = _flag()  # head | tail | head_tail: which tokens of a long text stay
     dynamic_padding: bool = _flag()
     bucket_by_length: bool = _flag()
-    # XLA compiles one program per input shape: under --jit_compile a batch is padded to the
-    # next bucket boundary instead of its longest member.
+    # Every batch full and padded to a bucket boundary (`input_pipeline.make_dataset`): what a
+    # TPU compiles for, so the tpu strategy forces it.
+    static_shapes: bool = _flag()
+    # XLA compiles one program per input shape: under --jit_compile (and with static shapes)
+    # a batch is padded to the next bucket boundary instead of its longest member.
     pad_to_bucket_boundary: bool = _derived()
 
 
@@ -204,7 +208,8 @@ class TrainConfig:
         """
         base = {}
         if flag_values.run_config:
-            base = flag_values_of(load(flag_values.run_config))
+            base = flag_values_of(load(flag_values.run_config,
+                                       defaults=lambda name: flag_values[name].default))
 
         def value(name: str):
             flag = flag_values[name]
@@ -227,8 +232,15 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        return _from_dict(cls, values, "run config")
+    def from_dict(cls, values: Mapping[str, Any],
+                  defaults: Optional[Callable[[str], Any]] = None,
+                  filled: Optional[List[str]] = None) -> "TrainConfig":
+        """The config `values` holds. A field it lacks is refused, or with `defaults`
+        (flag name -> value) takes `defaults(flag)` and its flag is appended to `filled`;
+        derived fields are derived again. Unknown fields are always refused."""
+        filled = [] if filled is None else filled
+        config = _from_dict(cls, values, "run config", defaults, filled)
+        return _with_implied_settings(config) if defaults is not None else config
 
 
 def _with_implied_settings(config: TrainConfig) -> TrainConfig:
@@ -242,10 +254,11 @@ def _with_implied_settings(config: TrainConfig) -> TrainConfig:
             f"encoder as a BertEncoder, which computes in --mixed_precision="
             f"{config.runtime.mixed_precision}: drop --norebuild_encoder_under_policy, or use "
             "--trainable_encoder_layers=-1 or 0")
+    static = config.input.static_shapes or config.runtime.distribution_strategy == "tpu"
     return dataclasses.replace(
         config,
-        input=dataclasses.replace(config.input,
-                                  pad_to_bucket_boundary=config.runtime.jit_compile),
+        input=dataclasses.replace(config.input, static_shapes=static,
+                                  pad_to_bucket_boundary=config.runtime.jit_compile or static),
         model=dataclasses.replace(config.model, rebuild_encoder=(
             partly_trainable or config.model.rebuild_encoder_under_policy)))
 
@@ -255,7 +268,7 @@ def _with_implied_settings(config: TrainConfig) -> TrainConfig:
 RESUMABLE_CHANGES = frozenset({
     "model_dir", "export_dir", "keep_exports", "checkpoint_steps", "eval_batch_size",
     "test_data", "distribution_strategy", "num_gpus", "tpu", "jit_compile",
-    "steps_per_execution"})
+    "steps_per_execution", "static_shapes"})
 # How the data is read: compared through the fingerprints of what was read, when both runs
 # have them, so a moved file or another spelling of the same columns may resume.
 _READING_FLAGS = frozenset(
@@ -333,35 +346,58 @@ def flag_values_of(config: TrainConfig) -> Dict[str, Any]:
     return result
 
 
-def _from_dict(cls, values: Mapping[str, Any], where: str):
+def _from_dict(cls, values: Mapping[str, Any], where: str,
+               defaults: Optional[Callable[[str], Any]], filled: List[str]):
     if not isinstance(values, Mapping):
         raise ValueError(f"{where}: expected an object, got {values!r}")
     hints = typing.get_type_hints(cls)
-    names = {field.name for field in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    missing = sorted(names - set(values))
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    missing = sorted(set(fields) - set(values)) if defaults is None else []
     if unknown or missing:
         raise ValueError(f"{where}: " + "; ".join(
             part for part in (f"unknown fields {', '.join(unknown)}" if unknown else "",
                               f"missing fields {', '.join(missing)}" if missing else "")
             if part))
-    return cls(**{name: (_from_dict(hints[name], value, f"{where}.{name}")
-                         if dataclasses.is_dataclass(hints[name]) else value)
-                  for name, value in values.items()})
+    result = {}
+    for name, field in fields.items():
+        if dataclasses.is_dataclass(hints[name]):
+            result[name] = _from_dict(hints[name], values.get(name, {}), f"{where}.{name}",
+                                      defaults, filled)
+        elif name in values:
+            result[name] = values[name]
+        elif field.metadata.get("derived"):
+            result[name] = None  # derived again by the caller
+        else:
+            flag = field.metadata.get("flag") or name
+            result[name] = defaults(flag)
+            filled.append(flag)
+    return cls(**result)
 
 
-def load(path: str) -> TrainConfig:
-    """The TrainConfig in a `run_config.json`; a UserError names the file and what is wrong."""
+def load(path: str, defaults: Optional[Callable[[str], Any]] = None) -> TrainConfig:
+    """The TrainConfig in a `run_config.json`; a UserError names the file and what is wrong.
+
+    With `defaults` (flag name -> today's default) a file written by an earlier version,
+    which lacks the fields of newer flags, loads: those fields take the defaults and one
+    warning names them. Unknown fields are refused either way.
+    """
+    filled: List[str] = []
     try:
         with open(path, encoding="utf-8") as f:
             values = json.load(f)
-        return TrainConfig.from_dict(values)
+        config = TrainConfig.from_dict(values, defaults, filled)
     except OSError as error:
         raise cli.UserError(f"--run_config={path}: cannot read it: "
                             f"{error.strerror or error}") from error
     except (ValueError, TypeError) as error:
         raise cli.UserError(f"--run_config={path}: not a run_config.json that "
                             f"bert_tf2.train wrote: {error}") from error
+    if filled:
+        logging.warning("%s lacks %s (written by an earlier version): today's defaults taken "
+                        "(%s)", path, ", ".join(f"--{flag}" for flag in filled),
+                        ", ".join(f"--{flag}={defaults(flag)!r}" for flag in filled))
+    return config
 
 
 # ---------------------------------------------------------------------------------------------

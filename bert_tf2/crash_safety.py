@@ -19,6 +19,7 @@ from bert_tf2 import cli
 from bert_tf2 import config as config_lib
 from bert_tf2 import data
 from bert_tf2 import distribution
+from bert_tf2 import flags as project_flags
 from bert_tf2 import io_utils
 
 # model_dir/run_data.json: {split: data.fingerprint(...)} of the data a run trains on, written
@@ -265,7 +266,7 @@ def _check_resume(config: config_lib.TrainConfig,
     model_dir = config.model_dir
     path = os.path.join(model_dir, config_lib.RUN_CONFIG_FILE)
     try:
-        interrupted = config_lib.load(path)
+        interrupted = config_lib.load(path, defaults=project_flags.training_default)
     except cli.UserError as error:
         raise ModelDirInUseError(
             f"--model_dir={model_dir} holds a backup to resume, but its run cannot be compared "

@@ -4,7 +4,9 @@
   mirrored               synchronous data parallelism over the local GPUs (all, or --num_gpus);
                          on a machine without GPUs, over its logical CPU devices
   multi_worker_mirrored  the same across machines; the cluster comes from TF_CONFIG
-  tpu                    a Cloud TPU (--tpu=NAME or grpc://HOST:PORT) or the local TPU VM
+  tpu                    a Cloud TPU (--tpu=NAME or grpc://HOST:PORT) or the local TPU VM;
+                         it implies --static_shapes (full batches of a few fixed lengths:
+                         `input_pipeline.make_dataset`), which a TPU compiles for
 
 The strategy must exist before any other TensorFlow op runs (multi-worker and TPU set up the
 cluster when they are created), so `train` creates it first.

@@ -195,6 +195,10 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
                 "(length buckets up to --seq_length), so that with --dynamic_padding short "
                 "reviews are not padded to the longest one of a random batch. Evaluation "
                 "batches are bucketed too; no example is dropped, only their order changes.")
+    define.bool("static_shapes", False, "Give the model inputs of a fixed set of shapes, as a "
+                "TPU needs (forced by --distribution_strategy=tpu): every batch padded to a "
+                "length-bucket boundary and full, the short last batch of dev/test filled with "
+                "examples of weight 0 that count in no metric and no loss.")
     define.enum("mixed_precision", "float32", list(config.PRECISIONS),
                 "Keras dtype policy: mixed_float16 (with dynamic loss scaling) on GPUs, "
                 "mixed_bfloat16 on TPUs and CPUs with bfloat16 units. The classification head "
@@ -224,6 +228,22 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
                   "this machine's TPU (a TPU VM).")
     define.integer("eval_batch_size", 64, "Global batch size for dev/test evaluation (split "
                    "across replicas).")
+
+
+def define_train_command_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Every flag `config.TrainConfig.from_flags` reads (what `bert_tf2.train` defines)."""
+    define_module_flags(flag_values)
+    define_data_flags(flag_values)
+    define_pretraining_flags(flag_values)
+    define_training_flags(flag_values)
+
+
+@functools.lru_cache(maxsize=None)
+def training_default(name: str):
+    """Today's default of the training flag `name` (for a run_config.json that lacks it)."""
+    flag_values = flags.FlagValues()
+    define_train_command_flags(flag_values)
+    return flag_values[name].default
 
 
 def define_inference_flags(flag_values: flags.FlagValues = flags.FLAGS):

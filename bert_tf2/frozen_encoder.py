@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from bert_tf2 import input_pipeline
 from bert_tf2 import model as model_lib
 
 
@@ -49,9 +50,10 @@ def pooled_outputs(strategy: tf.distribute.Strategy, classifier: tf_keras.Model,
     """
     encoder = model_lib.pooled_output_model(classifier)
 
-    def pool(inputs, labels):
+    def pool(inputs, labels, weights=None):
         pooled = encoder(model_lib.at_least_one_position(inputs), training=False)
-        return tf.cast(pooled, tf.float32), labels
+        kept = tf.ones([tf.shape(labels)[0]], tf.bool) if weights is None else weights > 0
+        return tf.cast(pooled, tf.float32), labels, kept
 
     @tf.function(input_signature=[batches.element_spec])
     def step(batch):
@@ -59,20 +61,24 @@ def pooled_outputs(strategy: tf.distribute.Strategy, classifier: tf_keras.Model,
 
     pooled, labels = [], []
     for batch in batches:
-        outputs = step(batch)
-        pooled += [x.numpy() for x in strategy.experimental_local_results(outputs[0])]
-        labels += [x.numpy() for x in strategy.experimental_local_results(outputs[1])]
+        outputs = [strategy.experimental_local_results(output) for output in step(batch)]
+        for vectors, labelled, kept in zip(*outputs):  # rows of weight 0 only fill a batch
+            kept = kept.numpy()
+            pooled.append(vectors.numpy()[kept])
+            labels.append(labelled.numpy()[kept])
     return PooledOutputs(np.concatenate(pooled), np.concatenate(labels))
 
 
 def dataset(outputs: PooledOutputs, *, batch_size: int, training: bool, seed: int,
-            skip_batches: int = 0,
-            class_weights: Optional[Sequence[float]] = None) -> tf.data.Dataset:
+            skip_batches: int = 0, class_weights: Optional[Sequence[float]] = None,
+            static_shapes: bool = False, replicas: int = 1) -> tf.data.Dataset:
     """Batches of (pooled output, label[, weight]) for `model.head_model`.
 
     For training, shuffled each epoch (the order fixed by `seed`), repeated, and only full
     batches; `skip_batches` drops that many from the start, for a resumed run. Otherwise every
     example once, in order. `class_weights` (by class id) adds each example's weight.
+    `static_shapes` fills the short evaluation batch and the last step of the `replicas` this
+    pipeline feeds with rows of weight 0 (`input_pipeline.full_batches`, `whole_steps`).
     """
     tensors = (outputs.pooled, outputs.labels)
     if class_weights is not None:
@@ -81,5 +87,8 @@ def dataset(outputs: PooledOutputs, *, batch_size: int, training: bool, seed: in
     if training:
         batches = batches.shuffle(len(outputs), seed=seed, reshuffle_each_iteration=True)
         batches = batches.repeat()
-    batches = batches.batch(batch_size, drop_remainder=training)
-    return batches.skip(skip_batches).prefetch(tf.data.AUTOTUNE)
+    batches = batches.batch(batch_size, drop_remainder=training).skip(skip_batches)
+    if static_shapes and not training:
+        batches = input_pipeline.whole_steps(input_pipeline.full_batches(batches, batch_size),
+                                             replicas)
+    return batches.prefetch(tf.data.AUTOTUNE)

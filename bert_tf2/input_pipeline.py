@@ -110,7 +110,7 @@ def make_dataset(examples: data.Examples, *, batch_size: int, preprocessor, seq_
                  training: bool, seed: int = 0, dynamic_padding: bool = True,
                  input_context=None, skip_batches: int = 0, bucket_by_length: bool = False,
                  pad_to_bucket_boundary: bool = False, truncation: str = "head",
-                 class_weights: Optional[Sequence[float]] = None):
+                 class_weights: Optional[Sequence[float]] = None, static_shapes: bool = False):
     """Batches of (encoder inputs, labels[, weights]) for `model.build_classifier`.
 
     The texts (and `examples.texts_b`, for pairs) are tokenized and packed by a `Packer` over
@@ -137,11 +137,17 @@ def make_dataset(examples: data.Examples, *, batch_size: int, preprocessor, seq_
     fixed by `seed`).
 
     `class_weights` (by class id) adds each example's weight to its batch, for training.
+
+    `static_shapes` gives what a TPU compiles for: every batch full (`batch_size` rows, static)
+    and padded to a bucket boundary (as `pad_to_bucket_boundary`): a fixed set of lengths. Training batches are
+    full anyway; an evaluation split's short batches are filled with rows of weight 0
+    (`full_batches`), so its batches are (inputs, labels, weights), and the steps of this
+    pipeline are whole (`whole_steps`, for the replicas `input_context` gives it).
     """
     packer = Packer(preprocessor, seq_length, truncation=truncation,
                     dynamic_padding=dynamic_padding,
-                    length_boundaries=length_buckets(seq_length) if pad_to_bucket_boundary
-                    else None)
+                    length_boundaries=length_buckets(seq_length)
+                    if pad_to_bucket_boundary or static_shapes else None)
     dataset = tf.data.Dataset.from_tensor_slices(_tensors(examples, class_weights))
     if input_context is not None and input_context.num_input_pipelines > 1:
         dataset = dataset.shard(input_context.num_input_pipelines,
@@ -156,15 +162,60 @@ def make_dataset(examples: data.Examples, *, batch_size: int, preprocessor, seq_
         dataset = dataset.map(lambda segments, *rest: (packer.pack(packer.tokenize(segments)),
                                                        *rest),
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return dataset.prefetch(tf.data.AUTOTUNE)
-
-    dataset = bucket_by_token_length(dataset, packer, batch_size=batch_size,
-                                     drop_remainder=training)
-    if skip_batches:
-        dataset = dataset.skip(skip_batches)
-    dataset = dataset.map(lambda tokens, *rest: (packer.pack(tokens), *rest),
-                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        dataset = bucket_by_token_length(dataset, packer, batch_size=batch_size,
+                                         drop_remainder=training)
+        if skip_batches:
+            dataset = dataset.skip(skip_batches)
+        dataset = dataset.map(lambda tokens, *rest: (packer.pack(tokens), *rest),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if static_shapes and not training:
+        dataset = whole_steps(full_batches(dataset, batch_size), replicas_per_pipeline(input_context))
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def replicas_per_pipeline(input_context) -> int:
+    """The replicas that one input pipeline feeds (1 without a context)."""
+    if input_context is None:
+        return 1
+    return max(input_context.num_replicas_in_sync // input_context.num_input_pipelines, 1)
+
+
+def full_batches(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    """(x, labels[, weights]) batches as (x, labels, weights) of exactly `batch_size` rows.
+
+    A short batch is filled with copies of its first row (real inputs, so the model computes
+    finite numbers on them) of weight 0: they count in no weighted metric and no loss. The
+    weights of the other rows are theirs, or 1.
+    """
+    def fill(x, labels, *weights):
+        count = tf.shape(labels)[0]
+        rows = tf.concat([tf.range(count), tf.zeros([batch_size - count], tf.int32)], 0)
+
+        def take(tensor):
+            return tf.ensure_shape(tf.gather(tensor, rows), [batch_size] + tensor.shape[1:])
+
+        weight = weights[0] if weights else tf.ones([count], tf.float32)
+        weight = tf.concat([weight, tf.zeros([batch_size - count], tf.float32)], 0)
+        return (tf.nest.map_structure(take, x), take(labels),
+                tf.ensure_shape(weight, [batch_size]))
+
+    return dataset.map(fill, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def whole_steps(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
+    """`dataset` (of (x, labels, weights) batches) followed by as many copies of its first
+    batch, of weight 0, as make its length a multiple of `replicas`: a step takes one batch
+    for each replica, so the last step gives none of them an empty batch."""
+    if replicas == 1:
+        return dataset
+    filler = (dataset.take(1).map(lambda x, labels, weights: (x, labels, tf.zeros_like(weights)))
+              .cache().repeat())
+    tagged = (dataset.map(lambda *batch: (batch, True))
+              .concatenate(filler.map(lambda *batch: (batch, False))))
+    return (tagged.enumerate()
+            .take_while(lambda index, item: item[1] | (index % replicas != 0))
+            .map(lambda index, item: item[0]))
 
 
 def _tensors(examples: data.Examples, class_weights: Optional[Sequence[float]]):

@@ -121,7 +121,7 @@ def _classifier_encoder(model_config: config_lib.ModelConfig, encoder_handle: st
                                       pooled_only=True, assume_bert_dropout=needed)
         except ValueError as error:
             if needed:
-                raise
+                raise ValueError(f"{error}; {_why_rebuilt(model_config, policy.name)}") from error
             logging.info("%s: the encoder runs as its module was saved", error)
         else:
             freeze_encoder(encoder, model_config.trainable_encoder_layers, source=encoder_handle)
@@ -138,21 +138,62 @@ def _classifier_encoder(model_config: config_lib.ModelConfig, encoder_handle: st
                           trainable=model_config.trainable_encoder_layers != 0)
 
 
+def _why_rebuilt(model_config: config_lib.ModelConfig, policy: str) -> str:
+    """Which flag needs the encoder rebuilt, and how to train without rebuilding it."""
+    layers = model_config.trainable_encoder_layers
+    if layers > 0:
+        return (f"--trainable_encoder_layers={layers} trains only its top layers, which needs "
+                "it rebuilt: pass --trainable_encoder_layers=-1 (all of it) or 0 (none of it) "
+                "to train the module as saved")
+    return (f"--mixed_precision={policy} computes it in that policy, which needs it rebuilt: "
+            "pass --mixed_precision=float32, or --norebuild_encoder_under_policy to run the "
+            "module as saved (in float32)")
+
+
 def loss_and_metrics(task: str, num_classes: int):
-    """The training loss and the metrics reported for `task` (the names metrics.json uses)."""
+    """The training loss and the metrics reported for `task` (the names metrics.json uses),
+    `examples` (`ExampleCount`) last."""
     if task == "multiclass":
         return (tf_keras.losses.SparseCategoricalCrossentropy(),
                 [tf_keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-                 MacroF1(num_classes)])
+                 MacroF1(num_classes), ExampleCount()])
     if task == "multilabel":  # the headline figures first; per-label accuracy only beside
         return (tf_keras.losses.BinaryCrossentropy(),  # them (most labels are off: it is high)
                 [MultilabelF1("micro", num_classes), MultilabelF1("macro", num_classes),
                  SubsetAccuracy(),
                  tf_keras.metrics.BinaryAccuracy(name="label_accuracy"),
-                 tf_keras.metrics.AUC(name="auc", multi_label=True)])
+                 tf_keras.metrics.AUC(name="auc", multi_label=True), ExampleCount()])
     return (tf_keras.losses.BinaryCrossentropy(),
             [tf_keras.metrics.BinaryAccuracy(name="accuracy"),
-             tf_keras.metrics.AUC(name="auc")])
+             tf_keras.metrics.AUC(name="auc"), ExampleCount()])
+
+
+class ExampleCount(tf_keras.metrics.Metric):
+    """How many examples the figures rest on: the rows of the batches that count (weight,
+    or evaluation mask, above 0). It also counts every row, filling ones included (`rows`):
+    `Classifier.evaluate` needs both to report the loss over the examples alone."""
+
+    def __init__(self, name: str = "examples", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.examples = self.add_weight(name="examples", initializer="zeros", dtype=tf.float32)
+        self.rows = self.add_weight(name="rows", initializer="zeros", dtype=tf.float32)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        del y_true
+        # After the predictions: a static batch size is a constant, and a count that does not
+        # wait for the batch would run again in the step that finds the data at its end.
+        with tf.control_dependencies([y_pred]):
+            rows = tf.cast(tf.shape(y_pred)[0], tf.float32)
+        self.rows.assign_add(rows)
+        self.examples.assign_add(rows if sample_weight is None else tf.reduce_sum(
+            tf.cast(tf.reshape(tf.cast(sample_weight, tf.float32), [-1]) > 0, tf.float32)))
+
+    def result(self):
+        return self.examples
+
+    def reset_state(self):
+        self.examples.assign(0.0)
+        self.rows.assign(0.0)
 
 
 def _decisions(y_true, y_pred):
@@ -222,11 +263,13 @@ class MacroF1(tf_keras.metrics.Metric):
                                          initializer="zeros", dtype=tf.float32)
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        del sample_weight
         labels = tf.reshape(tf.cast(y_true, tf.int32), [-1])
         predicted = tf.argmax(y_pred, axis=-1, output_type=tf.int32)
+        weights = None if sample_weight is None else tf.reshape(
+            tf.cast(sample_weight, tf.float32), [-1])
         self.confusion.assign_add(tf.math.confusion_matrix(
-            labels, predicted, num_classes=self.num_classes, dtype=tf.float32))
+            labels, predicted, num_classes=self.num_classes, weights=weights,
+            dtype=tf.float32))
 
     def result(self):
         true_positives = tf.linalg.diag_part(self.confusion)
@@ -311,6 +354,12 @@ class Classifier(tf_keras.Model):
 
     A batch of no examples (a replica's share of a last, short evaluation step) is evaluated
     as one of a single position (`test_step`).
+
+    Evaluation batches with weights (the static-shape ones, `input_pipeline.full_batches`)
+    hold rows of weight 0 that only fill a batch: `test_step` masks them out of every metric,
+    and `evaluate` reports the loss over the examples that count (Keras' loss mean weighs
+    each batch by its rows, filling ones included). The examples counted are reported as
+    `examples` (`ExampleCount`).
     """
 
     # pylint: disable-next=arguments-differ
@@ -323,7 +372,11 @@ class Classifier(tf_keras.Model):
         x, y, sample_weight = tf_keras.utils.unpack_x_y_sample_weight(data)
         if isinstance(x, dict):  # encoder inputs (a head model takes pooled outputs)
             x = at_least_one_position(x)
-        return super().test_step(tf_keras.utils.pack_x_y_sample_weight(x, y, sample_weight))
+        y_pred = self(x, training=False)
+        self.compute_loss(x, y, y_pred, sample_weight)
+        if sample_weight is not None:  # the metrics (unweighted in Keras) see only these
+            y_pred._keras_mask = sample_weight > 0  # pylint: disable=protected-access
+        return self.compute_metrics(x, y, y_pred, sample_weight)
 
     # pylint: disable-next=arguments-differ
     def evaluate(self, x=None, *args, **kwargs):
@@ -331,13 +384,25 @@ class Classifier(tf_keras.Model):
             kwargs["steps"] = count_steps(x)
         variable = getattr(self, "_steps_per_execution", None)
         saved = 1 if variable is None else int(variable.numpy())
-        if saved == 1:
-            return super().evaluate(x, *args, **kwargs)
-        variable.assign(1)
+        if saved != 1:
+            variable.assign(1)
         try:
-            return super().evaluate(x, *args, **kwargs)
+            results = super().evaluate(x, *args, **kwargs)
         finally:
-            variable.assign(saved)
+            if saved != 1:
+                variable.assign(saved)
+        return self._loss_over_examples(results)
+
+    def _loss_over_examples(self, results):
+        """`results` (a dict) with the loss averaged over the examples that count: Keras
+        averages it over every row, so it is scaled by rows / examples (1 without filling)."""
+        counts = [metric for metric in self.metrics if isinstance(metric, ExampleCount)]
+        if not isinstance(results, dict) or "loss" not in results or not counts:
+            return results
+        rows, examples = float(counts[0].rows.numpy()), float(counts[0].examples.numpy())
+        if examples and rows != examples:
+            results = {**results, "loss": results["loss"] * rows / examples}
+        return results
 
 
 def at_least_one_position(inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
@@ -443,10 +508,8 @@ def _check_same_outputs(module, encoder: tf_keras.Model, source: str, vocab_size
     dtype = tf_keras.mixed_precision.global_policy().compute_dtype
     if error > _REBUILD_TOLERANCE.get(dtype, 1e-2):
         raise ValueError(f"{source}: the encoder rebuilt as a BertEncoder computes something "
-                         f"else than the module (relative difference {error:.2g} in {dtype}); "
-                         "its architecture is not what its variables suggest. Train the "
-                         "module as it is (in float32): pass --norebuild_encoder_under_policy "
-                         "and --trainable_encoder_layers=-1 (all of it) or 0 (none of it)")
+                         f"else than the module (relative difference {error:.2g} in {dtype}): "
+                         "its architecture is not what its variables suggest")
     logging.info("Rebuilt encoder matches the module (relative difference %.2g in %s)",
                  error, dtype)
 

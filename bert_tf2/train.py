@@ -281,10 +281,12 @@ def _head_over_pooled_outputs(config: config_lib.TrainConfig, prepared: Prepared
                  time.monotonic() - start)
 
     def batches(split, batch_size, training, skip_steps=0):
-        return _distribute(strategy, batch_size, skip_steps, lambda _, size, skip: (
+        return _distribute(strategy, batch_size, skip_steps, lambda context, size, skip: (
             frozen_encoder.dataset(pooled[split], batch_size=size, training=training,
                                    seed=config.seed, skip_batches=skip,
-                                   class_weights=class_weights if training else None)))
+                                   class_weights=class_weights if training else None,
+                                   static_shapes=config.input.static_shapes,
+                                   replicas=input_pipeline.replicas_per_pipeline(context))))
 
     with strategy.scope():
         head = model_lib.head_model(classifier)
@@ -293,9 +295,16 @@ def _head_over_pooled_outputs(config: config_lib.TrainConfig, prepared: Prepared
     return head, batches
 
 
+class MiscountError(cli.UserError, RuntimeError):
+    """An evaluation counted another number of examples than its split holds: a dropped or
+    doubled example, which would make every figure of that split wrong."""
+
+
 def evaluate(config: config_lib.TrainConfig, prepared: Prepared,
              classifier: tf_keras.Model) -> Metrics:
-    """Loss, accuracy and AUC on the dev and test splits; written to model_dir/metrics.json."""
+    """The task's metrics on the dev and test splits, each with the number of `examples` it
+    rests on (checked against the rows read: `MiscountError`); written to
+    model_dir/metrics.json."""
     metrics = {}
     for name in ("dev", "test"):
         if name in prepared.splits:
@@ -305,10 +314,25 @@ def evaluate(config: config_lib.TrainConfig, prepared: Prepared,
                                     config.input, training=False, seed=config.seed),
                 return_dict=True, verbose=0)
             metrics[name] = {key: float(value) for key, value in values.items()}
+            metrics[name]["examples"] = counted(metrics[name], len(prepared.splits[name]),
+                                                name, prepared.strategy)
+            logging.info("%s: %d examples", name, metrics[name]["examples"])
     io_utils.write_json(metrics, os.path.join(prepared.model_dir, "metrics.json"),
                         sort_keys=True)
     logging.info("Metrics: %s", json.dumps(metrics, sort_keys=True))
     return metrics
+
+
+def counted(values: Dict[str, float], rows: int, split: str,
+            strategy: tf.distribute.Strategy) -> int:
+    """The examples an evaluation of `split` counted, once checked to be its `rows`."""
+    examples = int(round(values["examples"]))
+    if examples != rows:
+        raise MiscountError(
+            f"the {split} metrics counted {examples} examples but {rows} rows were read (under "
+            f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)): an "
+            "example was dropped or counted twice, so its figures are wrong; please report it")
+    return examples
 
 
 def export_model(config: config_lib.TrainConfig, text_classifier: tf_keras.Model,
@@ -464,7 +488,9 @@ def compile_model(model: tf_keras.Model, optimizer, runtime: config_lib.RuntimeC
     loss and metrics (`model.loss_and_metrics`), XLA and steps per execution as `runtime`
     says."""
     loss, metrics = model_lib.loss_and_metrics(task, num_classes)
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics,
+    # The metrics see the weights of the filling rows as a mask (`model.Classifier`), not
+    # the class weights: none is a weighted metric.
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=[],
                   jit_compile=runtime.jit_compile,
                   steps_per_execution=runtime.steps_per_execution)
 
@@ -528,7 +554,8 @@ def distributed_dataset(strategy: tf.distribute.Strategy, preprocessor,
             bucket_by_length=input_config.bucket_by_length,
             pad_to_bucket_boundary=input_config.pad_to_bucket_boundary,
             truncation=input_config.truncation, class_weights=class_weights,
-            input_context=context, skip_batches=skip)))
+            static_shapes=input_config.static_shapes, input_context=context,
+            skip_batches=skip)))
 
 
 def _distribute(strategy: tf.distribute.Strategy, batch_size: int, skip_steps: int, make
@@ -637,10 +664,7 @@ def interrupted(config: config_lib.TrainConfig) -> cli.Interrupted:
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Defines every flag `TrainConfig.from_flags` reads."""
-    project_flags.define_module_flags(flag_values)
-    project_flags.define_data_flags(flag_values)
-    project_flags.define_pretraining_flags(flag_values)
-    project_flags.define_training_flags(flag_values)
+    project_flags.define_train_command_flags(flag_values)
 
 
 if __name__ == "__main__":

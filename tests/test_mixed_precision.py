@@ -180,6 +180,22 @@ def test_a_module_that_cannot_be_rebuilt_exactly_runs_as_saved_in_float32(
     assert not any(isinstance(layer, hub.KerasLayer) for layer in classifier.layers)
 
 
+def test_a_rebuild_that_fails_names_the_flag_that_needs_it(tiny_hub_modules, tmp_path,
+                                                           set_policy):
+    not_bert = not_a_bert_encoder_module(tmp_path / "not_bert")
+    args = tiny_train_args(tiny_hub_modules, "/tmp/unused", "")
+    partly = train_config(*args, "--trainable_encoder_layers=1").model
+    with pytest.raises(ValueError, match=r"cannot read a BERT config.*; "
+                       r"--trainable_encoder_layers=1 trains only its top layers.*pass "
+                       r"--trainable_encoder_layers=-1 \(all of it\) or 0"):
+        model_lib.build_classifier_for(partly, not_bert)
+    set_policy("mixed_bfloat16")
+    with pytest.raises(ValueError, match=r"; --mixed_precision=mixed_bfloat16 computes it in "
+                       r"that policy.*--norebuild_encoder_under_policy") as raised:
+        model_lib.build_classifier_for(train_config(*args).model, not_bert)
+    assert "--trainable_encoder_layers" not in str(raised.value)
+
+
 def test_config_cannot_be_read_off_a_module_that_is_not_a_bert_encoder():
     variables = [tf.Variable(tf.zeros([3, 4]), name="dense/kernel")]
     with pytest.raises(ValueError, match="no variable.*word_embeddings/embeddings"):

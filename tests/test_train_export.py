@@ -132,6 +132,52 @@ def test_run_config_round_trips_and_flags_beside_it_override(tmp_path):
     assert changed.input.pad_to_bucket_boundary and not recorded.input.pad_to_bucket_boundary
 
 
+def test_a_run_config_of_an_earlier_version_takes_todays_defaults_in_one_warning(
+        tmp_path, caplog):
+    recorded = train_config("--seq_length=64", "--static_shapes")
+    older = recorded.to_dict()
+    del older["input"]["static_shapes"], older["input"]["pad_to_bucket_boundary"]
+    del older["pretrain"]  # a whole group of flags it did not have
+    path = tmp_path / config.RUN_CONFIG_FILE
+    path.write_text(json.dumps(older), encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        loaded = train_config(f"--run_config={path}")
+    assert loaded == recorded.replace(**{"input.static_shapes": False})
+    assert loaded.input.seq_length == 64 and not loaded.input.pad_to_bucket_boundary
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and all(f"--{flag}=" in warnings[0] for flag in (
+        "static_shapes", "pretrain_epochs", "pretrain_learning_rate", "pretrain_batch_size"))
+    assert str(path) in warnings[0] and "--seq_length" not in warnings[0]
+
+
+def test_a_resume_compares_with_the_run_config_of_an_earlier_version(tmp_path, caplog):
+    from bert_tf2 import crash_safety
+    model_dir = tmp_path / "model"
+    # A backup of step 3 (what `crash_safety.backed_up_step` reads) and an older run config.
+    iteration = tf.Variable(3, dtype=tf.int64)
+    tf.train.Checkpoint(model=tf.train.Checkpoint(optimizer=tf.train.Checkpoint(
+        iter=iteration))).write(str(model_dir / "backup" / "chief" / "ckpt-1"))
+    # tf.train.latest_checkpoint reads the directory's state file.
+    (model_dir / "backup" / "chief" / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-1"\n', encoding="utf-8")
+    interrupted = train_config(f"--model_dir={model_dir}", "--seq_length=64")
+    older = interrupted.to_dict()
+    del older["input"]["static_shapes"]
+    (model_dir / config.RUN_CONFIG_FILE).write_text(json.dumps(older), encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        crash_safety.check_model_dir(interrupted.replace(**{"input.static_shapes": True}), {})
+    assert "lacks --static_shapes" in caplog.text
+    with pytest.raises(crash_safety.ModelDirInUseError, match=r"--seq_length \(64, now 128\)"):
+        crash_safety.check_model_dir(interrupted.replace(**{"input.seq_length": 128}), {})
+
+
+def test_static_shapes_are_forced_under_tpu_and_pad_to_bucket_boundaries():
+    assert not train_config().input.static_shapes
+    tpu = train_config("--distribution_strategy=tpu").input
+    assert tpu.static_shapes and tpu.pad_to_bucket_boundary
+    assert train_config("--static_shapes").input.pad_to_bucket_boundary
+
+
 def test_implied_settings_are_derived_in_the_config():
     assert train_config().model.rebuild_encoder  # its last layer computed at [CLS] alone
     assert not train_config("--norebuild_encoder_under_policy").model.rebuild_encoder
@@ -143,7 +189,8 @@ def test_implied_settings_are_derived_in_the_config():
 
 @pytest.mark.parametrize("content, message", [
     ("{not json", "not a run_config.json"),
-    ('{"model_dir": "m"}', "missing fields"),
+    ('{"model_dir": "m", "colour": "red"}', "unknown fields colour"),
+    ('{"input": {"seq_length": 64, "pad_everything": true}}', "input: unknown fields pad_every"),
 ])
 def test_a_bad_run_config_is_a_user_error_naming_the_file(tmp_path, content, message):
     path = tmp_path / "run_config.json"
