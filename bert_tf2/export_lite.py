@@ -26,8 +26,7 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from absl import app, flags, logging
@@ -160,12 +159,12 @@ def representative_texts(path: Optional[str], spec: LiteSpec) -> Sequence[object
     return texts
 
 
-def convert(saved_dir: str, quantization: str, calibration: Optional[Iterator]) -> bytes:
-    """The TFLite flatbuffer of `saved_dir`'s serving_default signature."""
+def convert(module, quantization: str, calibration: Optional[Callable[[], Iterator]]
+            ) -> bytes:
+    """The TFLite flatbuffer of `module.serve` (one signature, serving_default)."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    from bert_tf2 import export  # pylint: disable=g-import-not-at-top
-    converter = tf.lite.TFLiteConverter.from_saved_model(
-        saved_dir, signature_keys=[export.SERVING_SIGNATURE])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.serve.get_concrete_function()], module)
     converter.allow_custom_ops = True  # the TF Text ops
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantization != "none":
@@ -173,8 +172,35 @@ def convert(saved_dir: str, quantization: str, calibration: Optional[Iterator]) 
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if quantization == "int8":
+        import tensorflow_text  # pylint: disable=g-import-not-at-top
         converter.representative_dataset = calibration
+        # Calibration runs the model, tokenizer included: its interpreter needs the TF Text
+        # ops too (the converter's only way to say so).
+        converter.target_spec._experimental_custom_op_registerers = (  # pylint: disable=protected-access
+            list(tensorflow_text.tflite_registrar.SELECT_TFTEXT_OPS))
     return converter.convert()
+
+
+def calibration_data(texts: Sequence[object], pairs: bool) -> Callable[[], Iterator]:
+    """The converter's representative dataset: one text (pair) a sample."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from bert_tf2 import export  # pylint: disable=g-import-not-at-top
+
+    def samples():
+        for text in texts:
+            pair = text if pairs else (text,)
+            yield {name: np.array([value.encode("utf-8")], dtype=object)
+                   for name, value in zip((export.TEXT_INPUT, export.TEXT_B_INPUT), pair)}
+    return samples
+
+
+def write_lite(module, spec: LiteSpec, output: str, quantization: str,
+               calibration: Optional[Callable[[], Iterator]] = None) -> None:
+    """Converts `module` (checked) with `quantization` and writes it to `output` atomically."""
+    flatbuffer = with_metadata(convert(module, quantization, calibration), spec.metadata())
+    with io_utils.atomic_file(output, newline="") as f:
+        f.buffer.write(flatbuffer)
+    logging.info("Wrote %s (%s, %.1f MB)", output, quantization, os.path.getsize(output) / 1e6)
 
 
 def with_metadata(flatbuffer: bytes, metadata: Dict[str, object]) -> bytes:
@@ -205,8 +231,6 @@ def read_metadata(flatbuffer: bytes) -> Dict[str, object]:
 def export_lite(saved_model: str, output: str, quantization: str = "dynamic",
                 representative_data: Optional[str] = None) -> LiteSpec:
     """Writes the TFLite file of the export `saved_model` to `output` atomically."""
-    import numpy as np  # pylint: disable=g-import-not-at-top
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     from bert_tf2 import export  # pylint: disable=g-import-not-at-top
     if quantization not in QUANTIZATIONS:
         raise cli.UserError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, "
@@ -214,23 +238,11 @@ def export_lite(saved_model: str, output: str, quantization: str = "dynamic",
     spec = read_spec(saved_model)
     calibration = None
     if quantization == "int8":
-        texts = representative_texts(representative_data, spec)
-
-        def calibration():
-            for text in texts:
-                pair = text if spec.pairs else (text,)
-                yield {name: np.array([value.encode("utf-8")], dtype=object)
-                       for name, value in zip((export.TEXT_INPUT, export.TEXT_B_INPUT), pair)}
+        calibration = calibration_data(representative_texts(representative_data, spec),
+                                       spec.pairs)
     module, loaded = build_lite_module(saved_model, spec)
     check_against_export(module, loaded, spec, export.warmup_texts(spec.seq_length))
-    with tempfile.TemporaryDirectory(prefix="bert_tf2_lite_") as scratch:
-        tf.saved_model.save(module, scratch,
-                            signatures={export.SERVING_SIGNATURE:
-                                        module.serve.get_concrete_function()})
-        flatbuffer = convert(scratch, quantization, calibration)
-    with io_utils.atomic_file(output, newline="") as f:
-        f.buffer.write(with_metadata(flatbuffer, spec.metadata()))
-    logging.info("Wrote %s (%s, %.1f MB)", output, quantization, os.path.getsize(output) / 1e6)
+    write_lite(module, spec, output, quantization, calibration)
     return spec
 
 
