@@ -31,8 +31,6 @@ class LiteClassifier:
     """
 
     def __init__(self, path: str, num_threads: Optional[int] = None):
-        import tensorflow_text  # pylint: disable=g-import-not-at-top
-        from ai_edge_litert import interpreter  # pylint: disable=g-import-not-at-top
         from bert_tf2 import export_lite  # pylint: disable=g-import-not-at-top
         self.path = path
         with open(path, "rb") as f:
@@ -41,9 +39,7 @@ class LiteClassifier:
         self.task, self.pairs = metadata["task"], metadata["pairs"]
         self.class_names: Tuple[str, ...] = tuple(metadata["class_names"])
         self.seq_length = metadata["seq_length"]
-        self._interpreter = interpreter.InterpreterWithCustomOps(
-            model_content=content, num_threads=num_threads,
-            custom_op_registerers=tensorflow_text.tflite_registrar.SELECT_TFTEXT_OPS)
+        self._interpreter = interpreter_of(content, num_threads)
         self._runner = self._interpreter.get_signature_runner(SIGNATURE)
 
     def predict(self, texts: Sequence[str],
@@ -58,6 +54,15 @@ class LiteClassifier:
                 raise ValueError(f"{len(texts)} texts but {len(texts_b)} texts_b")
             feeds["text_b"] = _strings(texts_b)
         return self._runner(**feeds)
+
+
+def interpreter_of(content: bytes, num_threads: Optional[int] = None):
+    """A LiteRT interpreter of the flatbuffer `content`, with TF Text's TFLite ops."""
+    import tensorflow_text  # pylint: disable=g-import-not-at-top
+    from ai_edge_litert import interpreter  # pylint: disable=g-import-not-at-top
+    return interpreter.InterpreterWithCustomOps(
+        model_content=content, num_threads=num_threads,
+        custom_op_registerers=tensorflow_text.tflite_registrar.SELECT_TFTEXT_OPS)
 
 
 def _strings(texts: Sequence[str]) -> np.ndarray:

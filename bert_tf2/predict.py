@@ -46,6 +46,7 @@ import io
 import itertools
 import json
 import os
+import struct
 import sys
 import threading
 import time
@@ -167,7 +168,7 @@ class LitePredictor(Predictor):
         self.path = path
         try:
             self._classifier = lite.LiteClassifier(path)
-        except (KeyError, ValueError, RuntimeError) as error:
+        except (KeyError, ValueError, RuntimeError, IndexError, struct.error) as error:
             raise SavedModelError(f"--saved_model={path}: not a TFLite file that "
                                   f"bert_tf2.export_lite wrote ({error})") from error
         self.task, self.pairs = self._classifier.task, self._classifier.pairs
