@@ -11,7 +11,7 @@ multilabel: `probabilities` [n, K], `labels` [n, K]). Inside: the tokenizer
 export packs), the encoder and the head, rebuilt from the export's variables and checked to
 compute what the export computes (within 1e-4, before quantization) -- an export this cannot
 reproduce is refused. The file's metadata entry `bert_tf2` (JSON) holds the task, pairs,
-seq_length and class names in the order of the probabilities (`read_metadata`).
+seq_length and class names in the order of the probabilities (`lite.read_metadata`).
 
 Ops: TFLite builtins and the TF Text custom ops ByteSplit, FastWordpieceDetokenize and
 FastWordpieceTokenize, which an interpreter runs once TF Text's registrar has added them
@@ -34,10 +34,10 @@ from absl import app, flags, logging
 from bert_tf2 import cli
 from bert_tf2 import data
 from bert_tf2 import io_utils
+from bert_tf2 import lite
 
 FLAGS = flags.FLAGS
 QUANTIZATIONS = ("dynamic", "float16", "int8", "none")
-METADATA_NAME = "bert_tf2"
 # Texts the rebuilt graph is checked on against the export, and its tolerance there.
 CHECK_TOLERANCE = 1e-4
 REPRESENTATIVE_TEXTS = 300
@@ -204,7 +204,7 @@ def write_lite(module, spec: LiteSpec, output: str, quantization: str,
 
 
 def with_metadata(flatbuffer: bytes, metadata: Dict[str, object]) -> bytes:
-    """`flatbuffer` with a metadata entry METADATA_NAME holding `metadata` as JSON."""
+    """`flatbuffer` with a metadata entry lite.METADATA_NAME holding `metadata` as JSON."""
     from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
     from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-import-not-at-top
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
@@ -212,20 +212,9 @@ def with_metadata(flatbuffer: bytes, metadata: Dict[str, object]) -> bytes:
     buffer.data = list(json.dumps(metadata, ensure_ascii=False).encode("utf-8"))
     model.buffers.append(buffer)
     entry = schema.MetadataT()
-    entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
+    entry.name, entry.buffer = lite.METADATA_NAME, len(model.buffers) - 1
     model.metadata = list(model.metadata or []) + [entry]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
-
-
-def read_metadata(flatbuffer: bytes) -> Dict[str, object]:
-    """The METADATA_NAME entry of a file `export_lite` wrote; KeyError where there is none."""
-    from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
-    model = schema.Model.GetRootAsModel(flatbuffer, 0)
-    for i in range(model.MetadataLength()):
-        entry = model.Metadata(i)
-        if entry.Name().decode() == METADATA_NAME:
-            return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
-    raise KeyError(METADATA_NAME)
 
 
 def export_lite(saved_model: str, output: str, quantization: str = "dynamic",

@@ -11,12 +11,15 @@ maintained successor of `tf.lite.Interpreter`), given TF Text's TFLite op regist
 tokenizer uses (ByteSplit, FastWordpieceDetokenize, FastWordpieceTokenize).
 """
 
+import json
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 LITE_SUFFIX = ".tflite"
 SIGNATURE = "serving_default"
+# The file's metadata entry (JSON): task, pairs, class_names, seq_length, truncation.
+METADATA_NAME = "bert_tf2"
 
 
 def is_lite_model(path: str) -> bool:
@@ -31,11 +34,10 @@ class LiteClassifier:
     """
 
     def __init__(self, path: str, num_threads: Optional[int] = None):
-        from bert_tf2 import export_lite  # pylint: disable=g-import-not-at-top
         self.path = path
         with open(path, "rb") as f:
             content = f.read()
-        metadata = export_lite.read_metadata(content)
+        metadata = read_metadata(content)
         self.task, self.pairs = metadata["task"], metadata["pairs"]
         self.class_names: Tuple[str, ...] = tuple(metadata["class_names"])
         self.seq_length = metadata["seq_length"]
@@ -54,6 +56,17 @@ class LiteClassifier:
                 raise ValueError(f"{len(texts)} texts but {len(texts_b)} texts_b")
             feeds["text_b"] = _strings(texts_b)
         return self._runner(**feeds)
+
+
+def read_metadata(flatbuffer: bytes) -> Dict[str, object]:
+    """The METADATA_NAME entry of a file export_lite wrote; KeyError where there is none."""
+    from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name().decode() == METADATA_NAME:
+            return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
+    raise KeyError(METADATA_NAME)
 
 
 def interpreter_of(content: bytes, num_threads: Optional[int] = None):
