@@ -108,8 +108,26 @@ def build_lite_module(saved_model: str, spec: LiteSpec):
         raise cli.UserError(
             f"--saved_model={saved_model}: it tokenizes with normalization {normalization!r}; "
             "the TFLite tokenizer reproduces only 'bert_original' (the default)")
-    vocab_file = os.path.join(saved_model, "assets", "vocab.txt")
+    vocab_file = _vocab_file(preprocessor, saved_model)
     return lite_graph.LiteTextClassifier(vocab_file, variables, spec, source=saved_model), loaded
+
+
+def _vocab_file(preprocessor, saved_model: str) -> str:
+    """The path of the vocab asset that the export's tokenizer reads."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    seen, todo, assets = set(), [preprocessor], set()
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, tf.saved_model.Asset):
+            assets.add(obj.asset_path.numpy().decode())
+        todo.extend(obj._trackable_children().values())  # pylint: disable=protected-access
+    if len(assets) != 1:
+        raise cli.UserError(f"--saved_model={saved_model}: its preprocessing holds "
+                            f"{len(assets)} files ({sorted(assets)}), not one vocab")
+    return assets.pop()
 
 
 def check_against_export(module, loaded, spec: LiteSpec, texts: Sequence[str]) -> float:
