@@ -35,8 +35,9 @@ not be the input, and an existing one is replaced only with --overwrite (both ch
 the model loads). A run to stdout that stops early (a closed pipe, Ctrl-C, an error) ends with
 status 1 and a last line on stderr saying how many rows were written.
 
-The model is called through its `serving_default` signature, exactly as TF Serving calls it;
-`Predictor` and `predict_in_batches` are also what bert_tf2.evaluate uses.
+The model is called through its `serving_default` signature, exactly as TF Serving calls it
+(a .tflite file of bert_tf2.export_lite through the same signature in LiteRT: `LitePredictor`);
+`load_predictor` and `predict_in_batches` are also what bert_tf2.evaluate uses.
 """
 
 import concurrent.futures
