@@ -12,8 +12,9 @@ and four TF Text ops that TF Text registers for TFLite (`tensorflow_text.tflite_
      (the database the original consults): dropped (U+0000, U+FFFD, category C* but \\t\\n\\r),
      else the characters of `strip_Mn(NFD(c.lower()))` -- at most MAX_EXPANSION -- each with
      whether it is whitespace (`str.isspace`) or a word of its own (CJK ideograph or
-     punctuation). Capital sigma becomes final sigma where the original's `str.lower()` makes
-     it so (after a cased and before no cased character; neighbours only, see below).
+     punctuation), and its casing. Capital sigma becomes final sigma where the original's
+     `str.lower()` makes it so: after a cased character and not before one, case-ignorable
+     characters skipped (Python's rule; cased and case-ignorable as its `str.lower` sees them).
   3. Words: whitespace splits and is dropped, a CJK ideograph or punctuation is a word alone.
   4. Each word becomes a string again by FastWordpieceDetokenize over a vocab of single
      characters (c, ##c): only characters that occur in the WordPiece vocab are kept as
@@ -22,11 +23,10 @@ and four TF Text ops that TF Text registers for TFLite (`tensorflow_text.tflite_
      over MAX_CHARS_PER_WORD characters (all placeholders).
   5. FastWordpieceTokenize (no pretokenization): the word's pieces.
 
-Divergences, none of which touches the built-in corpus (tests/test_lite.py checks it, the
-hostile-input strings, full-width punctuation, accents, emoji and control characters): the
-final-sigma rule looks at the immediate neighbours, where Python skips case-ignorable ones
-(`ΑΣ'` vs `ΑΣ`); and canonical reordering of non-Mn combining marks (category Mc with a
-nonzero combining class) after NFD is not done.
+One divergence, which no text of the built-in corpus meets (tests/test_lite.py checks it, the
+hostile-input strings, full-width punctuation, accents, emoji and control characters):
+canonical reordering of non-Mn combining marks (category Mc with a nonzero combining class)
+after NFD is not done.
 """
 
 import dataclasses
@@ -47,6 +47,7 @@ _BLOCK = 1 << _BLOCK_BITS
 _PLACEHOLDER_CANDIDATES = "\ue000\ue001\ue002\uf8ff"
 _CAPITAL_SIGMA, _SIGMA, _FINAL_SIGMA = 0x3A3, "\u03c3", "\u03c2"
 _REMOVED_ROW = 0
+_UNCASED, _CASED, _CASE_IGNORABLE = 0, 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +59,7 @@ class _Tables:
     chars: np.ndarray         # int32 [classes, MAX_EXPANSION]: character ids, -1 for none
     space: np.ndarray         # bool [classes, MAX_EXPANSION]
     own_word: np.ndarray      # bool [classes, MAX_EXPANSION]
-    cased: np.ndarray         # bool [classes]
+    casing: np.ndarray        # int32 [classes]: _UNCASED, _CASED or _CASE_IGNORABLE
     characters: Tuple[str, ...]  # character id -> character; the last is the placeholder
 
 
@@ -75,6 +76,15 @@ def _is_removed(cp: int) -> bool:
     return cp in (0, 0xFFFD) or unicodedata.category(chr(cp)).startswith("C")
 
 
+def _casing(char: str) -> int:
+    """Cased or case-ignorable as Python's final-sigma rule sees `char` (by that rule)."""
+    if (char + "\u03a3").lower().endswith(_FINAL_SIGMA):
+        return _CASED
+    if ("A" + char + "\u03a3").lower().endswith(_FINAL_SIGMA):
+        return _CASE_IGNORABLE
+    return _UNCASED
+
+
 def _normalized(cp: int) -> str:
     decomposed = unicodedata.normalize("NFD", chr(cp).lower())
     return "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
@@ -87,7 +97,7 @@ def _tables(vocab: Tuple[str, ...]) -> _Tables:
     characters = tuple(sorted(vocab_chars | {_SIGMA, _FINAL_SIGMA})) + (placeholder,)
     char_id = {c: i for i, c in enumerate(characters[:-1])}
     classes = {(): 0}  # class key -> class id; 0: removed (nothing left)
-    keys = [((), False)]
+    keys = [((), _UNCASED)]
     rows = np.zeros(0x110000, np.int32)
     for cp in range(0x110000):
         if 0xD800 <= cp <= 0xDFFF or _is_removed(cp):
@@ -96,8 +106,7 @@ def _tables(vocab: Tuple[str, ...]) -> _Tables:
                     for c in _normalized(cp))
         if len(out) > MAX_EXPANSION:
             raise AssertionError(f"U+{cp:04X} expands to {len(out)} characters")
-        key = (out, chr(cp).islower() or chr(cp).isupper() or
-               unicodedata.category(chr(cp)) == "Lt")
+        key = (out, _casing(chr(cp)))
         if key not in classes:
             classes[key] = len(keys)
             keys.append(key)
@@ -105,15 +114,15 @@ def _tables(vocab: Tuple[str, ...]) -> _Tables:
     chars = np.full((len(keys), MAX_EXPANSION), -1, np.int32)
     space = np.zeros((len(keys), MAX_EXPANSION), bool)
     own_word = np.zeros((len(keys), MAX_EXPANSION), bool)
-    cased = np.zeros(len(keys), bool)
-    for index, (out, is_cased) in enumerate(keys):
-        cased[index] = is_cased
+    casing = np.zeros(len(keys), np.int32)
+    for index, (out, char_casing) in enumerate(keys):
+        casing[index] = char_casing
         for slot, (char, is_space, is_own) in enumerate(out):
             chars[index, slot], space[index, slot], own_word[index, slot] = char, is_space, is_own
     unique, block_of = np.unique(rows.reshape(-1, _BLOCK), axis=0, return_inverse=True)
     return _Tables(blocks=(block_of.reshape(-1) * _BLOCK).astype(np.int32),
                    rows=unique.reshape(-1).astype(np.int32), chars=chars, space=space,
-                   own_word=own_word, cased=cased, characters=characters)
+                   own_word=own_word, casing=casing, characters=characters)
 
 
 class LiteBertTokenizer(tf.Module):
@@ -130,7 +139,7 @@ class LiteBertTokenizer(tf.Module):
         self._chars = tf.constant(tables.chars)
         self._space = tf.constant(tables.space)
         self._own_word = tf.constant(tables.own_word)
-        self._cased = tf.constant(tables.cased)
+        self._casing = tf.constant(tables.casing)
         self._num_chars = len(tables.characters)
         self._sigma = tables.characters.index(_SIGMA)
         self._final_sigma = tables.characters.index(_FINAL_SIGMA)
@@ -193,22 +202,34 @@ class LiteBertTokenizer(tf.Module):
         whitespace and own-word flags and texts."""
         classes = tf.gather(self._rows, tf.gather(self._blocks, code_points // _BLOCK)
                             + code_points % _BLOCK)
+        kept = tf.where(classes != _REMOVED_ROW)[:, 0]
+        code_points, classes, text_of = (tf.gather(x, kept)
+                                         for x in (code_points, classes, text_of))
         chars = tf.gather(self._chars, classes)
-        # Final sigma: a capital sigma after a cased and before no cased character.
-        cased = tf.gather(self._cased, classes)
-        n = tf.shape(classes)[0]
-        cased_before = tf.concat([[False], cased[:-1] & (text_of[1:] == text_of[:-1])], 0)
-        cased_after = tf.concat([cased[1:] & (text_of[1:] == text_of[:-1]), [False]], 0)
-        final = (code_points == _CAPITAL_SIGMA) & cased_before & tf.logical_not(cased_after)
+        final = (code_points == _CAPITAL_SIGMA) & self._final_context(classes, text_of)
         first = tf.where(final, self._final_sigma, chars[:, 0])
         chars = tf.concat([first[:, None], chars[:, 1:]], 1)
         slots = tf.where(tf.reshape(chars, [-1]) >= 0)[:, 0]
         texts = tf.reshape(tf.tile(text_of[:, None], [1, MAX_EXPANSION]), [-1])
-        del n
         return (tf.gather(tf.reshape(chars, [-1]), slots),
                 tf.gather(tf.reshape(tf.gather(self._space, classes), [-1]), slots),
                 tf.gather(tf.reshape(tf.gather(self._own_word, classes), [-1]), slots),
                 tf.gather(texts, slots))
+
+    def _final_context(self, classes, text_of):
+        """Where a capital sigma would be final: the nearest character before that is not
+        case-ignorable is cased, and the nearest after is not (in the same text)."""
+        casing = tf.gather(self._casing, classes)
+        counted = tf.cast(casing != _CASE_IGNORABLE, tf.int32)
+        positions = tf.cast(tf.where(counted > 0)[:, 0], tf.int32)
+        padded = tf.concat([positions, [0]], 0)  # index len(positions): none after
+        through = tf.cumsum(counted)
+        before = tf.gather(padded, tf.maximum(through - counted - 1, 0))
+        after = tf.gather(padded, through)
+        has_before = (through - counted) > 0
+        has_after = through < tf.shape(positions)[0]
+        cased_at = lambda i: (tf.gather(casing, i) == _CASED) & (tf.gather(text_of, i) == text_of)
+        return has_before & cased_at(before) & tf.logical_not(has_after & cased_at(after))
 
     def _wordpieces(self, chars, space, own_word, text_of):
         """Steps 3-5: wordpiece ids, pieces per word and each word's text."""

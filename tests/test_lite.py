@@ -110,6 +110,22 @@ def test_tflite_tokenizer_gives_the_project_tokenizers_ids(corpus_splits, tiny_v
     assert not mismatches, mismatches[:5]
 
 
+def test_final_sigma_follows_pythons_rule(real_layout_dir):
+    """Capital sigma lower-cases to final sigma after a cased letter, case-ignorable
+    characters skipped (an apostrophe, a removed zero-width space, a combining accent)."""
+    vocab = str(real_layout_dir / "vocab.txt")
+    texts = ["ΟΔΟΣ", "ΑΣ'", "Α\u200bΣ", "ΑΣ'Α", "Σ", "ΑΣΑ", "Α\u0301Σ", "ΑΣ.Β", "好ΑΣ好"]
+    tokenizer = lite_tokenization.LiteBertTokenizer(vocab, export.MAX_TEXT_BYTES)
+    ids, splits = tokenizer(tf.constant(texts))
+    tokens = tokenization.read_vocab(vocab)
+    got = [[tokens[i] for i in row] for row in tf.RaggedTensor.from_row_splits(ids, splits).to_list()]
+    assert got == [["ο", "##δ", "##ο", "##ς"], ["α", "##ς", "'"], ["α", "##ς"],
+                   ["α", "##σ", "'", "α"], ["σ"], ["α", "##σ", "##α"], ["α", "##ς"],
+                   ["α", "##σ", ".", "β"], ["好", "α", "##ς", "好"]]
+    assert got == [[tokens[i] for i in row]
+                   for row in lite_tokenization.reference_ids(texts, vocab)]
+
+
 @pytest.mark.parametrize("name", ["binary", *EXPORTS])
 def test_every_task_gives_the_exports_outputs(exports, corpus_splits, name):
     made = exports[name]
