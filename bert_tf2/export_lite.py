@@ -89,8 +89,8 @@ def read_spec(saved_model: str) -> LiteSpec:
     if packing is None:
         raise cli.UserError(
             f"--saved_model={saved_model}: it does not record its seq_length and truncation "
-            f"({export.PACKING_FILE}); export it again with this version of bert_tf2.train "
-            "(--run_config=MODEL_DIR/run_config.json retrains; bert_tf2.export writes it)")
+            f"({export.PACKING_FILE}), which every export of this version of bert_tf2.train "
+            "writes; export the model again")
     return LiteSpec(task=contract.task, pairs=contract.pairs,
                     class_names=contract.class_names, seq_length=int(packing["seq_length"]),
                     truncation=str(packing["truncation"]))
@@ -102,8 +102,13 @@ def build_lite_module(saved_model: str, spec: LiteSpec):
     import tensorflow_text  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     from bert_tf2 import lite_graph  # pylint: disable=g-import-not-at-top
     loaded = tf.saved_model.load(saved_model)
+    if not hasattr(loaded, "captured_state"):
+        raise cli.UserError(f"--saved_model={saved_model}: not a text classifier that "
+                            "bert_tf2.train exported")
     preprocessor, *variables = loaded.captured_state
-    normalization = preprocessor.normalization.numpy().decode()
+    # A preprocessing module without the variable is TF Hub's own (its normalization).
+    normalization = (preprocessor.normalization.numpy().decode()
+                     if hasattr(preprocessor, "normalization") else "tf_hub")
     if normalization != "bert_original":
         raise cli.UserError(
             f"--saved_model={saved_model}: it tokenizes with normalization {normalization!r}; "
