@@ -32,38 +32,16 @@ import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from absl import app, flags, logging
 
 from bert_tf2 import cli
+from bert_tf2 import config as config_lib
 from bert_tf2 import data
 from bert_tf2 import io_utils
 from bert_tf2 import lite
 
 FLAGS = flags.FLAGS
-QUANTIZATIONS = ("dynamic", "float16", "int8", "none")
+QUANTIZATIONS = config_lib.QUANTIZATIONS
 # Texts the rebuilt graph is checked on against the export, and its tolerance there.
 CHECK_TOLERANCE = 1e-4
 REPRESENTATIVE_TEXTS = 300
-
-
-@dataclasses.dataclass(frozen=True)
-class LiteExportConfig:
-    """One `bert_tf2.export_lite` run."""
-
-    saved_model: str
-    output: str
-    quantization: str
-    representative_data: Optional[str]
-    overwrite: bool
-
-    @classmethod
-    def from_flags(cls, flag_values) -> "LiteExportConfig":
-        if not flag_values.saved_model:
-            raise app.UsageError("--saved_model is required")
-        if not flag_values.output or not flag_values.output.endswith(".tflite"):
-            raise app.UsageError(f"--output must name a .tflite file, got "
-                                 f"{flag_values.output!r}")
-        return cls(saved_model=flag_values.saved_model, output=flag_values.output,
-                   quantization=flag_values.quantization,
-                   representative_data=flag_values.representative_data,
-                   overwrite=flag_values.overwrite)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,7 +257,7 @@ def main(argv):
     from bert_tf2 import predict  # pylint: disable=g-import-not-at-top
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    config = LiteExportConfig.from_flags(FLAGS)
+    config = config_lib.LiteExportConfig.from_flags(FLAGS)
     saved_model = predict.resolve_saved_model(config.saved_model)
     io_utils.check_writable_file(config.output, "--output", overwrite=config.overwrite)
     spec = export_lite(saved_model, config.output, config.quantization,
