@@ -1,4 +1,4 @@
-"""The TFLite export against the SavedModel: size, latency, throughput and accuracy per quantization.
+"""TFLite export against the SavedModel: size, latency, throughput, accuracy per quantization.
 
   bash scripts/quickstart.sh
   .venv/bin/python -m benchmarks.lite_benchmark --saved_model=runs/quickstart/export

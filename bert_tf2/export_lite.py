@@ -177,8 +177,9 @@ def convert(module, quantization: str, calibration: Optional[Callable[[], Iterat
         converter.representative_dataset = calibration
         # Calibration runs the model, tokenizer included: its interpreter needs the TF Text
         # ops too (the converter's only way to say so).
-        converter.target_spec._experimental_custom_op_registerers = (  # pylint: disable=protected-access
-            list(tensorflow_text.tflite_registrar.SELECT_TFTEXT_OPS))
+        # pylint: disable-next=protected-access
+        converter.target_spec._experimental_custom_op_registerers = list(
+            tensorflow_text.tflite_registrar.SELECT_TFTEXT_OPS)
     return converter.convert()
 
 
@@ -206,7 +207,8 @@ def write_lite(module, spec: LiteSpec, output: str, quantization: str,
 
 def with_metadata(flatbuffer: bytes, metadata: Dict[str, object]) -> bytes:
     """`flatbuffer` with a metadata entry lite.METADATA_NAME holding `metadata` as JSON."""
-    from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-import-not-at-top
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
     buffer = schema.BufferT()

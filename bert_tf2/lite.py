@@ -60,7 +60,8 @@ class LiteClassifier:
 
 def read_metadata(flatbuffer: bytes) -> Dict[str, object]:
     """The METADATA_NAME entry of a file export_lite wrote; KeyError where there is none."""
-    from tensorflow.lite.python import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from tensorflow.lite.python import schema_py_generated as schema
     model = schema.Model.GetRootAsModel(flatbuffer, 0)
     for i in range(model.MetadataLength()):
         entry = model.Metadata(i)

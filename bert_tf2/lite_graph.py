@@ -128,7 +128,7 @@ def _kept_pieces(splits, length, keep, truncation: str):
     """The pieces a segment keeps: their rows, ranks in the packed segment and flat indices."""
     splits = tf.cast(splits, tf.int32)
     total = splits[-1]
-    row = lite_tokenization._segment_ids(splits, total)  # pylint: disable=protected-access
+    row = lite_tokenization.segment_ids(splits, total)
     position = tf.range(total) - tf.gather(splits, row)
     length, keep = tf.gather(length, row), tf.gather(keep, row)
     head = (keep // 4 if truncation == "head_tail" else

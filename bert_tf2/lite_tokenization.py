@@ -170,7 +170,7 @@ class LiteBertTokenizer(tf.Module):
         split = tf_text.ByteSplitter().split(strings)
         data = tf.cast(split.flat_values, tf.int32)
         starts = tf.cast(split.row_splits, tf.int32)
-        text_of = _segment_ids(starts, tf.shape(data)[0])
+        text_of = segment_ids(starts, tf.shape(data)[0])
         position = tf.range(tf.shape(data)[0]) - tf.gather(starts, text_of)
         kept = tf.where(position < self.max_text_bytes)[:, 0]
         data, text_of = tf.gather(data, kept), tf.gather(text_of, kept)
@@ -255,7 +255,7 @@ class LiteBertTokenizer(tf.Module):
         return pieces.flat_values, pieces_per_word, tf.gather(text_of, word_starts)
 
 
-def _segment_ids(row_splits, size):
+def segment_ids(row_splits, size):
     """int32 [size]: the row of each value, for int32 row_splits."""
     marks = tf.scatter_nd(row_splits[1:-1, None], tf.ones_like(row_splits[1:-1]),
                           tf.reshape(size + 1, [1]))

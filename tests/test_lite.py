@@ -118,7 +118,8 @@ def test_final_sigma_follows_pythons_rule(real_layout_dir):
     tokenizer = lite_tokenization.LiteBertTokenizer(vocab, export.MAX_TEXT_BYTES)
     ids, splits = tokenizer(tf.constant(texts))
     tokens = tokenization.read_vocab(vocab)
-    got = [[tokens[i] for i in row] for row in tf.RaggedTensor.from_row_splits(ids, splits).to_list()]
+    rows = tf.RaggedTensor.from_row_splits(ids, splits).to_list()
+    got = [[tokens[i] for i in row] for row in rows]
     assert got == [["ο", "##δ", "##ο", "##ς"], ["α", "##ς", "'"], ["α", "##ς"],
                    ["α", "##σ", "'", "α"], ["σ"], ["α", "##σ", "##α"], ["α", "##ς"],
                    ["α", "##σ", ".", "β"], ["好", "α", "##ς", "好"]]
@@ -154,7 +155,8 @@ def test_one_signature_with_the_exports_inputs_and_no_flex_ops(exports):
         assert list(signatures) == ["serving_default"]
         assert sorted(signatures["serving_default"]["inputs"]) == (
             ["text", "text_b"] if made["spec"].pairs else ["text"]), name
-        ops = {op["op_name"] for op in interpreter._get_ops_details()}  # pylint: disable=protected-access
+        # pylint: disable-next=protected-access
+        ops = {op["op_name"] for op in interpreter._get_ops_details()}
         assert not any(op.startswith("Flex") for op in ops), ops
 
 
