@@ -12,8 +12,8 @@
     runtime    RuntimeConfig    strategy, dtype policy, XLA, steps per execution
     export     ExportConfig     where the SavedModel versions go
 
-`PredictConfig` and `EvaluateConfig` describe a run of `bert_tf2.predict` and
-`bert_tf2.evaluate` the same way.
+`PredictConfig`, `EvaluateConfig` and `LiteExportConfig` describe a run of `bert_tf2.predict`,
+`bert_tf2.evaluate` and `bert_tf2.export_lite` the same way.
 
 `TrainConfig.from_flags(flag_values)` is the one place the training flags are read, and the
 place every implied setting is derived (`_with_implied_settings`). Each run writes the result
@@ -40,6 +40,7 @@ TASKS = ("binary", "multiclass", "multilabel")
 TRUNCATIONS = ("head", "tail", "head_tail")
 CLASS_WEIGHTS = ("none", "balanced")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+QUANTIZATIONS = ("dynamic", "float16", "int8", "none")  # bert_tf2.export_lite
 
 RUN_CONFIG_FILE = "run_config.json"
 # The served label is 1 where P(positive) >= this (a multilabel class is on where its
@@ -455,6 +456,27 @@ class EvaluateConfig:
         if not config.saved_model and config.history:
             return config  # only plots the training curves
         return _with_model_checked(config)
+
+
+@dataclasses.dataclass(frozen=True)
+class LiteExportConfig:
+    """One `bert_tf2.export_lite` run: which export, which file, which quantization."""
+
+    saved_model: str = _flag()
+    output: str = _flag()
+    quantization: str = _flag()
+    representative_data: Optional[str] = _flag()  # int8 calibration texts
+    overwrite: bool = _flag()  # replace an existing --output file
+
+    @classmethod
+    def from_flags(cls, flag_values) -> "LiteExportConfig":
+        """The run the parsed flags of `bert_tf2.export_lite` describe."""
+        config = _build(cls, lambda name: flag_values[name].value)
+        if not config.saved_model:
+            raise app.UsageError("--saved_model is required")
+        if not (config.output or "").endswith(".tflite"):
+            raise app.UsageError(f"--output must name a .tflite file, got {config.output!r}")
+        return config
 
 
 def _reject_training_data_flags(flag_values, what_instead: str) -> None:

@@ -35,6 +35,7 @@ from bert_tf2 import config as config_lib
 from bert_tf2 import data
 from bert_tf2 import flags as project_flags
 from bert_tf2 import io_utils
+from bert_tf2 import lite
 from bert_tf2 import plots
 from bert_tf2 import predict
 
@@ -427,9 +428,13 @@ def format_report(report: Mapping[str, object]) -> str:
 
 
 def default_output_dir(saved_model: str) -> str:
-    """eval-<version> beside the SavedModel directory: E/1 -> E/eval-1."""
+    """eval-<version> beside the SavedModel directory: E/1 -> E/eval-1 (M.tflite ->
+    eval-M beside it)."""
     saved_model = os.path.abspath(saved_model)
-    return os.path.join(os.path.dirname(saved_model), f"eval-{os.path.basename(saved_model)}")
+    name = os.path.basename(saved_model)
+    if lite.is_lite_model(name):
+        name = name[:-len(lite.LITE_SUFFIX)]
+    return os.path.join(os.path.dirname(saved_model), f"eval-{name}")
 
 
 def _inside(path: str, directory: str) -> bool:
@@ -453,13 +458,14 @@ def run(config: config_lib.EvaluateConfig) -> Dict[str, object]:
         print(f"Training curves: {path}")
         return {"training_curves": path}
 
-    saved_model = predict.resolve_saved_model(config.saved_model)
+    saved_model = (config.saved_model if lite.is_lite_model(config.saved_model)
+                   else predict.resolve_saved_model(config.saved_model))
     output_dir = config.output_dir or default_output_dir(saved_model)
     if _inside(output_dir, saved_model):
         raise app.UsageError(f"--output_dir={output_dir} is inside the SavedModel "
                              f"{saved_model}; TF Serving loads that directory")
     io_utils.check_writable_dir(output_dir, "--output_dir")  # before the model loads
-    predictor = predict.Predictor(saved_model)
+    predictor = predict.load_predictor(saved_model)
     examples = _labelled_examples(config, predictor)
     texts = (list(zip(examples.texts, examples.texts_b)) if examples.texts_b
              else examples.texts)

@@ -40,6 +40,7 @@ requests that the tests replay against the exported model.
 """
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -85,6 +86,9 @@ TEXT_B_FEATURE = "text_b"
 CLASS_NAMES = config.BINARY_CLASS_NAMES  # binary `scores` columns: negative, positive
 # The class names, one a line, in the order of the probabilities (every task).
 CLASSES_FILE = os.path.join("assets", "classes.txt")
+# How the texts are packed (seq_length, truncation): what a re-export of the same classifier
+# (bert_tf2.export_lite) must repeat, which the signatures' graphs hold only as constants.
+PACKING_FILE = os.path.join("assets", "packing.json")
 
 # Warm-up.
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -200,6 +204,11 @@ def export_text_classifier(text_classifier: tf_keras.Model, export_dir: str,
         set_method_names(scratch, {CLASSIFY_SIGNATURE: CLASSIFY_METHOD_NAME})
         write_warmup_requests(scratch, warmup_texts(_seq_length(text_classifier)), pairs=pairs)
         write_class_names(os.path.join(scratch, CLASSES_FILE), class_names)
+        packer = getattr(text_classifier, "packer", None)
+        if packer is not None:
+            io_utils.write_json({"seq_length": packer.seq_length,
+                                 "truncation": packer.truncation},
+                                os.path.join(scratch, PACKING_FILE))
         # The version is claimed only now, by the rename: another export into export_dir
         # running at the same time gets another number.
         final_path = (io_utils.publish_next_version(scratch, export_dir) if version is None
@@ -409,6 +418,15 @@ def read_class_names(saved_model_dir: str) -> Tuple[str, ...]:
         return CLASS_NAMES
     with open(path, encoding="utf-8") as f:
         return tuple(line.rstrip("\n") for line in f)
+
+
+def read_packing(saved_model_dir: str) -> Optional[Dict[str, object]]:
+    """The export's seq_length and truncation (PACKING_FILE), or None where it has none."""
+    path = os.path.join(saved_model_dir, PACKING_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def prune_versions(export_dir: str, keep: int) -> List[int]:

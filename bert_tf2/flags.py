@@ -253,7 +253,8 @@ def define_inference_flags(flag_values: flags.FlagValues = flags.FLAGS):
     """
     define = _Definer(flag_values)
     define.string("saved_model", None, "Exported SavedModel directory (export_dir/<version>), "
-                  "or export_dir itself for its highest version.")
+                  "or export_dir itself for its highest version, or a .tflite file of "
+                  "bert_tf2.export_lite.")
     define.integer("batch_size", 64, "Texts per call of the model.")
 
 

@@ -35,8 +35,9 @@ not be the input, and an existing one is replaced only with --overwrite (both ch
 the model loads). A run to stdout that stops early (a closed pipe, Ctrl-C, an error) ends with
 status 1 and a last line on stderr saying how many rows were written.
 
-The model is called through its `serving_default` signature, exactly as TF Serving calls it;
-`Predictor` and `predict_in_batches` are also what bert_tf2.evaluate uses.
+The model is called through its `serving_default` signature, exactly as TF Serving calls it
+(a .tflite file of bert_tf2.export_lite through the same signature in LiteRT: `LitePredictor`);
+`load_predictor` and `predict_in_batches` are also what bert_tf2.evaluate uses.
 """
 
 import concurrent.futures
@@ -46,7 +47,9 @@ import io
 import itertools
 import json
 import os
+import struct
 import sys
+import threading
 import time
 from typing import (BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
                     TextIO, Tuple, TypeVar)
@@ -121,10 +124,7 @@ class Predictor:
         outputs = self._serve.structured_outputs
         self.task = ("binary" if export.PROBABILITY_OUTPUT in outputs else
                      "multilabel" if export.LABELS_OUTPUT in outputs else "multiclass")
-        self._outputs = {"binary": (export.PROBABILITY_OUTPUT, export.LABEL_OUTPUT),
-                         "multiclass": (export.PROBABILITIES_OUTPUT, export.LABEL_ID_OUTPUT),
-                         "multilabel": (export.PROBABILITIES_OUTPUT, export.LABELS_OUTPUT),
-                         }[self.task]
+        self._outputs = _output_names(self.task)
         self.class_names = export.read_class_names(self.path)
 
     def check_text_b_column(self, text_b_column: Optional[str]) -> None:
@@ -147,6 +147,48 @@ class Predictor:
                  for name, column in zip(self.inputs, columns)}
         outputs = self._serve(**feeds)
         return tuple(outputs[name].numpy() for name in self._outputs)
+
+
+def _output_names(task: str) -> Tuple[str, str]:
+    """The serving_default outputs a Predictor returns: probabilities and labels."""
+    from bert_tf2 import export  # pylint: disable=g-import-not-at-top
+    return {"binary": (export.PROBABILITY_OUTPUT, export.LABEL_OUTPUT),
+            "multiclass": (export.PROBABILITIES_OUTPUT, export.LABEL_ID_OUTPUT),
+            "multilabel": (export.PROBABILITIES_OUTPUT, export.LABELS_OUTPUT)}[task]
+
+
+class LitePredictor(Predictor):
+    """A TFLite file of bert_tf2.export_lite behind the Predictor interface (same answers,
+    computed by `bert_tf2.lite.LiteClassifier`; one call at a time, as its interpreter needs)."""
+
+    def __init__(self, path: str):  # pylint: disable=super-init-not-called
+        from bert_tf2 import lite  # pylint: disable=g-import-not-at-top
+        if not os.path.isfile(path):
+            raise SavedModelError(f"--saved_model={path}: no such TFLite file; pass one that "
+                                  "bert_tf2.export_lite wrote, or an export_dir")
+        self.path = path
+        try:
+            self._classifier = lite.LiteClassifier(path)
+        except (KeyError, ValueError, RuntimeError, IndexError, struct.error) as error:
+            raise SavedModelError(f"--saved_model={path}: not a TFLite file that "
+                                  f"bert_tf2.export_lite wrote ({error})") from error
+        self.task, self.pairs = self._classifier.task, self._classifier.pairs
+        self.class_names = self._classifier.class_names
+        self._outputs = _output_names(self.task)
+        self._lock = threading.Lock()
+
+    def __call__(self, texts: Sequence[object]) -> Tuple[np.ndarray, np.ndarray]:
+        columns = list(zip(*texts)) if self.pairs else [texts]
+        with self._lock:
+            outputs = self._classifier.predict(*columns)
+        return tuple(outputs[name] for name in self._outputs)
+
+
+def load_predictor(saved_model: str) -> Predictor:
+    """A LitePredictor for a .tflite file, else a Predictor of the SavedModel."""
+    from bert_tf2 import lite  # pylint: disable=g-import-not-at-top
+    return (LitePredictor(saved_model) if lite.is_lite_model(saved_model)
+            else Predictor(saved_model))
 
 
 # Batches read ahead and sorted by length before they are predicted (see predict_in_batches).
@@ -436,7 +478,7 @@ def run(config: config_lib.PredictConfig, *, stdin: Optional[BinaryIO] = None,
     output_format = config.format or (output_format_of(config.output)
                                       if config.output != STDIO else "jsonl")
     start = time.perf_counter()
-    predictor = Predictor(config.saved_model)
+    predictor = load_predictor(config.saved_model)
     load_seconds = time.perf_counter() - start
     predictor.check_text_b_column(config.text_b_column)
     check_top_k(predictor, config.top_k)
