@@ -12,7 +12,9 @@
     runtime    RuntimeConfig    strategy, dtype policy, XLA, steps per execution
     export     ExportConfig     where the SavedModel versions go
 
-`PredictConfig` and `EvaluateConfig` describe a run of `bert_tf2.predict` and
+`DistillConfig` is a training run of a student that learns a teacher's outputs
+(`bert_tf2.distill`): a TrainConfig with a `distill` part. `PredictConfig` and
+`EvaluateConfig` describe a run of `bert_tf2.predict` and
 `bert_tf2.evaluate` the same way.
 
 `TrainConfig.from_flags(flag_values)` is the one place the training flags are read, and the
@@ -204,7 +206,7 @@ class TrainConfig:
         """
         base = {}
         if flag_values.run_config:
-            base = flag_values_of(load(flag_values.run_config))
+            base = flag_values_of(load(flag_values.run_config, cls))
 
         def value(name: str):
             flag = flag_values[name]
@@ -228,6 +230,35 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        return _from_dict(cls, values, "run config")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillationConfig:
+    """The teacher, the texts it labels beside the training split, the student and the loss."""
+
+    teacher: Optional[str] = _flag()  # an export of this project (export_dir[/version])
+    unlabeled_data: Optional[str] = _flag()  # comma-separated files or patterns
+    unlabeled_input_format: str = _flag()  # auto | text | csv | tsv | jsonl, as predict reads
+    student_num_layers: Optional[int] = _flag()
+    student_hidden_size: Optional[int] = _flag()  # None: the teacher's
+    student_encoder: Optional[str] = _flag()  # a TF Hub-format encoder module
+    temperature: float = _flag()
+    hard_label_weight: float = _flag()
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig(TrainConfig):
+    """A training run whose student learns the outputs of `distill.teacher`.
+
+    Its `modules.encoder_handle` is the student's encoder module, which the run builds in
+    model_dir (`bert_tf2.distill.student_module_dir`) and then trains as training does.
+    """
+
+    distill: DistillationConfig
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "DistillConfig":
         return _from_dict(cls, values, "run config")
 
 
@@ -290,6 +321,16 @@ def _checked(config: TrainConfig) -> TrainConfig:
          "in [0, 1)"),
         ("dropout", config.model.dropout, lambda v: 0 <= v < 1, "in [0, 1)"),
     )
+    if isinstance(config, DistillConfig):
+        distill = config.distill
+        ranges += (
+            ("temperature", distill.temperature, lambda v: v > 0, "> 0"),
+            ("hard_label_weight", distill.hard_label_weight, lambda v: 0 <= v <= 1,
+             "in [0, 1]"),
+            ("student_num_layers", distill.student_num_layers,
+             lambda v: v is None or v >= 1, ">= 1"),
+            ("student_hidden_size", distill.student_hidden_size,
+             lambda v: v is None or v >= 1, ">= 1"))
     for flag, value, valid, in_words in ranges:
         if not valid(value):
             raise cli.UserError(f"--{flag}={value} is out of range: it must be {in_words}")
@@ -350,18 +391,25 @@ def _from_dict(cls, values: Mapping[str, Any], where: str):
                   for name, value in values.items()})
 
 
-def load(path: str) -> TrainConfig:
-    """The TrainConfig in a `run_config.json`; a UserError names the file and what is wrong."""
+# The command that writes each kind of run config.
+_RUN_KINDS = {"TrainConfig": "bert_tf2.train", "DistillConfig": "bert_tf2.distill"}
+
+
+def load(path: str, cls: type = TrainConfig) -> TrainConfig:
+    """The `cls` run (TrainConfig, DistillConfig) in a `run_config.json`; a UserError names the
+    file and what is wrong (a run of the other kind included)."""
     try:
         with open(path, encoding="utf-8") as f:
             values = json.load(f)
-        return TrainConfig.from_dict(values)
+        if isinstance(values, dict) and cls is TrainConfig and "distill" in values:
+            raise ValueError("it is a run of bert_tf2.distill; rerun it with that command")
+        return cls.from_dict(values)
     except OSError as error:
         raise cli.UserError(f"--run_config={path}: cannot read it: "
                             f"{error.strerror or error}") from error
     except (ValueError, TypeError) as error:
         raise cli.UserError(f"--run_config={path}: not a run_config.json that "
-                            f"bert_tf2.train wrote: {error}") from error
+                            f"{_RUN_KINDS[cls.__name__]} wrote: {error}") from error
 
 
 # ---------------------------------------------------------------------------------------------
