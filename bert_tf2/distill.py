@@ -78,14 +78,15 @@ def run(config: config_lib.DistillConfig,
     unlabeled = read_unlabeled(config)
     config = with_student_encoder(config)
     prepare_model_dir(config, overwrite=overwrite)
-    build_student(config, teacher.path)
+    head = build_student(config, teacher)
     labels = TeacherLabels(config, teacher, unlabeled)
     prepared = train.prepare(config, overwrite=overwrite, export_new_task=export_new_task,
                              training_split=labels.training_split)
     labels.save()
     prepared = dataclasses.replace(prepared, objective=functools.partial(
         objective, config.distill.temperature, config.distill.hard_label_weight))
-    return train.run_prepared(config, prepared, callbacks)
+    start_head = [] if head is None else [StartHeadFrom(head, teacher.path)]
+    return train.run_prepared(config, prepared, [*start_head, *callbacks])
 
 
 def check_settings(config: config_lib.DistillConfig) -> None:
@@ -108,8 +109,7 @@ def load_teacher(config: config_lib.DistillConfig) -> predict.Predictor:
     try:
         teacher = predict.Predictor(config.distill.teacher)
     except predict.SavedModelError as error:
-        raise cli.UserError(f"--teacher: {str(error).replace('--saved_model', '--teacher')}"
-                            ) from error
+        raise cli.UserError(str(error).replace("--saved_model", "--teacher")) from error
     if teacher.task != config.data.task:
         raise cli.UserError(f"--teacher={teacher.path} is a {teacher.task} classifier, and "
                             f"this run has --task={config.data.task}: pass "
@@ -186,23 +186,32 @@ def with_student_encoder(config: config_lib.DistillConfig) -> config_lib.Distill
                              "modules.build_missing": False})
 
 
-def build_student(config: config_lib.DistillConfig, teacher_path: str) -> None:
+def build_student(config: config_lib.DistillConfig, teacher_model: predict.Predictor
+                  ) -> Optional[List[np.ndarray]]:
     """Writes the student's encoder module (unless it is --student_encoder, or a resumed run
-    has it already), from the teacher's layers where the hidden sizes match, else random."""
-    distill = config.distill
-    weights = {v.name.split(":")[0]: v for v in export.read_weights(teacher_path)}
+    has it already), from the teacher's layers where the hidden sizes match, else random.
+
+    Returns the teacher's head (kernel, bias) where the student's pooled output is as wide
+    as the teacher's: the student's head starts from it.
+    """
+    distill, teacher_path = config.distill, teacher_model.path
+    weights = {v.name.split(":")[0]: v for v in export.weights_of(teacher_model.loaded,
+                                                                   teacher_path)}
     teacher = hub_modules.bert_config_from_variables(list(weights.values()),
                                                      source=f"--teacher={teacher_path}")
     check_vocab(config, teacher_path)
+    head = [weights[f"classifier/{name}"].numpy() for name in ("kernel", "bias")
+            if f"classifier/{name}" in weights] or None
     if distill.student_encoder:
-        _check_student_encoder(config, teacher)
-        return
+        hidden = _check_student_encoder(config, teacher)
+        return head if hidden == teacher.hidden_size else None
+    student = student_bert_config(teacher, distill.student_num_layers,
+                                  distill.student_hidden_size)
+    head = head if student.hidden_size == teacher.hidden_size else None
     path = config.modules.encoder_handle
     if os.path.isdir(path) and _resuming(config):
         logging.info("Student encoder: %s, as the interrupted run built it", path)
-        return
-    student = student_bert_config(teacher, distill.student_num_layers,
-                                  distill.student_hidden_size)
+        return head
     with distribution.dtype_policy("float32"):
         encoder = hub_modules.build_encoder(student)
     if student.hidden_size == teacher.hidden_size:
@@ -223,6 +232,21 @@ def build_student(config: config_lib.DistillConfig, teacher_path: str) -> None:
         hub_modules.export_encoder(path, bert_config=student,
                                    vocab_file=os.path.join(teacher_path, "assets", "vocab.txt"),
                                    init_checkpoint=prefix)
+    return head
+
+
+class StartHeadFrom(tf_keras.callbacks.Callback):
+    """Sets the student's head (its `classifier` Dense layer) to the teacher's `head` when
+    training begins, before a resumed run's backup is restored over it (`crash_safety.Backup`
+    comes last)."""
+
+    def __init__(self, head: Sequence[np.ndarray], teacher_path: str):
+        super().__init__()
+        self.head, self.teacher_path = head, teacher_path
+
+    def on_train_begin(self, logs=None):
+        self.model.get_layer("classifier").set_weights(self.head)
+        logging.info("Student head: the teacher's (--teacher=%s)", self.teacher_path)
 
 
 def student_bert_config(teacher, num_layers: int, hidden_size: Optional[int]):
@@ -265,9 +289,9 @@ def copy_teacher_layers(network: tf_keras.Model, weights: Dict[str, tf.Variable]
     return chosen
 
 
-def _check_student_encoder(config: config_lib.DistillConfig, teacher) -> None:
+def _check_student_encoder(config: config_lib.DistillConfig, teacher) -> int:
     """Refuses --student_num_layers/--student_hidden_size that the module does not have, and
-    a module of another vocab than the teacher's."""
+    a module of another vocab than the teacher's; returns its hidden size."""
     student = hub_modules.read_encoder_config(config.distill.student_encoder)
     for flag, wanted, actual in (
             ("student_num_layers", config.distill.student_num_layers, student.num_hidden_layers),
@@ -279,6 +303,7 @@ def _check_student_encoder(config: config_lib.DistillConfig, teacher) -> None:
                                 "pass a module of that size")
     logging.info("Student encoder: --student_encoder=%s (%d layers, hidden %d)",
                  config.distill.student_encoder, student.num_hidden_layers, student.hidden_size)
+    return student.hidden_size
 
 
 def check_vocab(config: config_lib.TrainConfig, teacher_path: str) -> None:

@@ -212,10 +212,10 @@ def export_text_classifier(text_classifier: tf_keras.Model, export_dir: str,
     return final_path
 
 
-def read_weights(saved_model_dir: str) -> List[tf.Variable]:
-    """The classifier weights an export holds (`ServingModule.captured_state`), restored with
-    the names they had in training (`transformer/layer_0/...`, `classifier/kernel`, ...)."""
-    loaded = tf.saved_model.load(saved_model_dir)
+def weights_of(loaded, saved_model_dir: str) -> List[tf.Variable]:
+    """The classifier weights of an export (`ServingModule.captured_state`), as loaded from
+    `saved_model_dir` (`tf.saved_model.load`), with the names they had in training
+    (`transformer/layer_0/...`, `classifier/kernel`, ...)."""
     state = getattr(loaded, "captured_state", None)
     if state is None:
         raise ValueError(f"{saved_model_dir}: not an export of bert_tf2 (no captured_state)")
