@@ -32,7 +32,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -224,14 +223,10 @@ def build_student(config: config_lib.DistillConfig, teacher_model: predict.Predi
         logging.info("Student encoder: %d layers, hidden %d (the teacher's is %d): random "
                      "weights; pass --student_encoder to start from a module",
                      student.num_hidden_layers, student.hidden_size, teacher.hidden_size)
-    with tempfile.TemporaryDirectory(prefix="bert_tf2_student_") as scratch:
-        prefix = tf.train.Checkpoint(encoder=encoder.network).write(
-            os.path.join(scratch, "student"))
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        hub_modules.export_encoder(path, bert_config=student,
-                                   vocab_file=os.path.join(teacher_path, "assets", "vocab.txt"),
-                                   init_checkpoint=prefix)
+    if os.path.isdir(path):  # built by a run that stopped before its first backup
+        shutil.rmtree(path)
+    hub_modules.save_encoder(encoder, path,
+                             vocab_file=os.path.join(teacher_path, "assets", "vocab.txt"))
     return head
 
 

@@ -1,0 +1,109 @@
+"""The quickstart classifier distilled into a 1-layer student: accuracy, speed, wall time.
+
+Trains the teacher as the quickstart does (configs/quickstart.flags, its own hub modules and
+directories under runs/distill_benchmark), then distils it with
+configs/quickstart_distill.flags, each a process of its own, one after the other. For both
+exports it reports the test accuracy (metrics.json), the throughput of batches of 64 real
+reviews (the built-in corpus's test split, in its order, through the `serving_default`
+signature in this process, after one untimed pass), the median latency of one review a call,
+and each command's wall time. It prints a markdown table with the commands and writes it as
+its section of docs/benchmarks.md (docs/distill.md links there):
+
+  .venv/bin/python -m benchmarks.distill_benchmark
+"""
+
+import json
+import shutil
+import statistics
+import time
+from typing import Dict, List
+
+from absl import app, flags
+
+from benchmarks import report
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("output", str(report.BENCHMARKS_MD),
+                    "Markdown file whose section is written ('' to only print).")
+flags.DEFINE_integer("batches", 20, "Timed batches of 64 reviews per export.")
+flags.DEFINE_integer("single_calls", 200, "Timed calls of one review per export.")
+
+TITLE = "## Distillation: the quickstart teacher into a 1-layer student"
+ROOT = "runs/distill_benchmark"
+HUB = [f"--preprocess_handle={ROOT}/hub/preprocess", f"--encoder_handle={ROOT}/hub/encoder"]
+TEACHER = ["-m", "bert_tf2.train", "--flagfile=configs/quickstart.flags", *HUB,
+           f"--model_dir={ROOT}/teacher/model", f"--export_dir={ROOT}/teacher/export"]
+STUDENT = ["-m", "bert_tf2.distill", "--flagfile=configs/quickstart_distill.flags", *HUB,
+           f"--teacher={ROOT}/teacher/export", f"--model_dir={ROOT}/student/model",
+           f"--export_dir={ROOT}/student/export"]
+BATCH = 64
+
+
+def speed(saved_model: str, reviews: List[str]) -> Dict[str, float]:
+    """Reviews/s in batches of BATCH, and the median ms of one review a call."""
+    from bert_tf2 import predict  # pylint: disable=g-import-not-at-top
+    model = predict.Predictor(saved_model)
+    batches = [reviews[i:i + BATCH] for i in range(0, BATCH * FLAGS.batches, BATCH)]
+    for batch in batches:  # untimed: traces each padded length once
+        model(batch)
+    start = time.perf_counter()
+    for batch in batches:
+        model(batch)
+    throughput = BATCH * len(batches) / (time.perf_counter() - start)
+    latencies = []
+    for review in reviews[:FLAGS.single_calls]:
+        model([review])  # untimed first call of each length bucket happens here too
+    for review in reviews[:FLAGS.single_calls]:
+        start = time.perf_counter()
+        model([review])
+        latencies.append((time.perf_counter() - start) * 1000)
+    return {"throughput": throughput, "p50_ms": statistics.median(latencies)}
+
+
+def measure(name: str, args: List[str], reviews: List[str]) -> Dict[str, object]:
+    directory = report.REPO_ROOT / ROOT / name
+    shutil.rmtree(directory, ignore_errors=True)  # a new run, not a resumed one
+    directory.mkdir(parents=True)
+    row = report.run_measured(args, str(directory / f"{name}.log"))
+    metrics = json.loads((directory / "model" / "metrics.json").read_text(encoding="utf-8"))
+    return dict(row, test=metrics["test"]["accuracy"], dev=metrics["dev"]["accuracy"],
+                **speed(str(directory / "export"), reviews))
+
+
+def markdown_section(rows: Dict[str, Dict[str, object]]) -> str:
+    teacher = rows["teacher (quickstart, 2 layers)"]
+    lines = ["| model | test accuracy | dev accuracy | batch-64 reviews/s | one review, p50 | "
+             "command wall time | peak memory |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['test']:.1%} | {row['dev']:.1%} | "
+                     f"{row['throughput']:,.0f} ({row['throughput'] / teacher['throughput']:.2f}x)"
+                     f" | {row['p50_ms']:.2f} ms | {row['wall_s']:.0f} s | "
+                     f"{row['peak_mib']:,.0f} MiB |")
+    return (f"{TITLE}\n\n`.venv/bin/python -m benchmarks.distill_benchmark` on "
+            f"{report.machine_line()}, each command a process of its own, one after the "
+            "other. The teacher is the quickstart (configs/quickstart.flags); the student "
+            "starts from its embeddings, pooler, head and first layer and learns its "
+            "probabilities on the built-in corpus's training texts (configs/"
+            "quickstart_distill.flags: temperature 1, hard-label weight 0.5, no unlabeled "
+            "data). Speed: each export's `serving_default` signature called in one process, "
+            f"{FLAGS.batches} batches of {BATCH} test reviews in the corpus's order after an "
+            f"untimed pass, and {FLAGS.single_calls} calls of one review (the median). The "
+            "distillation's wall time includes the teacher labelling the training texts.\n\n"
+            + "\n".join(lines)
+            + "\n\nThe commands, from the repository root:\n\n```sh\n"
+            + "\n".join(f".venv/bin/python {' '.join(args)}" for args in (TEACHER, STUDENT))
+            + "\n```\n")
+
+
+def main(argv):
+    del argv
+    from bert_tf2 import data  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(report.REPO_ROOT / ROOT / "hub", ignore_errors=True)
+    reviews = list(data.builtin_corpus_splits()["test"].texts)
+    rows = {"teacher (quickstart, 2 layers)": measure("teacher", TEACHER, reviews),
+            "student (1 layer)": measure("student", STUDENT, reviews)}
+    report.publish(markdown_section(rows), FLAGS.output, TITLE)
+
+
+if __name__ == "__main__":
+    app.run(main)
