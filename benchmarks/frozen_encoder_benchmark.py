@@ -15,8 +15,6 @@ section of docs/benchmarks.md (docs/frozen_encoder.md links there):
 import json
 import re
 import shutil
-import sys
-import time
 from typing import Dict, List, Sequence
 
 from absl import app, flags, logging

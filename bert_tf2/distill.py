@@ -36,7 +36,7 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import app, flags, logging
+from absl import flags, logging
 import numpy as np
 import tensorflow as tf
 import tf_keras
@@ -506,15 +506,7 @@ class OnHardLabels(tf_keras.metrics.Metric):
 
 def main(argv):
     del argv
-    config = config_lib.DistillConfig.from_flags(FLAGS)
-    if not config.model_dir:
-        raise app.UsageError("--model_dir is required")
-    start = time.time()
-    try:
-        run(config, overwrite=FLAGS.overwrite, export_new_task=FLAGS.export_new_task)
-    except KeyboardInterrupt:
-        raise train.interrupted(config) from None
-    logging.info("Done in %.1f s", time.time() - start)
+    train.run_command(config_lib.DistillConfig, run)
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:

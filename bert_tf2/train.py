@@ -634,12 +634,18 @@ def build_missing_modules(config: config_lib.TrainConfig, train_texts: Sequence[
 
 def main(argv):
     del argv
-    config = config_lib.TrainConfig.from_flags(FLAGS)
+    run_command(config_lib.TrainConfig, run)
+
+
+def run_command(config_class, run_config: Callable[..., TrainResult]) -> None:
+    """The run the parsed flags describe (`config_class.from_flags`), by `run_config` (`run`,
+    or `bert_tf2.distill.run`); a Ctrl-C ends in the line that says how to resume."""
+    config = config_class.from_flags(FLAGS)
     if not config.model_dir:
         raise app.UsageError("--model_dir is required")
     start = time.time()
     try:
-        run(config, overwrite=FLAGS.overwrite, export_new_task=FLAGS.export_new_task)
+        run_config(config, overwrite=FLAGS.overwrite, export_new_task=FLAGS.export_new_task)
     except KeyboardInterrupt:
         raise interrupted(config) from None
     logging.info("Done in %.1f s", time.time() - start)
