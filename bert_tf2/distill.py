@@ -130,7 +130,8 @@ def read_unlabeled(config: config_lib.DistillConfig) -> data.Examples:
     for pattern in patterns:
         paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         if not paths or not all(os.path.isfile(path) for path in paths):
-            raise data.DataError(f"--unlabeled_data: {pattern}: no such file")
+            raise data.DataError(f"--unlabeled_data: {pattern}: no such file; pass files or "
+                                 "globs of texts, separated by commas")
         for path in paths:
             for line, text in predict.read_texts(
                     path, input_format=config.distill.unlabeled_input_format,
@@ -194,10 +195,14 @@ def build_student(config: config_lib.DistillConfig, teacher_model: predict.Predi
     as the teacher's: the student's head starts from it.
     """
     distill, teacher_path = config.distill, teacher_model.path
-    weights = {v.name.split(":")[0]: v for v in export.weights_of(teacher_model.loaded,
-                                                                   teacher_path)}
-    teacher = hub_modules.bert_config_from_variables(list(weights.values()),
-                                                     source=f"--teacher={teacher_path}")
+    try:
+        weights = {v.name.split(":")[0]: v for v in export.weights_of(teacher_model.loaded,
+                                                                       teacher_path)}
+        teacher = hub_modules.bert_config_from_variables(list(weights.values()),
+                                                         source=f"--teacher={teacher_path}")
+    except ValueError as error:  # a text classifier, but not a BERT one this project exported
+        raise cli.UserError(f"{error}; pass an export of bert_tf2.train as --teacher"
+                            ) from error
     check_vocab(config, teacher_path)
     head = [weights[f"classifier/{name}"].numpy() for name in ("kernel", "bias")
             if f"classifier/{name}" in weights] or None
