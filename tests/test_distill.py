@@ -3,8 +3,8 @@ unlabeled text; its export has the teacher's contract; a resumed run reads the t
 labels instead of labelling again; bad input is refused before any training.
 
 The teachers are tiny: the session's trained binary export (tiny_training_run), and exports of
-the tiny encoder with a random head (no training: what is tested is that the student learns
-what the teacher says, whatever it says).
+the tiny encoder without dropout under a head of no training (`teacher_export`): what is tested
+is that the student learns what the teacher says, whatever it says.
 """
 
 import json
@@ -225,3 +225,46 @@ def test_bad_input_is_refused_in_one_line_before_training(case, teachers, tiny_t
                           *extra)))
     assert "\n" not in str(error.value)
     assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("flag, expected", [
+    ("--temperature=0", "--temperature=0.0 is out of range: it must be > 0"),
+    ("--hard_label_weight=1.5", "--hard_label_weight=1.5 is out of range"),
+])
+def test_loss_settings_out_of_range_are_refused(flag, expected):
+    with pytest.raises(cli.UserError, match=expected):
+        tiny_fixtures.distill_config("--model_dir=m", "--teacher=t", flag)
+
+
+def test_a_student_starts_from_every_kth_teacher_layer_from_the_bottom():
+    assert distill.teacher_layers(12, 4) == [0, 3, 6, 9]
+    assert distill.teacher_layers(12, 3) == [0, 4, 8]
+    assert distill.teacher_layers(2, 1) == [0]
+    assert distill.teacher_layers(2, 2) == [0, 1]
+
+
+def test_a_distillation_run_config_is_its_own_kind(tmp_path):
+    distilled = tiny_fixtures.distill_config("--model_dir=m", "--teacher=t",
+                                             "--student_num_layers=3", "--temperature=2")
+    path = tmp_path / config.RUN_CONFIG_FILE
+    path.write_text(distilled.to_json(), encoding="utf-8")
+    assert config.load(str(path), config.DistillConfig) == distilled
+    assert tiny_fixtures.distill_config(f"--run_config={path}") == distilled
+    with pytest.raises(cli.UserError, match="a run of bert_tf2.distill"):
+        tiny_fixtures.train_config(f"--run_config={path}")
+
+
+def test_the_loss_is_the_soft_term_alone_on_unlabeled_rows_and_mixed_on_labelled_ones():
+    import tensorflow as tf
+    loss = distill.DistillationLoss("multiclass", 3, temperature=2.0, hard_label_weight=0.25)
+    student = tf.constant([[0.2, 0.5, 0.3], [0.2, 0.5, 0.3]])
+    teacher = [0.1, 0.1, 0.8]
+    rows = tf.constant([[1.0, 0.0, 0.0, *teacher, 1.0], [1.0, 0.0, 0.0, *teacher, 0.0]])
+    labelled, unlabeled = loss.call(rows, student).numpy()
+    soften = lambda p: np.exp(np.log(p) / 2) / np.exp(np.log(p) / 2).sum()  # noqa: E731
+    soft = -(soften(np.array(teacher)) * np.log(soften(np.array([0.2, 0.5, 0.3])))).sum() * 4
+    hard = -np.log(0.2)
+    np.testing.assert_allclose(unlabeled, soft, rtol=1e-5)
+    np.testing.assert_allclose(labelled, 0.25 * hard + 0.75 * soft, rtol=1e-5)
+    integer_labels = loss.call(tf.constant([[0], [1]]), student).numpy()
+    np.testing.assert_allclose(integer_labels, [-np.log(0.2), -np.log(0.5)], rtol=1e-5)
