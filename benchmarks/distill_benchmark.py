@@ -10,6 +10,13 @@ and each command's wall time. It prints a markdown table with the commands and w
 its section of docs/benchmarks.md (docs/distill.md links there):
 
   .venv/bin/python -m benchmarks.distill_benchmark
+
+With --suite=base the teacher is BERT-base-sized (12 layers, hidden 768, the quickstart vocab)
+with random weights, trained one step on 64 reviews, and the students have 3 and 4 of its
+layers (one distillation step each): only their serving speed is measured, against the
+teacher's.
+
+  .venv/bin/python -m benchmarks.distill_benchmark --suite=base --batches=5
 """
 
 import json
@@ -27,6 +34,9 @@ flags.DEFINE_string("output", str(report.BENCHMARKS_MD),
                     "Markdown file whose section is written ('' to only print).")
 flags.DEFINE_integer("batches", 20, "Timed batches of 64 reviews per export.")
 flags.DEFINE_integer("single_calls", 200, "Timed calls of one review per export.")
+flags.DEFINE_enum("suite", "quickstart", ["quickstart", "base"], "quickstart: the quickstart "
+                  "teacher and a 1-layer student; base: a BERT-base-sized teacher of random "
+                  "weights and 3- and 4-layer students, serving speed only.")
 
 TITLE = "## Distillation: the quickstart teacher into a 1-layer student"
 ROOT = "runs/distill_benchmark"
@@ -37,6 +47,26 @@ STUDENT = ["-m", "bert_tf2.distill", "--flagfile=configs/quickstart_distill.flag
            f"--teacher={ROOT}/teacher/export", f"--model_dir={ROOT}/student/model",
            f"--export_dir={ROOT}/student/export"]
 BATCH = 64
+BASE_TITLE = "## Distillation at BERT-base size: serving speed of 3- and 4-layer students"
+BASE_ROOT = "runs/distill_benchmark_base"
+# BERT-base's sizes (Google's chinese_L-12_H-768_A-12) over the quickstart vocab.
+BASE_SIZES = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                  intermediate_size=3072)
+BASE_HUB = [f"--preprocess_handle={BASE_ROOT}/hub/preprocess",
+            f"--encoder_handle={BASE_ROOT}/hub/encoder"]
+BASE_RUN = [f"--train_data={BASE_ROOT}/train.jsonl", "--train_steps=1", "--epochs=1"]
+BASE_TEACHER = ["-m", "bert_tf2.train", "--flagfile=configs/quickstart.flags", *BASE_HUB,
+                f"--bert_config_file={BASE_ROOT}/bert_config.json", "--init_checkpoint=",
+                *BASE_RUN, f"--model_dir={BASE_ROOT}/teacher/model",
+                f"--export_dir={BASE_ROOT}/teacher/export"]
+
+
+def base_student(layers: int) -> List[str]:
+    return ["-m", "bert_tf2.distill", "--flagfile=configs/quickstart_distill.flags",
+            f"--preprocess_handle={BASE_ROOT}/hub/preprocess",
+            f"--teacher={BASE_ROOT}/teacher/export", f"--student_num_layers={layers}",
+            *BASE_RUN, f"--model_dir={BASE_ROOT}/student{layers}/model",
+            f"--export_dir={BASE_ROOT}/student{layers}/export"]
 
 
 def speed(saved_model: str, reviews: List[str]) -> Dict[str, float]:
@@ -95,11 +125,68 @@ def markdown_section(rows: Dict[str, Dict[str, object]]) -> str:
             + "\n```\n")
 
 
+def measure_base(name: str, args: List[str], reviews: List[str]) -> Dict[str, object]:
+    directory = report.REPO_ROOT / BASE_ROOT / name
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    row = report.run_measured(args, str(directory / f"{name}.log"))
+    return dict(row, **speed(str(directory / "export"), reviews))
+
+
+def base_section(rows: Dict[str, Dict[str, object]]) -> str:
+    teacher = rows["teacher (12 layers)"]
+    lines = ["| model | batch-64 reviews/s | one review, p50 | command wall time |",
+             "|---|---:|---:|---:|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['throughput']:,.1f} "
+                     f"({row['throughput'] / teacher['throughput']:.2f}x) | "
+                     f"{row['p50_ms']:.1f} ms ({teacher['p50_ms'] / row['p50_ms']:.2f}x "
+                     f"faster) | {row['wall_s']:.0f} s |")
+    commands = [BASE_TEACHER, base_student(3), base_student(4)]
+    command = report.command("benchmarks.distill_benchmark", FLAGS,
+                             ["suite", "batches", "single_calls"])
+    return (f"{BASE_TITLE}\n\n`{command}` on {report.machine_line()}. The teacher is a BERT-base-sized classifier (12 "
+            "layers, hidden 768, 12 heads, the quickstart vocab of 4,452 tokens) of random "
+            "weights, trained one step on 64 reviews; each student starts from its layers "
+            "(every 4th for 3 layers, every 3rd for 4) and takes one distillation step: what "
+            "is measured is serving speed, not accuracy. Each export's `serving_default` "
+            f"signature called in this process: {FLAGS.batches} batches of {BATCH} test "
+            f"reviews in the corpus's order after an untimed pass, and {FLAGS.single_calls} "
+            "calls of one review (the median).\n\n" + "\n".join(lines)
+            + "\n\nThe commands, from the repository root (`benchmarks/distill_benchmark.py` "
+            f"writes {BASE_ROOT}/train.jsonl and bert_config.json first):\n\n```sh\n"
+            + "\n".join(f".venv/bin/python {' '.join(args)}" for args in commands)
+            + "\n```\n")
+
+
+def main_base(reviews: List[str], train_texts: List[str]) -> None:
+    from bert_tf2 import hub_modules  # pylint: disable=g-import-not-at-top
+    root = report.REPO_ROOT / BASE_ROOT
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    quickstart = json.loads((report.REPO_ROOT / "configs" / "bert_tiny_zh.json").read_text())
+    vocab = str(report.REPO_ROOT / "configs" / "vocab_snownlp.txt")
+    (root / "bert_config.json").write_text(json.dumps(dict(
+        quickstart, vocab_size=hub_modules.count_vocab(vocab), **BASE_SIZES)))
+    (root / "train.jsonl").write_text("".join(
+        json.dumps({"text": text, "label": i % 2}, ensure_ascii=False) + "\n"
+        for i, text in enumerate(train_texts[:64])), encoding="utf-8")
+    rows = {"teacher (12 layers)": measure_base("teacher", BASE_TEACHER, reviews)}
+    for layers in (4, 3):
+        rows[f"student ({layers} layers)"] = measure_base(f"student{layers}",
+                                                          base_student(layers), reviews)
+    report.publish(base_section(rows), FLAGS.output, BASE_TITLE)
+
+
 def main(argv):
     del argv
     from bert_tf2 import data  # pylint: disable=g-import-not-at-top
+    splits = data.builtin_corpus_splits()
+    reviews = list(splits["test"].texts)
+    if FLAGS.suite == "base":
+        main_base(reviews, list(splits["train"].texts))
+        return
     shutil.rmtree(report.REPO_ROOT / ROOT / "hub", ignore_errors=True)
-    reviews = list(data.builtin_corpus_splits()["test"].texts)
     rows = {"teacher (quickstart, 2 layers)": measure("teacher", TEACHER, reviews),
             "student (1 layer)": measure("student", STUDENT, reviews)}
     report.publish(markdown_section(rows), FLAGS.output, TITLE)
