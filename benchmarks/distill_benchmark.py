@@ -142,11 +142,11 @@ def base_section(rows: Dict[str, Dict[str, object]]) -> str:
                      f"({row['throughput'] / teacher['throughput']:.2f}x) | "
                      f"{row['p50_ms']:.1f} ms ({teacher['p50_ms'] / row['p50_ms']:.2f}x "
                      f"faster) | {row['wall_s']:.0f} s |")
-    commands = [BASE_TEACHER, base_student(3), base_student(4)]
+    commands = [BASE_TEACHER, base_student(4), base_student(3)]
     command = report.command("benchmarks.distill_benchmark", FLAGS,
                              ["suite", "batches", "single_calls"])
-    return (f"{BASE_TITLE}\n\n`{command}` on {report.machine_line()}. The teacher is a BERT-base-sized classifier (12 "
-            "layers, hidden 768, 12 heads, the quickstart vocab of 4,452 tokens) of random "
+    return (f"{BASE_TITLE}\n\n`{command}` on {report.machine_line()}. The teacher is a "
+            "BERT-base-sized classifier (12 layers, hidden 768, 12 heads, the quickstart vocab of 4,452 tokens) of random "
             "weights, trained one step on 64 reviews; each student starts from its layers "
             "(every 4th for 3 layers, every 3rd for 4) and takes one distillation step: what "
             "is measured is serving speed, not accuracy. Each export's `serving_default` "
