@@ -146,8 +146,8 @@ def base_section(rows: Dict[str, Dict[str, object]]) -> str:
     command = report.command("benchmarks.distill_benchmark", FLAGS,
                              ["suite", "batches", "single_calls"])
     return (f"{BASE_TITLE}\n\n`{command}` on {report.machine_line()}. The teacher is a "
-            "BERT-base-sized classifier (12 layers, hidden 768, 12 heads, the quickstart vocab of 4,452 tokens) of random "
-            "weights, trained one step on 64 reviews; each student starts from its layers "
+            "BERT-base-sized classifier (12 layers, hidden 768, 12 heads, the quickstart "
+            "vocab of 4,452 tokens) of random weights, trained one step on 64 reviews; each student starts from its layers "
             "(every 4th for 3 layers, every 3rd for 4) and takes one distillation step: what "
             "is measured is serving speed, not accuracy. Each export's `serving_default` "
             f"signature called in this process: {FLAGS.batches} batches of {BATCH} test "
