@@ -147,12 +147,13 @@ def base_section(rows: Dict[str, Dict[str, object]]) -> str:
                              ["suite", "batches", "single_calls"])
     return (f"{BASE_TITLE}\n\n`{command}` on {report.machine_line()}. The teacher is a "
             "BERT-base-sized classifier (12 layers, hidden 768, 12 heads, the quickstart "
-            "vocab of 4,452 tokens) of random weights, trained one step on 64 reviews; each student starts from its layers "
-            "(every 4th for 3 layers, every 3rd for 4) and takes one distillation step: what "
-            "is measured is serving speed, not accuracy. Each export's `serving_default` "
-            f"signature called in this process: {FLAGS.batches} batches of {BATCH} test "
-            f"reviews in the corpus's order after an untimed pass, and {FLAGS.single_calls} "
-            "calls of one review (the median).\n\n" + "\n".join(lines)
+            "vocab of 4,452 tokens) of random weights, trained one step on 64 reviews; each "
+            "student starts from its layers (every 4th for 3 layers, every 3rd for 4) and "
+            "takes one distillation step: what is measured is serving speed, not accuracy. "
+            "Each export's `serving_default` signature called in this process: "
+            f"{FLAGS.batches} batches of {BATCH} test reviews in the corpus's order after an "
+            f"untimed pass, and {FLAGS.single_calls} calls of one review (the median)."
+            "\n\n" + "\n".join(lines)
             + "\n\nThe commands, from the repository root (`benchmarks/distill_benchmark.py` "
             f"writes {BASE_ROOT}/train.jsonl and bert_config.json first):\n\n```sh\n"
             + "\n".join(f".venv/bin/python {' '.join(args)}" for args in commands)
