@@ -20,6 +20,7 @@ teacher's.
 """
 
 import json
+import os
 import shutil
 import statistics
 import time
@@ -133,7 +134,7 @@ def measure_base(name: str, args: List[str], reviews: List[str]) -> Dict[str, ob
     return dict(row, **speed(str(directory / "export"), reviews))
 
 
-def base_section(rows: Dict[str, Dict[str, object]]) -> str:
+def base_section(rows: Dict[str, Dict[str, object]], load: str) -> str:
     teacher = rows["teacher (12 layers)"]
     lines = ["| model | batch-64 reviews/s | one review, p50 | command wall time |",
              "|---|---:|---:|---:|"]
@@ -152,7 +153,8 @@ def base_section(rows: Dict[str, Dict[str, object]]) -> str:
             "takes one distillation step: what is measured is serving speed, not accuracy. "
             "Each export's `serving_default` signature called in this process: "
             f"{FLAGS.batches} batches of {BATCH} test reviews in the corpus's order after an "
-            f"untimed pass, and {FLAGS.single_calls} calls of one review (the median)."
+            f"untimed pass, and {FLAGS.single_calls} calls of one review (the median). "
+            f"Load average (1 min) before/after: {load} (other work shares the cores)."
             "\n\n" + "\n".join(lines)
             + "\n\nThe commands, from the repository root (`benchmarks/distill_benchmark.py` "
             f"writes {BASE_ROOT}/train.jsonl and bert_config.json first):\n\n```sh\n"
@@ -172,11 +174,13 @@ def main_base(reviews: List[str], train_texts: List[str]) -> None:
     (root / "train.jsonl").write_text("".join(
         json.dumps({"text": text, "label": i % 2}, ensure_ascii=False) + "\n"
         for i, text in enumerate(train_texts[:64])), encoding="utf-8")
+    load = f"{os.getloadavg()[0]:.1f}"
     rows = {"teacher (12 layers)": measure_base("teacher", BASE_TEACHER, reviews)}
     for layers in (4, 3):
         rows[f"student ({layers} layers)"] = measure_base(f"student{layers}",
                                                           base_student(layers), reviews)
-    report.publish(base_section(rows), FLAGS.output, BASE_TITLE)
+    load += f"/{os.getloadavg()[0]:.1f}"
+    report.publish(base_section(rows, load), FLAGS.output, BASE_TITLE)
 
 
 def main(argv):
