@@ -13,12 +13,8 @@ section of docs/benchmarks.md (docs/frozen_encoder.md links there):
 """
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-import time
 from typing import Dict, List, Sequence
 
 from absl import app, flags, logging
@@ -59,24 +55,12 @@ def train_args(index: int, case_flags: Sequence[str]) -> List[str]:
             f"--export_dir={case_dir}/export"]
 
 
-def run_measured(args: Sequence[str], log_path: str) -> Dict[str, float]:
-    """Runs `python ARGS` from the repository root; its wall time and peak memory."""
-    start = time.perf_counter()
-    with open(log_path, "w", encoding="utf-8") as log:
-        process = subprocess.Popen([sys.executable, *args], cwd=report.REPO_ROOT, stdout=log,
-                                   stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        sys.exit(f"python {' '.join(args)} failed; its log: {log_path}")
-    return {"wall_s": time.perf_counter() - start, "peak_mib": usage.ru_maxrss / 1024}
-
-
 def measure_case(index: int, case_flags: Sequence[str]) -> Dict[str, object]:
     case_dir = report.REPO_ROOT / OUTPUT_ROOT / f"case{index}"
     shutil.rmtree(case_dir, ignore_errors=True)  # a new run, not a resumed one
     case_dir.mkdir(parents=True)
     log_path = str(case_dir / "train.log")
-    row = run_measured(train_args(index, case_flags), log_path)
+    row = report.run_measured(train_args(index, case_flags), log_path)
     with open(log_path, encoding="utf-8") as f:
         log = f.read()
     metrics = json.loads((case_dir / "model" / "metrics.json").read_text(encoding="utf-8"))
@@ -115,7 +99,7 @@ def main(argv):
     del argv
     shutil.rmtree(report.REPO_ROOT / HUB, ignore_errors=True)
     (report.REPO_ROOT / OUTPUT_ROOT).mkdir(parents=True, exist_ok=True)
-    run_measured(BUILD_MODULES, str(report.REPO_ROOT / OUTPUT_ROOT / "hub_modules.log"))
+    report.run_measured(BUILD_MODULES, str(report.REPO_ROOT / OUTPUT_ROOT / "hub_modules.log"))
     rows = {}
     for index, (name, case_flags) in enumerate(CASES.items()):
         rows[name] = measure_case(index, case_flags)

@@ -10,6 +10,10 @@ import os
 import pathlib
 import platform
 import re
+import subprocess
+import sys
+import time
+from typing import Dict, Sequence
 
 from absl import logging
 
@@ -74,3 +78,15 @@ def publish(section: str, output: str, title: str) -> None:
     if output:
         write_section(output, title, section)
         logging.info("Wrote %s", output)
+
+
+def run_measured(args: Sequence[str], log_path: str) -> Dict[str, float]:
+    """Runs `python ARGS` from the repository root; its wall time and peak memory."""
+    start = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        process = subprocess.Popen([sys.executable, *args], cwd=REPO_ROOT, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status):
+        sys.exit(f"python {' '.join(args)} failed; its log: {log_path}")
+    return {"wall_s": time.perf_counter() - start, "peak_mib": usage.ru_maxrss / 1024}

@@ -12,7 +12,9 @@
     runtime    RuntimeConfig    strategy, dtype policy, XLA, steps per execution
     export     ExportConfig     where the SavedModel versions go
 
-`PredictConfig`, `EvaluateConfig` and `LiteExportConfig` describe a run of `bert_tf2.predict`,
+`DistillConfig` is a training run of a student that learns a teacher's outputs
+(`bert_tf2.distill`): a TrainConfig with a `distill` part. `PredictConfig`,
+`EvaluateConfig` and `LiteExportConfig` describe a run of `bert_tf2.predict`,
 `bert_tf2.evaluate` and `bert_tf2.export_lite` the same way.
 
 `TrainConfig.from_flags(flag_values)` is the one place the training flags are read, and the
@@ -209,7 +211,7 @@ class TrainConfig:
         """
         base = {}
         if flag_values.run_config:
-            base = flag_values_of(load(flag_values.run_config,
+            base = flag_values_of(load(flag_values.run_config, cls,
                                        defaults=lambda name: flag_values[name].default))
 
         def value(name: str):
@@ -242,6 +244,31 @@ class TrainConfig:
         filled = [] if filled is None else filled
         config = _from_dict(cls, values, "run config", defaults, filled)
         return _with_implied_settings(config) if defaults is not None else config
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillationConfig:
+    """The teacher, the texts it labels beside the training split, the student and the loss."""
+
+    teacher: Optional[str] = _flag()  # an export of this project (export_dir[/version])
+    unlabeled_data: Optional[str] = _flag()  # comma-separated files or patterns
+    unlabeled_input_format: str = _flag()  # auto | text | csv | tsv | jsonl, as predict reads
+    student_num_layers: Optional[int] = _flag()
+    student_hidden_size: Optional[int] = _flag()  # None: the teacher's
+    student_encoder: Optional[str] = _flag()  # a TF Hub-format encoder module
+    temperature: float = _flag()
+    hard_label_weight: float = _flag()
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig(TrainConfig):
+    """A training run whose student learns the outputs of `distill.teacher`.
+
+    Its `modules.encoder_handle` is the student's encoder module, which the run builds in
+    model_dir (`bert_tf2.distill.student_module_dir`) and then trains as training does.
+    """
+
+    distill: DistillationConfig
 
 
 def _with_implied_settings(config: TrainConfig) -> TrainConfig:
@@ -304,6 +331,16 @@ def _checked(config: TrainConfig) -> TrainConfig:
          "in [0, 1)"),
         ("dropout", config.model.dropout, lambda v: 0 <= v < 1, "in [0, 1)"),
     )
+    if isinstance(config, DistillConfig):
+        distill = config.distill
+        ranges += (
+            ("temperature", distill.temperature, lambda v: v > 0, "> 0"),
+            ("hard_label_weight", distill.hard_label_weight, lambda v: 0 <= v <= 1,
+             "in [0, 1]"),
+            ("student_num_layers", distill.student_num_layers,
+             lambda v: v is None or v >= 1, ">= 1"),
+            ("student_hidden_size", distill.student_hidden_size,
+             lambda v: v is None or v >= 1, ">= 1"))
     for flag, value, valid, in_words in ranges:
         if not valid(value):
             raise cli.UserError(f"--{flag}={value} is out of range: it must be {in_words}")
@@ -376,8 +413,14 @@ def _from_dict(cls, values: Mapping[str, Any], where: str,
     return cls(**result)
 
 
-def load(path: str, defaults: Optional[Callable[[str], Any]] = None) -> TrainConfig:
-    """The TrainConfig in a `run_config.json`; a UserError names the file and what is wrong.
+# The command that writes each kind of run config.
+_RUN_KINDS = {"TrainConfig": "bert_tf2.train", "DistillConfig": "bert_tf2.distill"}
+
+
+def load(path: str, cls: type = TrainConfig,
+         defaults: Optional[Callable[[str], Any]] = None) -> TrainConfig:
+    """The `cls` run (TrainConfig, DistillConfig) in a `run_config.json`; a UserError names the
+    file and what is wrong (a run of the other kind included).
 
     With `defaults` (flag name -> today's default) a file written by an earlier version,
     which lacks the fields of newer flags, loads: those fields take the defaults and one
@@ -387,13 +430,15 @@ def load(path: str, defaults: Optional[Callable[[str], Any]] = None) -> TrainCon
     try:
         with open(path, encoding="utf-8") as f:
             values = json.load(f)
-        config = TrainConfig.from_dict(values, defaults, filled)
+        if isinstance(values, dict) and cls is TrainConfig and "distill" in values:
+            raise ValueError("it is a run of bert_tf2.distill; rerun it with that command")
+        config = cls.from_dict(values, defaults, filled)
     except OSError as error:
         raise cli.UserError(f"--run_config={path}: cannot read it: "
                             f"{error.strerror or error}") from error
     except (ValueError, TypeError) as error:
         raise cli.UserError(f"--run_config={path}: not a run_config.json that "
-                            f"bert_tf2.train wrote: {error}") from error
+                            f"{_RUN_KINDS[cls.__name__]} wrote: {error}") from error
     if filled:
         logging.warning("%s lacks %s (written by an earlier version): today's defaults taken "
                         "(%s)", path, ", ".join(f"--{flag}" for flag in filled),

@@ -266,7 +266,8 @@ def _check_resume(config: config_lib.TrainConfig,
     model_dir = config.model_dir
     path = os.path.join(model_dir, config_lib.RUN_CONFIG_FILE)
     try:
-        interrupted = config_lib.load(path, defaults=project_flags.training_default)
+        interrupted = config_lib.load(path, type(config),
+                                      defaults=project_flags.training_default)
     except cli.UserError as error:
         raise ModelDirInUseError(
             f"--model_dir={model_dir} holds a backup to resume, but its run cannot be compared "

@@ -221,6 +221,16 @@ def export_text_classifier(text_classifier: tf_keras.Model, export_dir: str,
     return final_path
 
 
+def weights_of(loaded, saved_model_dir: str) -> List[tf.Variable]:
+    """The classifier weights of an export (`ServingModule.captured_state`), as loaded from
+    `saved_model_dir` (`tf.saved_model.load`), with the names they had in training
+    (`transformer/layer_0/...`, `classifier/kernel`, ...)."""
+    state = getattr(loaded, "captured_state", None)
+    if state is None:
+        raise ValueError(f"{saved_model_dir}: not an export of bert_tf2 (no captured_state)")
+    return [item for item in state if isinstance(item, tf.Variable)]
+
+
 def set_method_names(saved_model_dir: str, method_names: Dict[str, str]) -> None:
     """Rewrites the `method_name` of the given signatures in `saved_model_dir/saved_model.pb`.
 

@@ -240,10 +240,43 @@ def define_train_command_flags(flag_values: flags.FlagValues = flags.FLAGS) -> N
 
 @functools.lru_cache(maxsize=None)
 def training_default(name: str):
-    """Today's default of the training flag `name` (for a run_config.json that lacks it)."""
+    """Today's default of the training or distillation flag `name` (for a run_config.json
+    that lacks it)."""
     flag_values = flags.FlagValues()
     define_train_command_flags(flag_values)
+    define_distillation_flags(flag_values)
     return flag_values[name].default
+
+
+def define_distillation_flags(flag_values: flags.FlagValues = flags.FLAGS):
+    """The teacher, the unlabeled texts, the student and the loss (bert_tf2.distill)."""
+    define = _Definer(flag_values)
+    define.string("teacher", None, "The fine-tuned classifier to distil: an export of "
+                  "bert_tf2.train (export_dir/<version>, or export_dir for its newest), of "
+                  "--task. It labels the training texts and --unlabeled_data once; the "
+                  "labels are kept in --model_dir.")
+    define.string("unlabeled_data", None, "Texts for the teacher to label and the student to "
+                  "learn from, without labels: comma-separated files or globs in any format "
+                  "bert_tf2.predict reads (plain text, one a line; CSV/TSV with a header, or "
+                  "--column_names; JSONL), the text in --text_column (and --text_b_column).")
+    define.enum("unlabeled_input_format", "auto", ["auto", "text", "csv", "tsv", "jsonl"],
+                "Format of the --unlabeled_data files; auto: by extension (.csv, .tsv, "
+                ".jsonl/.json), else plain text.")
+    define.integer("student_num_layers", None, "Transformer layers of the student. With the "
+                   "teacher's hidden size its embeddings and layers start from the teacher's "
+                   "(every k-th layer, k = teacher layers / N). Required unless "
+                   "--student_encoder.", lower_bound=1)
+    define.integer("student_hidden_size", None, "Hidden size of the student; default: the "
+                   "teacher's. Another size starts from --student_encoder, else from random "
+                   "weights.", lower_bound=1)
+    define.string("student_encoder", None, "A TF Hub-format BERT encoder module of this "
+                  "project to start the student from (its sizes are the student's), instead "
+                  "of the teacher's layers.")
+    define.float("temperature", 1.0, "Softens the teacher's and the student's distributions "
+                 "in the soft term of the loss (its gradients scaled back by T^2).")
+    define.float("hard_label_weight", 0.5, "Weight of the hard-label loss on rows that have a "
+                 "label (the soft teacher loss gets 1 - it); unlabeled rows learn from the "
+                 "teacher alone.")
 
 
 def define_inference_flags(flag_values: flags.FlagValues = flags.FLAGS):

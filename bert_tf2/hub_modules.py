@@ -241,6 +241,12 @@ def export_encoder(export_dir: str, *, bert_config: configs.BertConfig, vocab_fi
         checkpoints.load_encoder_weights(encoder.network, init_checkpoint)
     else:
         logging.info("Encoder randomly initialised (no --init_checkpoint)")
+    save_encoder(encoder, export_dir, vocab_file=vocab_file)
+
+
+def save_encoder(encoder: tf_keras.Model, export_dir: str, *, vocab_file: str) -> None:
+    """Writes `encoder` (a `build_encoder` result, built under float32) as the encoder module
+    at `export_dir`, atomically, with `vocab_file`."""
     # Like the official modules, keep the vocab and casing with the encoder for users who
     # tokenize on their own.
     encoder.vocab_file = tf.saved_model.Asset(vocab_file)

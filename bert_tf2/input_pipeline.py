@@ -221,7 +221,10 @@ def whole_steps(dataset: tf.data.Dataset, replicas: int) -> tf.data.Dataset:
 def _tensors(examples: data.Examples, class_weights: Optional[Sequence[float]]):
     """((texts[, texts_b]), labels[, weights]): what the dataset is sliced from."""
     segments = (examples.texts,) + ((examples.texts_b,) if examples.texts_b else ())
-    labels = tf.constant(examples.labels, tf.int32)
+    # Class ids and 0/1 rows are int32; float rows (a distillation's targets) stay float32.
+    labels = tf.constant(examples.labels)
+    if labels.dtype.is_integer:
+        labels = tf.cast(labels, tf.int32)
     tensors = (tuple(tf.constant(texts, tf.string) for texts in segments), labels)
     if class_weights is None:
         return tensors

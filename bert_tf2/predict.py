@@ -110,9 +110,10 @@ class Predictor:
             raise SavedModelError(f"--saved_model: {self.path} is a half-written export (no "
                                   "variables/variables.index beside its saved_model.pb); "
                                   "export it again, or pass another version")
-        # Keep the loaded object: the signature's variables live as long as it does.
-        self._loaded = tf.saved_model.load(self.path)
-        self._serve = self._loaded.signatures.get("serving_default")
+        # Kept: the signature's variables live as long as it does (and `export.weights_of`
+        # reads the classifier's weights off it).
+        self.loaded = tf.saved_model.load(self.path)
+        self._serve = self.loaded.signatures.get("serving_default")
         self.inputs = sorted(self._serve.structured_input_signature[1]) if self._serve else []
         if export.TEXT_INPUT not in self.inputs:
             raise SavedModelError(

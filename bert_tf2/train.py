@@ -22,7 +22,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from absl import app, flags, logging
@@ -83,6 +83,9 @@ class Prepared:
     splits: Dict[str, data.Examples]  # labels encoded; each knows its class names
     preprocessor: object
     plan: StepPlan
+    # (task, classes) -> (loss, metrics) the classifier is compiled with; None:
+    # `model.loss_and_metrics` (`bert_tf2.distill` gives its own).
+    objective: Optional[Callable] = None
 
     @property
     def class_names(self) -> Tuple[str, ...]:
@@ -114,6 +117,12 @@ def run(config: config_lib.TrainConfig,
     another contract (--export_new_task).
     """
     prepared = prepare(config, overwrite=overwrite, export_new_task=export_new_task)
+    return run_prepared(config, prepared, callbacks)
+
+
+def run_prepared(config: config_lib.TrainConfig, prepared: Prepared,
+                 callbacks: Sequence[tf_keras.callbacks.Callback] = ()) -> TrainResult:
+    """The phases after `prepare`: fit -> evaluate -> export (see `run`)."""
     classifier, backed_up_steps = fit(config, prepared, callbacks)
     metrics = evaluate(config, prepared, classifier)
     text_classifier = model_lib.build_text_classifier(
@@ -137,10 +146,16 @@ def run(config: config_lib.TrainConfig,
 # ---------------------------------------------------------------------------------------------
 
 def prepare(config: config_lib.TrainConfig, *, overwrite: bool = False,
-            export_new_task: bool = False) -> Prepared:
+            export_new_task: bool = False,
+            training_split: Optional[Callable[[data.Examples], data.Examples]] = None
+            ) -> Prepared:
     """Strategy and dtype policy, output checks, the data, the checks that this run does not
     silently replace or mix with another (model_dir, export_dir), the modules and the step
-    plan."""
+    plan.
+
+    `training_split` turns the training split as read into what the run trains on (before
+    the model_dir checks, which compare its fingerprint, and the step plan).
+    """
     runtime = config.runtime
     strategy = distribution.get_strategy(runtime.distribution_strategy,
                                          num_gpus=runtime.num_gpus, tpu=runtime.tpu)
@@ -167,6 +182,8 @@ def prepare(config: config_lib.TrainConfig, *, overwrite: bool = False,
                               config.data.test_data,
                               **data.reader_options(config.data))
     data.warn_about_label_coverage(splits)
+    if training_split:
+        splits = {**splits, "train": training_split(splits["train"])}
     if config.export.export_best and "dev" not in splits:
         raise cli.UserError("--export_best picks the epoch with the best dev score: pass "
                             "--eval_data too")
@@ -197,7 +214,8 @@ def fit(config: config_lib.TrainConfig, prepared: Prepared,
     classifier = compile_classifier(config.modules.encoder_handle, config.model,
                                     config.optimizer, config.runtime, prepared.strategy,
                                     plan.total_steps, task=config.data.task,
-                                    num_classes=len(prepared.class_names))
+                                    num_classes=len(prepared.class_names),
+                                    objective=prepared.objective)
     crash_safety.check_free_space(
         classifier.count_params(), prepared.model_dir,
         config.export.export_dir if distribution.is_chief() else None)
@@ -291,7 +309,7 @@ def _head_over_pooled_outputs(config: config_lib.TrainConfig, prepared: Prepared
     with strategy.scope():
         head = model_lib.head_model(classifier)
         compile_model(head, classifier.optimizer, config.runtime, task=config.data.task,
-                      num_classes=len(prepared.class_names))
+                      num_classes=len(prepared.class_names), objective=prepared.objective)
     return head, batches
 
 
@@ -463,7 +481,8 @@ def compile_classifier(encoder_handle: str, model_config: config_lib.ModelConfig
                        optimizer_config: config_lib.OptimizerConfig,
                        runtime: config_lib.RuntimeConfig, strategy: tf.distribute.Strategy,
                        total_steps: int, *, task: str = "binary",
-                       num_classes: int = 2) -> tf_keras.Model:
+                       num_classes: int = 2, objective: Optional[Callable] = None
+                       ) -> tf_keras.Model:
     """The classifier, built and compiled in `strategy`'s scope under the global dtype policy.
 
     AdamW with warmup and decay over `total_steps` (wrapped for dynamic loss scaling under
@@ -476,18 +495,20 @@ def compile_classifier(encoder_handle: str, model_config: config_lib.ModelConfig
         optimizer = create_optimizer(optimizer_config, total_steps)
         if runtime.mixed_precision == "mixed_float16":  # float16 needs loss scaling
             optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer, dynamic=True)
-        compile_model(classifier, optimizer, runtime, task=task, num_classes=num_classes)
+        compile_model(classifier, optimizer, runtime, task=task, num_classes=num_classes,
+                      objective=objective)
     logging.info("--trainable_encoder_layers=%d: %s", model_config.trainable_encoder_layers,
                  model_lib.describe_trainable(classifier))
     return classifier
 
 
 def compile_model(model: tf_keras.Model, optimizer, runtime: config_lib.RuntimeConfig, *,
-                  task: str = "binary", num_classes: int = 2) -> None:
+                  task: str = "binary", num_classes: int = 2,
+                  objective: Optional[Callable] = None) -> None:
     """Compiles the classifier (or its head) in the strategy's scope: `optimizer`, the task's
-    loss and metrics (`model.loss_and_metrics`), XLA and steps per execution as `runtime`
-    says."""
-    loss, metrics = model_lib.loss_and_metrics(task, num_classes)
+    loss and metrics (`objective`, by default `model.loss_and_metrics`), XLA and steps per
+    execution as `runtime` says."""
+    loss, metrics = (objective or model_lib.loss_and_metrics)(task, num_classes)
     # The metrics see the weights of the filling rows as a mask (`model.Classifier`), not
     # the class weights: none is a weighted metric.
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics, weighted_metrics=[],
@@ -640,12 +661,18 @@ def build_missing_modules(config: config_lib.TrainConfig, train_texts: Sequence[
 
 def main(argv):
     del argv
-    config = config_lib.TrainConfig.from_flags(FLAGS)
+    run_command(config_lib.TrainConfig, run)
+
+
+def run_command(config_class, run_config: Callable[..., TrainResult]) -> None:
+    """The run the parsed flags describe (`config_class.from_flags`), by `run_config` (`run`,
+    or `bert_tf2.distill.run`); a Ctrl-C ends in the line that says how to resume."""
+    config = config_class.from_flags(FLAGS)
     if not config.model_dir:
         raise app.UsageError("--model_dir is required")
     start = time.time()
     try:
-        run(config, overwrite=FLAGS.overwrite, export_new_task=FLAGS.export_new_task)
+        run_config(config, overwrite=FLAGS.overwrite, export_new_task=FLAGS.export_new_task)
     except KeyboardInterrupt:
         raise interrupted(config) from None
     logging.info("Done in %.1f s", time.time() - start)

@@ -18,8 +18,8 @@ from absl import flags
 
 from bert_tf2 import cli, config, export, io_utils, pretrain, train
 from tests.conftest import REPO_ROOT
-from tests.tiny_fixtures import (FIXED_SHAPE_ARGS, corpus_data_flags, parse_train_flags,
-                                 tiny_train_args, train_config)
+from tests.tiny_fixtures import (FIXED_SHAPE_ARGS, corpus_data_flags, distill_config,
+                                 parse_train_flags, tiny_train_args, train_config)
 
 
 def test_run_writes_metrics_history_and_checkpoint(tiny_training_run):
@@ -109,6 +109,9 @@ def test_flag_files_parse():
             pretraining_outputs.add(flag_values.output_checkpoint)
             if flag_values.init_checkpoint:
                 pretraining_inputs.add(flag_values.init_checkpoint)
+        elif "distill" in flagfile.name:  # flags of bert_tf2.distill
+            distilled = distill_config(f"--flagfile={flagfile}")
+            assert distilled.distill.teacher and distilled.distill.student_num_layers, flagfile
         else:
             flag_values = parse_train_flags(f"--flagfile={flagfile}", "--model_dir=/tmp/x")
             assert flag_values.batch_size > 0, flagfile

@@ -91,6 +91,12 @@ def train_config(*args: str):
     return config.TrainConfig.from_flags(parse_train_flags(*args))
 
 
+def distill_config(*args: str):
+    """The `config.DistillConfig` that `python -m bert_tf2.distill ARGS` would run."""
+    from bert_tf2 import config, distill
+    return config.DistillConfig.from_flags(_parse_flags(distill, "distill", args))
+
+
 def predict_config(*args: str):
     """The `config.PredictConfig` that `python -m bert_tf2.predict ARGS` would run."""
     from bert_tf2 import config, predict
