@@ -31,6 +31,10 @@ QUANTIZATIONS = ("none", "dynamic", "float16", "int8")
 def define_flags() -> None:
     flags.DEFINE_string("saved_model", None, "The export to convert (export_dir[/VERSION]).")
     flags.DEFINE_integer("reviews", 200, "Reviews timed one at a time for the p50.")
+    flags.DEFINE_integer("texts", 0, "Test reviews batched for throughput, accuracy and "
+                         "agreement; 0: the whole test split.")
+    flags.DEFINE_string("model_name", "", "What --saved_model is, for the section's title and "
+                        "text; empty: the quickstart's model.")
     flags.DEFINE_string("output", str(report.BENCHMARKS_MD), "Markdown file to write the "
                         "section into; empty: print only.")
 
@@ -99,7 +103,8 @@ def main(argv):
     load_average = os.getloadavg()[0]
     saved_model = predict.resolve_saved_model(FLAGS.saved_model)
     test = data.builtin_corpus_splits()["test"]
-    texts, labels = list(test.texts), np.asarray(test.labels)
+    count = FLAGS.texts or len(test.texts)
+    texts, labels = list(test.texts[:count]), np.asarray(test.labels[:count])
     one = texts[:FLAGS.reviews]
     loaded = tf.saved_model.load(saved_model)
     serve = loaded.signatures["serving_default"]
@@ -130,16 +135,18 @@ def main(argv):
     header = ("| model | size | p50 one review, 1 thread | 2 threads | texts/s, batches of 64 "
               "(2 threads) | test accuracy | labels equal to the SavedModel's |\n"
               "|---|---:|---:|---:|---:|---:|---:|")
+    title = f"{TITLE}: {FLAGS.model_name}" if FLAGS.model_name else TITLE
+    model = FLAGS.model_name or "The quickstart's model (`bash scripts/quickstart.sh`)"
     section = "\n".join([
-        TITLE, "",
-        f"`{report.command('benchmarks.lite_benchmark', FLAGS, ['saved_model', 'reviews'])}` "
+        title, "",
+        f"`{report.command('benchmarks.lite_benchmark', FLAGS, ['saved_model', 'reviews', 'texts', 'model_name'])}` "
         f"on {report.machine_line()}, load average (1 min) at the start "
-        f"{load_average:.1f} (other work shares the cores). The quickstart's model "
-        f"(`bash scripts/quickstart.sh`), its test split ({len(texts):,} reviews); p50 over "
+        f"{load_average:.1f} (other work shares the cores). {model}, the built-in "
+        f"corpus's test split ({len(texts):,} reviews); p50 over "
         f"{len(one)} reviews one at a time. The SavedModel runs with TF's default thread pools "
         "(all cores: the 2-thread column).", "",
         header, *rows, "", _goals(saved, measured["dynamic"]), ""])
-    report.publish(section, FLAGS.output, TITLE)
+    report.publish(section, FLAGS.output, title)
     sys.stdout.flush()
 
 

@@ -10,6 +10,7 @@ import os
 import pathlib
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -47,7 +48,7 @@ def command(module: str, flag_values, names) -> str:
     """The command line that reruns benchmark `module` as it ran: with those of the flags
     `names` that its own command line gave."""
     return " ".join([f".venv/bin/python -m {module}"]
-                    + [f"--{name}={flag_values[name].value}" for name in names
+                    + [shlex.quote(f"--{name}={flag_values[name].value}") for name in names
                        if flag_values[name].present])
 
 

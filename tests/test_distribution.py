@@ -290,6 +290,37 @@ def test_mirrored_on_two_cpus_scores_every_example_once_as_its_export_does(
             assert metrics[split][name] == pytest.approx(value, abs=1e-5), (split, name)
 
 
+def test_mirrored_on_two_cpus_trains_the_model_one_device_does(dropout_free_modules, small_data,
+                                                               corpus_splits, tmp_path):
+    from bert_tf2 import train
+    # Without length buckets the two see the same examples at every step, so the mirrored run
+    # (gradients summed over the replicas, then clipped) trains the very model one device does.
+    common = [*small_data, "--dropout=0", "--eval_batch_size=20", "--nobucket_by_length"]
+    mirrored = start_train(
+        tiny_train_args(dropout_free_modules, tmp_path / "mirrored" / "model",
+                        tmp_path / "mirrored" / "export", *common,
+                        "--distribution_strategy=mirrored"),
+        **{distribution.LOGICAL_CPUS_ENV: "2"})
+    # The one-device baseline runs here meanwhile.
+    try:
+        one = train.run(train_config(*tiny_train_args(
+            dropout_free_modules, tmp_path / "one" / "model", tmp_path / "one" / "export",
+            *common)))
+    except BaseException:
+        mirrored.kill()
+        raise
+    assert "Strategy mirrored with 2 replica(s)" in finish_ok(mirrored)
+    texts = corpus_splits["dev"].texts[:200]
+    np.testing.assert_allclose(serve(tmp_path / "mirrored" / "export" / "1", texts),
+                               serve(one.export_path, texts), rtol=0, atol=1e-5)
+    one_metrics = read_metrics(tmp_path / "one" / "model")
+    mirrored_metrics = read_metrics(tmp_path / "mirrored" / "model")
+    for split in ("dev", "test"):
+        for name in ("loss", "accuracy", "auc", "examples"):
+            assert mirrored_metrics[split][name] == pytest.approx(one_metrics[split][name],
+                                                                  abs=1e-5), (split, name)
+
+
 def binary_metrics(labels, probabilities):
     """Keras' loss, accuracy and AUC of `probabilities` (the export's P(positive))."""
     import tf_keras

@@ -17,7 +17,7 @@ import tensorflow_text  # noqa: F401  (the export's preprocessing needs its ops)
 from bert_tf2 import (cli, config, evaluate, export, export_lite, lite, lite_tokenization,
                       model, predict, tokenization)
 from tests import task_data, tiny_fixtures
-from tests.test_hostile_input import HOSTILE, INVALID_UTF8
+from tests.hostile_texts import HOSTILE, INVALID_UTF8
 
 EXTRA_TEXTS = (
     "ＡＢＣ，！？（）：；“”【】《》、。～％＃＠",  # full-width punctuation and letters
