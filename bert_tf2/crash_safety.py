@@ -9,11 +9,13 @@ import json
 import math
 import os
 import shutil
+import signal
 from typing import Dict, List, Mapping, Optional
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 import tf_keras
+from tf_keras.src.distribute import distributed_file_utils
 
 from bert_tf2 import cli
 from bert_tf2 import config as config_lib
@@ -135,6 +137,18 @@ def check_backup_fits(backup_dir: str, model: tf_keras.Model) -> None:
             "(docs/crash_safety.md), or delete the backup to start over") from None
 
 
+# The exit status of every worker of a multi-worker run that stopped for a preemption (a
+# SIGTERM to one of them) once all have backed up the same step: TensorFlow's preemption
+# handling exits with it by default, and a scheduler restarts the same commands on it.
+PREEMPTED_EXIT_STATUS = 42
+
+
+class Preempted(cli.UserError):
+    """A worker of the cluster got SIGTERM; every worker backed up the same step and stops."""
+
+    exit_status = PREEMPTED_EXIT_STATUS
+
+
 class Backup(tf_keras.callbacks.BackupAndRestore):
     """Backs up at every epoch end and, with `checkpoint_steps`, every N optimizer steps.
 
@@ -143,6 +157,10 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
     fall on the same steps after a resume, and keeps the epoch-end one. It also records the
     last batch a `steps_per_execution` call ran (Keras records the first), so a resume starts
     right after it.
+
+    Under MultiWorkerMirroredStrategy a SIGTERM to any worker (a preemption) makes every worker
+    back up after the same step and end with `Preempted`, through TensorFlow's
+    PreemptionCheckpointHandler (which Keras enables only on GCP).
     """
 
     def __init__(self, backup_dir: str, checkpoint_steps: Optional[int] = None):
@@ -152,22 +170,60 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
         self.checkpoint_steps = checkpoint_steps
         self.steps: List[int] = []  # the optimizer steps backed up, in order
         self._last_step = self._backed_up_step = None
+        self._previous_sigterm_handler = None
+
+    def _implements_train_batch_hooks(self):
+        return True  # records the batch (and checks for preemption) after every call
 
     def on_train_begin(self, logs=None):
         check_backup_fits(self.backup_dir, self.model)
         super().on_train_begin(logs)  # restores the backup, if any
         self._last_step = self._backed_up_step = int(self.model.optimizer.iterations.numpy())
+        if isinstance(self.model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            self._catch_preemption()
+
+    def _catch_preemption(self) -> None:
+        """Has TensorFlow's handler back up every worker at one step when one gets SIGTERM."""
+        state = self._training_state
+        self._previous_sigterm_handler = signal.getsignal(signal.SIGTERM) or signal.SIG_DFL
+        handler = tf.distribute.experimental.PreemptionCheckpointHandler(
+            self.model.distribute_strategy.cluster_resolver, state.write_checkpoint_manager,
+            termination_config=tf.distribute.experimental.TerminationConfig(
+                exit_fn=self._preempted, grace_period=0))
+        if not hasattr(handler, "_received_checkpoint_step"):
+            return  # not on a CPU VM of GCP, which TensorFlow's handler declines (and says so)
+        # It counts the calls it is told of from 0 on every worker alike (what it restored from
+        # the backup may differ between workers), and the backup is already restored.
+        handler._run_counter = 0  # pylint: disable=protected-access
+        state.preemption_handler = self.model._preemption_handler = handler
+        state._enable_save_before_preemption = True  # makes `fit` resume mid-epoch from it
 
     def on_train_batch_end(self, batch, logs=None):
-        if not self.checkpoint_steps:
-            return super().on_train_batch_end(batch, logs)
-        self._training_state.backup_if_preempted()
         self._training_state._ckpt_saved_batch.assign(batch)  # the call's last batch
+        if not self.model.stop_training:  # `fit` cannot resume from its last step
+            self._training_state.backup_if_preempted()  # may end the run: `_preempted`
         step = int(self.model.optimizer.iterations.numpy())
-        if step // self.checkpoint_steps > self._last_step // self.checkpoint_steps:
+        if (self.checkpoint_steps
+                and step // self.checkpoint_steps > self._last_step // self.checkpoint_steps):
             self.back_up(step, self._current_epoch)
         self._last_step = step
-        return None
+
+    def _preempted(self) -> None:
+        """The handler's exit: every worker has just backed up the same step."""
+        signal.signal(signal.SIGTERM, self._previous_sigterm_handler)
+        distributed_file_utils.remove_temp_dirpath(  # a non-chief's copy of the backup
+            self._training_state.write_checkpoint_manager.directory,
+            self.model.distribute_strategy)
+        step = int(self.model.optimizer.iterations.numpy())
+        raise Preempted(
+            f"preempted (a worker got SIGTERM): every worker backed up step {step} in "
+            f"{self.backup_dir} and stopped with status {PREEMPTED_EXIT_STATUS}; rerunning "
+            "the same commands resumes from it")
+
+    def on_train_end(self, logs=None):
+        if self._previous_sigterm_handler is not None:  # SIGTERM kills the process again
+            signal.signal(signal.SIGTERM, self._previous_sigterm_handler)
+        super().on_train_end(logs)
 
     def on_epoch_end(self, epoch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())

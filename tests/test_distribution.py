@@ -10,6 +10,7 @@ import collections
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import bert_tf2  # noqa: F401
 import numpy as np
 import pytest
 
-from bert_tf2 import data, distribution, input_pipeline
+from bert_tf2 import crash_safety, data, distribution, input_pipeline
 from tests import task_data
 from tests.conftest import REPO_ROOT
 from tests.tiny_fixtures import corpus_data_flags, tiny_train_args, train_config
@@ -44,14 +45,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_train(args, **env) -> subprocess.Popen:
+def start_train(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                **env) -> subprocess.Popen:
     """`python -m bert_tf2.train ARGS` in the background, with `env` added to the environment."""
     environment = {k: v for k, v in os.environ.items()
                    if k not in ("TF_CONFIG", distribution.LOGICAL_CPUS_ENV)}
     environment.update({"TF_CPP_MIN_LOG_LEVEL": "2", **env})
     return subprocess.Popen([sys.executable, "-m", "bert_tf2.train", *map(str, args)],
-                            cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            cwd=REPO_ROOT, env=environment, stdout=stdout, stderr=stderr,
+                            text=True)
 
 
 def finish(process: subprocess.Popen, timeout: float = SUBPROCESS_TIMEOUT_S):
@@ -436,3 +438,83 @@ def test_multi_worker_trains_and_only_the_chief_writes(tiny_hub_modules, small_d
     metrics = read_metrics(model_dir)
     assert 0.0 <= metrics["dev"]["accuracy"] <= 1.0 and np.isfinite(metrics["dev"]["loss"])
     assert metrics["dev"]["examples"] == 64 and all("dev: 64 examples" in log for log in logs)
+
+
+def _start_worker(args, cluster, index, log_prefix: pathlib.Path) -> subprocess.Popen:
+    """Worker `index` of `cluster` running `bert_tf2.train ARGS`, its stdout and stderr
+    written (unbuffered) to LOG_PREFIX.out and LOG_PREFIX.err."""
+    with open(f"{log_prefix}.out", "w") as out, open(f"{log_prefix}.err", "w") as err:
+        return start_train(args, stdout=out, stderr=err, PYTHONUNBUFFERED="1",
+                           TF_CONFIG=json.dumps({"cluster": cluster,
+                                                 "task": {"type": "worker", "index": index}}))
+
+
+def _run_cluster(args, cluster, log_dir: pathlib.Path, name: str, until=None):
+    """Runs both workers to their end; with `until` (some text), sends SIGTERM to worker 1
+    once its progress output shows that line. Returns [(returncode, stderr)] by worker."""
+    prefixes = [log_dir / f"{name}-{index}" for index in range(2)]
+    workers = [_start_worker(args, cluster, index, prefix)
+               for index, prefix in enumerate(prefixes)]
+    try:
+        if until:
+            progress, deadline = pathlib.Path(f"{prefixes[1]}.out"), time.monotonic() + 120
+            while until not in progress.read_text() and workers[1].poll() is None:
+                assert time.monotonic() < deadline, f"no {until!r} from worker 1 within 120 s"
+                time.sleep(0.05)
+            workers[1].send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(timeout=SUBPROCESS_TIMEOUT_S)
+    finally:
+        for worker in workers:
+            worker.kill()
+    return [(worker.returncode, pathlib.Path(f"{prefix}.err").read_text())
+            for worker, prefix in zip(workers, prefixes)]
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_worker_backs_up_all_at_one_step_and_the_rerun_resumes_there(
+        dropout_free_modules, small_data, tmp_path):
+    import tensorflow as tf
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    # 128 rows in batches of 16: 8 steps an epoch, backed up at epoch ends only (the last at
+    # step 16 when the third epoch begins); no dev data. Without dropout a resumed run ends
+    # with the weights of an uninterrupted one.
+    total_steps = 48
+
+    def args(model_dir):
+        return tiny_train_args(dropout_free_modules, model_dir, "", "--dropout=0",
+                               *[flag for flag in small_data if flag.startswith("--train_data=")],
+                               "--distribution_strategy=multi_worker_mirrored",
+                               f"--train_steps={total_steps}", "--epochs=6")
+
+    def final_weights(model_dir):
+        reader = tf.train.load_checkpoint(str(model_dir / "checkpoints" / "final"))
+        return {name: reader.get_tensor(name) for name, dtype in
+                reader.get_variable_to_dtype_map().items() if dtype.is_floating}
+
+    model_dir, backup_dir = tmp_path / "model", tmp_path / "model" / "backup"
+    stopped = _run_cluster(args(model_dir), cluster, tmp_path, "preempted", until="Epoch 3/")
+    step = crash_safety.backed_up_step(str(backup_dir))
+    assert step is not None and 16 < step < total_steps, stopped[1][1][-3000:]
+    for returncode, stderr in stopped:
+        assert returncode == crash_safety.PREEMPTED_EXIT_STATUS, stderr[-3000:]
+        assert stderr.rstrip().splitlines()[-1] == (
+            f"train: preempted (a worker got SIGTERM): every worker backed up step {step} in "
+            f"{backup_dir} and stopped with status {crash_safety.PREEMPTED_EXIT_STATUS}; "
+            "rerunning the same commands resumes from it")
+    assert not list(model_dir.rglob("workertemp_*")), "a worker's scratch was left behind"
+
+    resumed = _run_cluster(args(model_dir), cluster, tmp_path, "resumed")
+    for returncode, stderr in resumed:
+        assert returncode == 0, stderr[-3000:]
+        assert f"Resuming from step {step} (epoch {step // 8 + 1})" in stderr
+        assert f"Finished after {total_steps} optimizer steps" in stderr
+    for _, stderr in _run_cluster(args(tmp_path / "uninterrupted"), cluster, tmp_path,
+                                  "uninterrupted"):
+        assert f"Finished after {total_steps} optimizer steps" in stderr, stderr[-3000:]
+    expected = final_weights(tmp_path / "uninterrupted")
+    weights = final_weights(model_dir)
+    assert weights.keys() == expected.keys()
+    differing = [name for name, value in expected.items()
+                 if not np.array_equal(weights[name], value)]
+    assert not differing, f"{len(differing)} of {len(expected)} differ, e.g. {differing[:3]}"
