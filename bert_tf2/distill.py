@@ -118,6 +118,14 @@ def load_teacher(config: config_lib.DistillConfig) -> predict.Predictor:
         raise cli.UserError(f"--teacher={teacher.path} classifies "
                             + ("pairs of texts: pass --text_b_column" if teacher.pairs else
                                "single texts: leave --text_b_column unset"))
+    teacher_dir = os.path.dirname(os.path.abspath(teacher.path))
+    if (config.export.export_dir
+            and os.path.abspath(config.export.export_dir) == teacher_dir):
+        # The student would become the newest version there: the one TF Serving serves and
+        # that --teacher=export_dir names on the next run.
+        raise cli.UserError(f"--export_dir={config.export.export_dir} holds the teacher "
+                            f"({teacher.path}): the student would replace it as the version "
+                            "TF Serving and --teacher pick up; pass another --export_dir")
     return teacher
 
 

@@ -206,7 +206,8 @@ def test_a_distillation_reruns_from_its_run_config_and_train_refuses_it(resumed_
         config.load(str(path))
 
 
-@pytest.mark.parametrize("case", ["not_an_export", "other_task", "bad_unlabeled_row"])
+@pytest.mark.parametrize("case", ["not_an_export", "other_task", "bad_unlabeled_row",
+                                  "export_over_the_teacher"])
 def test_bad_input_is_refused_in_one_line_before_training(case, teachers, tiny_training_run,
                                                           tiny_hub_modules, tmp_path):
     train_file = write_jsonl(tmp_path / "train.jsonl", [{"text": "很好", "label": 1}] * 32)
@@ -218,6 +219,10 @@ def test_bad_input_is_refused_in_one_line_before_training(case, teachers, tiny_t
         "other_task": (teachers["multilabel"], [], "multilabel classifier.*--task=binary"),
         "bad_unlabeled_row": (tiny_training_run["saved_model"], [f"--unlabeled_data={bad}"],
                               "unlabeled.jsonl:2"),
+        "export_over_the_teacher": (
+            tiny_training_run["saved_model"],
+            [f"--export_dir={pathlib.Path(tiny_training_run['saved_model']).parent}"],
+            "holds the teacher .* pass another --export_dir$"),
     }[case]
     with pytest.raises(cli.UserError, match=expected) as error:
         distill.run(tiny_fixtures.distill_config(
