@@ -5,7 +5,6 @@ this order: StopOnNonFiniteLoss first (a NaN step never reaches a backup), the l
 StopAtStep, then Backup last (an epoch is backed up only once it is logged).
 """
 
-import json
 import math
 import os
 import shutil
@@ -364,11 +363,7 @@ def data_fingerprints(splits: Mapping[str, data.Examples]) -> Dict[str, Dict[str
 
 def read_run_data(model_dir: str) -> Optional[Dict[str, Dict[str, object]]]:
     """The fingerprints a run wrote to model_dir (`RUN_DATA_FILE`), or None."""
-    path = os.path.join(model_dir, RUN_DATA_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return io_utils.read_json(os.path.join(model_dir, RUN_DATA_FILE))
 
 
 def clear_run_outputs(model_dir: str) -> None:

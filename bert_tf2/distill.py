@@ -412,11 +412,8 @@ def _dense_label(label_value, width: int) -> Tuple[float, ...]:
 
 
 def _read_json(path: str) -> Optional[Dict[str, object]]:
-    if not os.path.isfile(path):
-        return None
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return io_utils.read_json(path)
     except ValueError:
         return None  # half a file is no labels: label again
 

@@ -40,7 +40,6 @@ requests that the tests replay against the exported model.
 """
 
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -432,11 +431,7 @@ def read_class_names(saved_model_dir: str) -> Tuple[str, ...]:
 
 def read_packing(saved_model_dir: str) -> Optional[Dict[str, object]]:
     """The export's seq_length and truncation (PACKING_FILE), or None where it has none."""
-    path = os.path.join(saved_model_dir, PACKING_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return io_utils.read_json(os.path.join(saved_model_dir, PACKING_FILE))
 
 
 def prune_versions(export_dir: str, keep: int) -> List[int]:

@@ -79,11 +79,14 @@ def build_lite_module(saved_model: str, spec: LiteSpec):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     import tensorflow_text  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     from bert_tf2 import lite_graph  # pylint: disable=g-import-not-at-top
+    from bert_tf2 import export  # pylint: disable=g-import-not-at-top
     loaded = tf.saved_model.load(saved_model)
-    if not hasattr(loaded, "captured_state"):
+    try:
+        variables = export.weights_of(loaded, saved_model)
+    except ValueError as error:
         raise cli.UserError(f"--saved_model={saved_model}: not a text classifier that "
-                            "bert_tf2.train exported")
-    preprocessor, *variables = loaded.captured_state
+                            "bert_tf2.train exported") from error
+    preprocessor = loaded.captured_state[0]
     # A preprocessing module without the variable is TF Hub's own (its normalization).
     normalization = (preprocessor.normalization.numpy().decode()
                      if hasattr(preprocessor, "normalization") else "tf_hub")

@@ -139,10 +139,10 @@ def make_dataset(examples: data.Examples, *, batch_size: int, preprocessor, seq_
     `class_weights` (by class id) adds each example's weight to its batch, for training.
 
     `static_shapes` gives what a TPU compiles for: every batch full (`batch_size` rows, static)
-    and padded to a bucket boundary (as `pad_to_bucket_boundary`): a fixed set of lengths. Training batches are
-    full anyway; an evaluation split's short batches are filled with rows of weight 0
-    (`full_batches`), so its batches are (inputs, labels, weights), and the steps of this
-    pipeline are whole (`whole_steps`, for the replicas `input_context` gives it).
+    and padded to a bucket boundary (as `pad_to_bucket_boundary`): a fixed set of lengths.
+    Training batches are full anyway; an evaluation split's short batches are filled with rows
+    of weight 0 (`full_batches`), so its batches are (inputs, labels, weights), and the steps
+    of this pipeline are whole (`whole_steps`, for the replicas `input_context` gives it).
     """
     packer = Packer(preprocessor, seq_length, truncation=truncation,
                     dynamic_padding=dynamic_padding,
@@ -170,7 +170,8 @@ def make_dataset(examples: data.Examples, *, batch_size: int, preprocessor, seq_
         dataset = dataset.map(lambda tokens, *rest: (packer.pack(tokens), *rest),
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if static_shapes and not training:
-        dataset = whole_steps(full_batches(dataset, batch_size), replicas_per_pipeline(input_context))
+        dataset = whole_steps(full_batches(dataset, batch_size),
+                              replicas_per_pipeline(input_context))
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

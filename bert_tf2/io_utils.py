@@ -173,6 +173,14 @@ def write_json(value: object, path: str, *, sort_keys: bool = False) -> None:
         f.write("\n")
 
 
+def read_json(path: str) -> Optional[object]:
+    """The JSON value in `path` (as `write_json` writes it), or None where there is no file."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def existing_versions(export_dir: str) -> List[int]:
     """The numeric version directories under `export_dir` (what TF Serving serves), ascending."""
     if not os.path.isdir(export_dir):

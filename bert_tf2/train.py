@@ -432,11 +432,7 @@ class KeepBestEpoch(tf_keras.callbacks.Callback):
             shutil.rmtree(directory, ignore_errors=True)
 
     def best(self) -> Optional[Dict[str, object]]:
-        path = os.path.join(self.directory, "best.json")
-        if not os.path.isfile(path):
-            return None
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return io_utils.read_json(os.path.join(self.directory, "best.json"))
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
