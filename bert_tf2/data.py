@@ -186,6 +186,11 @@ def _split_of(text: str, salt: int, dev_fraction: float, test_fraction: float) -
 # Files: CSV, TSV, JSONL
 # ---------------------------------------------------------------------------------------------
 
+def matching_files(pattern: str) -> List[str]:
+    """The files a `--*_data` value names: `pattern` itself, or what its glob matches, sorted."""
+    return sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+
+
 def read_examples(pattern: str, *, text_column: str = "text", label_column: str = "label",
                   label_map: Optional[Mapping[str, int]] = None,
                   labels: Optional[LabelSpec] = None, text_b_column: Optional[str] = None,
@@ -200,7 +205,7 @@ def read_examples(pattern: str, *, text_column: str = "text", label_column: str 
     (default: binary through `label_map`); `text_b_column` names a second text, for pairs;
     `encoding` is `iter_lines`'.
     """
-    paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+    paths = matching_files(pattern)
     if not paths:
         raise DataError(f"{pattern}: no file matches this pattern")
     labels = labels or LabelSpec(label_map=label_map or DEFAULT_LABEL_MAP)

@@ -27,7 +27,6 @@ row learns from the soft term alone.
 
 import dataclasses
 import functools
-import glob
 import hashlib
 import json
 import os
@@ -135,12 +134,21 @@ def read_unlabeled(config: config_lib.DistillConfig) -> data.Examples:
     texts, origins, blank = [], [], 0
     bad_rows = data.BadRows(skip=config.data.skip_bad_rows)
     patterns = [p.strip() for p in (config.distill.unlabeled_data or "").split(",") if p.strip()]
+    held_out = {os.path.realpath(path): flag
+                for flag, pattern in (("--eval_data", config.data.eval_data),
+                                      ("--test_data", config.data.test_data)) if pattern
+                for path in data.matching_files(pattern)}
     for pattern in patterns:
-        paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        paths = data.matching_files(pattern)
         if not paths or not all(os.path.isfile(path) for path in paths):
             raise data.DataError(f"--unlabeled_data: {pattern}: no such file; pass files or "
                                  "globs of texts, separated by commas")
         for path in paths:
+            if os.path.realpath(path) in held_out:
+                raise cli.UserError(
+                    f"--unlabeled_data: {path} is the {held_out[os.path.realpath(path)]} "
+                    "file: the student would learn the teacher's answers on the texts it is "
+                    "scored on; leave it out of --unlabeled_data")
             for line, text in predict.read_texts(
                     path, input_format=config.distill.unlabeled_input_format,
                     text_column=config.data.text_column,

@@ -207,7 +207,7 @@ def test_a_distillation_reruns_from_its_run_config_and_train_refuses_it(resumed_
 
 
 @pytest.mark.parametrize("case", ["not_an_export", "other_task", "bad_unlabeled_row",
-                                  "export_over_the_teacher"])
+                                  "export_over_the_teacher", "unlabeled_test_file"])
 def test_bad_input_is_refused_in_one_line_before_training(case, teachers, tiny_training_run,
                                                           tiny_hub_modules, tmp_path):
     train_file = write_jsonl(tmp_path / "train.jsonl", [{"text": "很好", "label": 1}] * 32)
@@ -223,6 +223,10 @@ def test_bad_input_is_refused_in_one_line_before_training(case, teachers, tiny_t
             tiny_training_run["saved_model"],
             [f"--export_dir={pathlib.Path(tiny_training_run['saved_model']).parent}"],
             "holds the teacher .* pass another --export_dir$"),
+        "unlabeled_test_file": (
+            tiny_training_run["saved_model"],
+            [f"--test_data={train_file}", f"--unlabeled_data={tmp_path / '*.jsonl'}"],
+            "train.jsonl is the --test_data file: .* leave it out of --unlabeled_data$"),
     }[case]
     with pytest.raises(cli.UserError, match=expected) as error:
         distill.run(tiny_fixtures.distill_config(
