@@ -15,11 +15,16 @@ this package first. For the same reason this is where TensorFlow's C++ log is ke
 and errors (its INFO lines about CPU instructions and CUDA drivers are noise to a user), and to
 errors alone on a machine without an NVIDIA driver, where TensorFlow still probes CUDA and logs
 its failure ("failed call to cuInit") as an error; a real error reaches the user as a Python
-exception either way. A TF_CPP_MIN_LOG_LEVEL the user set is kept.
+exception either way. A TF_CPP_MIN_LOG_LEVEL the user set is kept. tensorflow_hub imports
+pkg_resources, which warns that it is deprecated at every start of a command; the warning is
+setuptools' to tensorflow_hub, not to the user, so it is silenced here.
 """
 
 import os
+import warnings
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL",
                       "2" if os.path.exists("/proc/driver/nvidia") else "3")
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated as an API",
+                        category=UserWarning)
