@@ -50,14 +50,14 @@ def one_line_errors(name: str):
 
 def run(name: str, main: Callable[[Sequence[str]], None],
         define_flags: Callable[[], None],
-        flags_parser: Optional[Callable[[Sequence[str]], Sequence[str]]] = None) -> None:
+        flags_parser: Optional[Callable[[Sequence[str]], Sequence[str]]] = None,
+        argv: Optional[Sequence[str]] = None) -> None:
     """Defines the command's flags, parses them and runs `main` with one-line user errors.
 
     `flags_parser` replaces absl's (it returns the arguments `main` gets): bert_tf2.beam_predict
-    hands the flags it does not define to Apache Beam.
+    hands the flags it does not define to Apache Beam. `argv` replaces sys.argv (the program
+    name first): bert_tf2.quickstart puts its flag file's flags before the user's.
     """
     define_flags()
-    if flags_parser is None:
-        app.run(one_line_errors(name)(main))
-    else:
-        app.run(one_line_errors(name)(main), flags_parser=flags_parser)
+    options = {} if flags_parser is None else {"flags_parser": flags_parser}
+    app.run(one_line_errors(name)(main), argv=None if argv is None else list(argv), **options)
