@@ -59,13 +59,18 @@ def test_a_rerun_replaces_the_demo_run_and_keeps_everything_else(tmp_path, monke
         f"Replacing the earlier quickstart run in {RUN_DIR} (removing {', '.join(OUTPUTS)})"]
 
 
+def _assert_refused_and_kept(match: str, *, overwrite: bool) -> None:
+    """A rerun is refused with `match` and removes none of the demo's outputs."""
+    with pytest.raises(cli.UserError, match=match):
+        quickstart.prepare_run_dir(OUTPUTS, MODEL_DIR, overwrite=overwrite)
+    assert all(os.path.isdir(path) for path in OUTPUTS)
+
+
 def test_a_run_dir_the_quickstart_did_not_make_is_refused_and_kept(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _finished_run()  # e.g. train --flagfile=configs/quickstart.flags, no marker
-    with pytest.raises(cli.UserError, match=r"^\./runs/quickstart exists and was not made by "
-                                            r"python -m bert_tf2\.quickstart"):
-        quickstart.prepare_run_dir(OUTPUTS, MODEL_DIR, overwrite=True)
-    assert all(os.path.isdir(path) for path in OUTPUTS)
+    _assert_refused_and_kept(r"^\./runs/quickstart exists and was not made by python -m "
+                             r"bert_tf2\.quickstart", overwrite=True)
 
 
 def test_a_model_dir_another_run_replaced_is_refused_and_kept(tmp_path, monkeypatch):
@@ -75,10 +80,8 @@ def test_a_model_dir_another_run_replaced_is_refused_and_kept(tmp_path, monkeypa
     quickstart.write_marker(MODEL_DIR)
     # train --model_dir=runs/quickstart/model --overwrite on the user's own data
     _finished_run(json.dumps({"data": {"train_data": "mine.csv"}}))
-    with pytest.raises(cli.UserError, match=r"^runs/quickstart/model holds a run that the "
-                                            r"quickstart did not make"):
-        quickstart.prepare_run_dir(OUTPUTS, MODEL_DIR, overwrite=False)
-    assert all(os.path.isdir(path) for path in OUTPUTS)
+    _assert_refused_and_kept(r"^runs/quickstart/model holds a run that the quickstart did not "
+                             r"make", overwrite=False)
 
 
 def test_a_file_named_runs_quickstart_is_refused(tmp_path, monkeypatch):
