@@ -6,7 +6,9 @@ import json
 import logging
 import os
 
+import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import pytest
+import tensorflow as tf
 
 from bert_tf2 import cli
 from bert_tf2 import quickstart
@@ -57,6 +59,30 @@ def test_a_rerun_replaces_the_demo_run_and_keeps_everything_else(tmp_path, monke
     assert sorted(os.listdir(RUN_DIR)) == ["hub", "notes.txt", quickstart.MARKER_FILE]
     assert [record.getMessage() for record in caplog.records] == [
         f"Replacing the earlier quickstart run in {RUN_DIR} (removing {', '.join(OUTPUTS)})"]
+
+
+def _interrupted_run() -> None:
+    """A quickstart stopped at step 7: its backup, as Keras' BackupAndRestore leaves it."""
+    _finished_run()
+    os.remove(os.path.join(MODEL_DIR, "metrics.json"))
+    checkpoint = tf.train.Checkpoint(train_counter=tf.Variable(7, dtype=tf.int64))
+    checkpoint.save(os.path.join(MODEL_DIR, "backup", "chief", "ckpt"))
+    quickstart.write_marker(MODEL_DIR)
+
+
+def test_an_interrupted_run_is_resumed_or_with_overwrite_replaced(tmp_path, monkeypatch,
+                                                                  caplog):
+    monkeypatch.chdir(tmp_path)
+    quickstart.prepare_run_dir(OUTPUTS, MODEL_DIR, overwrite=False)
+    _interrupted_run()
+    with caplog.at_level(logging.INFO):
+        quickstart.prepare_run_dir(OUTPUTS, MODEL_DIR, overwrite=False)
+    assert all(os.path.isdir(path) for path in OUTPUTS)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"Resuming the interrupted quickstart run in {MODEL_DIR} from its backup of step 7"]
+
+    quickstart.prepare_run_dir(OUTPUTS, MODEL_DIR, overwrite=True)
+    assert not [path for path in OUTPUTS if os.path.exists(path)]
 
 
 def _assert_refused_and_kept(match: str, *, overwrite: bool) -> None:
