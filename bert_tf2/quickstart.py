@@ -54,7 +54,8 @@ def configs_dir() -> str:
         if os.path.isfile(os.path.join(candidate, FLAG_FILE)):
             return candidate
     raise cli.UserError(f"the shipped configs ({FLAG_FILE}) are in neither {candidates[0]} nor "
-                        f"{candidates[1]}: reinstall bert_tf2 (pip install bert_tf2)")
+                        f"{candidates[1]}: install the bert_tf2 package again, from its wheel "
+                        "or with pip install . in the checkout")
 
 
 def shipped_flags(name: str) -> List[str]:
