@@ -631,14 +631,17 @@ def build_missing_modules(config: config_lib.TrainConfig, train_texts: Sequence[
                                       os.path.join(output_dir, "encoder"))
     if (os.path.abspath(modules.preprocess_handle),
             os.path.abspath(modules.encoder_handle)) != (expected.preprocess, expected.encoder):
-        raise ValueError("--build_missing_modules needs --preprocess_handle=D/preprocess and "
-                         "--encoder_handle=D/encoder in one directory D")
+        raise hub_modules.ModuleInputError(
+            "--build_missing_modules needs --preprocess_handle=D/preprocess and "
+            "--encoder_handle=D/encoder in one directory D")
     if os.path.exists(expected.preprocess) and os.path.exists(expected.encoder):
         logging.info("Using the existing hub modules in %s", output_dir)
         return
     if os.path.exists(expected.preprocess) or os.path.exists(expected.encoder):
-        raise ValueError(f"{output_dir} holds only one of preprocess/ and encoder/; remove it "
-                         "to rebuild both")
+        # What a build killed between the two modules leaves (a pretraining one among them).
+        raise hub_modules.ModuleInputError(
+            f"{output_dir} holds only one of preprocess/ and encoder/ (a build of the modules "
+            "that did not finish): remove it, and run the same command again to rebuild both")
 
     def pretrain(preprocess_path, bert_config):
         return pretrain_lib.pretrain_encoder(
