@@ -56,7 +56,7 @@ _COMMAND = re.compile(
     r"-m\s+(?P<module>(?:bert_tf2|benchmarks)\.[\w.]+)"
     r"|//bert_tf2:(?P<target>\w+)\s+--\s"
     r"|(?P<script>benchmarks/\w+\.py)"
-    r"|(?P<serving>tensorflow/serving(?::[\w.-]+)?|tensorflow_model_server)(?![\w.-])"
+    r"|(?P<serving>tensorflow/serving(?::[\w.-]+)?|tensorflow_model_server)(?![\w./-])"
     rf"|(?<![\w./-])(?P<tool>{FOREIGN_TOOLS})(?![\w.-])")
 _MODULE_NAME = re.compile(r"(?<![\w.])bert_tf2((?:\.\w+)+)")
 
