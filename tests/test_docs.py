@@ -4,7 +4,8 @@ Every `--flag` in README.md, docs/*.md and configs/*.flags is checked against th
 command it is given to: on a line (with its `\\` continuations) the command is the last one
 named before the flag (`python -m bert_tf2.X`, `bazel run //bert_tf2:X --`, a benchmark, a
 foreign tool); a flag in prose or a table cell that names no command must be a flag of some
-bert_tf2 command. A flag file must be accepted whole by one command. Every `bert_tf2.X`
+bert_tf2 command. An enum flag's `--flag=value` must name one of its values. A flag file
+must be accepted whole by one command. Every `bert_tf2.X`
 (`.Y`) named must be a module (and a name defined at the top of that module). Only flag
 definitions are imported, no model is built.
 """
@@ -16,7 +17,7 @@ import importlib
 import importlib.util
 import pathlib
 import re
-from typing import FrozenSet, Iterator, List, Optional, Tuple
+from typing import Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from absl import flags
@@ -58,6 +59,7 @@ _COMMAND = re.compile(
     r"|(?P<script>benchmarks/\w+\.py)"
     r"|(?P<serving>tensorflow/serving(?::[\w.-]+)?|tensorflow_model_server)(?![\w./-])"
     rf"|(?<![\w./-])(?P<tool>{FOREIGN_TOOLS})(?![\w.-])")
+_VALUE = re.compile(r"=([\w-]+)(?![\w.,:/|*-])")
 _MODULE_NAME = re.compile(r"(?<![\w.])bert_tf2((?:\.\w+)+)")
 
 
@@ -68,6 +70,7 @@ class FlagUse:
     where: str
     flag: str
     command: Optional[str]
+    value: Optional[str] = None  # what `--flag=value` sets, when it is a plain word
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,6 +117,14 @@ def beam_pipeline_options() -> FrozenSet[str]:
 
 
 @functools.lru_cache(maxsize=None)
+def defined_flags(command: str) -> flags.FlagValues:
+    """The flags `python -m bert_tf2.<command>` defines (its `define_flags`)."""
+    flag_values = flags.FlagValues()
+    importlib.import_module(f"bert_tf2.{command}").define_flags(flag_values)
+    return flag_values
+
+
+@functools.lru_cache(maxsize=None)
 def command_flags(command: str) -> FrozenSet[str]:
     """The flags `python -m bert_tf2.<command>` (or `-m benchmarks.<name>`) accepts."""
     if command.startswith("benchmarks."):
@@ -122,10 +133,22 @@ def command_flags(command: str) -> FrozenSet[str]:
     if command == SAVED_MODEL_CLI:
         origin = importlib.util.find_spec("tensorflow.python.tools.saved_model_cli").origin
         return absl_builtin_flags() | _source_defined_flags(pathlib.Path(origin))
-    flag_values = flags.FlagValues()
-    importlib.import_module(f"bert_tf2.{command}").define_flags(flag_values)
-    names = _flag_names(flag_values) | absl_builtin_flags()
+    names = _flag_names(defined_flags(command)) | absl_builtin_flags()
     return names | beam_pipeline_options() if command == "beam_predict" else names
+
+
+@functools.lru_cache(maxsize=None)
+def command_choices(command: Optional[str]) -> Dict[str, FrozenSet[str]]:
+    """{enum flag: its values} of a bert_tf2 command (None: of all of them, merged)."""
+    if command is None:
+        merged = {}
+        for name in ABSL_COMMANDS:
+            for flag, values in command_choices(name).items():
+                merged[flag] = merged.get(flag, frozenset()) | values
+        return merged
+    flag_values = defined_flags(command)
+    return {name: frozenset(flag_values[name].parser.enum_values) for name in flag_values
+            if getattr(flag_values[name].parser, "enum_values", None)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -223,8 +246,10 @@ def flag_uses(path: pathlib.Path) -> List[FlagUse]:
         commands = [(m.start(), _command_at(m)) for m in _COMMAND.finditer(text)]
         for match in _FLAG.finditer(text):
             before = [command for start, command in commands if start < match.start()]
+            value = _VALUE.match(text, match.end())
             uses.append(FlagUse(f"{_shown(path)}:{number}", match.group(1),
-                                before[-1] if before else None))
+                                before[-1] if before else None,
+                                value.group(1) if value else None))
     return uses
 
 
@@ -256,6 +281,17 @@ def flag_problem(use: FlagUse) -> Optional[str]:
     return None if use.flag in known else f"{use.where}: --{use.flag} is not a flag of {what}"
 
 
+def value_problem(use: FlagUse) -> Optional[str]:
+    """Why `use` sets an enum flag of bert_tf2 to a value it does not take, or None."""
+    if use.value is None or not (use.command is None or use.command in ABSL_COMMANDS):
+        return None
+    choices = command_choices(use.command).get(use.flag)
+    if choices is None or use.value in choices:
+        return None
+    return (f"{use.where}: --{use.flag}={use.value} is not one of its values "
+            f"({', '.join(sorted(choices))})")
+
+
 def _module_of(command: str) -> str:
     return command if command.startswith("benchmarks.") else f"bert_tf2.{command}"
 
@@ -273,6 +309,13 @@ def test_every_flag_in_the_docs_exists_for_its_command():
     assert len(uses) > 300  # the docs were read
     assert {use.command for use in uses} >= {"train", "beam_predict", "evaluate", None}
     problems = [problem for problem in map(flag_problem, uses) if problem]
+    assert not problems, "\n".join(problems)
+
+
+def test_every_enum_flag_in_the_docs_has_a_value_it_takes():
+    uses = [use for use in _all_flag_uses() if use.value]
+    assert len([use for use in uses if use.flag in command_choices(None)]) > 30
+    problems = [problem for problem in map(value_problem, uses) if problem]
     assert not problems, "\n".join(problems)
 
 
@@ -320,6 +363,18 @@ def test_a_flag_that_does_not_exist_is_found(tmp_path, line, command):
     assert len(problems) == 1, problems
     assert re.search(r"--(static_shape|beam_me_up|label_colum|runer|tpu_name|model_nmae|colums) "
                      "is not a flag of", problems[0])
+
+
+def test_a_value_an_enum_flag_does_not_take_is_found(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("Pass `--quantization=int4`, or `--task=multiclass`.\n\n```sh\n"
+                   "python -m bert_tf2.train --distribution_strategy=gpu --task=binary\n```\n",
+                   encoding="utf-8")
+    problems = [problem for problem in map(value_problem, flag_uses(doc)) if problem]
+    assert problems == [
+        "doc.md:1: --quantization=int4 is not one of its values (dynamic, float16, int8, none)",
+        "doc.md:4: --distribution_strategy=gpu is not one of its values (mirrored, "
+        "multi_worker_mirrored, one_device, tpu)"]
 
 
 def test_a_module_or_name_that_does_not_exist_is_found():
