@@ -1,13 +1,13 @@
 """The docs name only flags and modules that exist.
 
 Every `--flag` in README.md, docs/*.md and configs/*.flags is checked against the flags of the
-command it is given to: on a line (with its `\\` continuations) the command is the last one
-named before the flag (`python -m bert_tf2.X`, `bazel run //bert_tf2:X --`, a benchmark, a
-foreign tool); a flag in prose or a table cell that names no command must be a flag of some
-bert_tf2 command. An enum flag's `--flag=value` must name one of its values. A flag file
-must be accepted whole by one command. Every `bert_tf2.X`
-(`.Y`) named must be a module (and a name defined at the top of that module). Only flag
-definitions are imported, no model is built.
+command it is given to: the last one named before it in its segment (a code-block line with
+its `\\` continuations, one `code span`, or the prose around them): `python -m bert_tf2.X`,
+`bazel run //bert_tf2:X --`, a benchmark, TF Serving, or a foreign tool (not checked). A flag
+in a segment that names no command must be a flag of some bert_tf2 command or benchmark. An
+enum flag's `--flag=value` must name one of its values. A flag file must be accepted whole by
+one command. Every `bert_tf2.X` (`.Y`) named must be a module (and a name defined at the top of
+that module). Only flag definitions are imported, no model is built.
 """
 
 import ast
@@ -51,7 +51,7 @@ TEST_TOOL_FLAGS = frozenset({
     "incompatible_strict_action_env", "basetemp", "dist", "tiny_fixtures"})
 # Tools whose flags are their own (checked by nobody here): a flag after one of them is skipped.
 FOREIGN_TOOLS = r"bazel|pytest|pip3?|docker|curl|git|apt-get|saved_model_cli|uv|bash|python3?"
-# Names that are not flags: `--` followed by a word in prose ("--no" of a negated bool).
+# A flag: `--` and an absl name; a hyphenated one (pip's --no-cache-dir) is another tool's.
 _FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9_]*)(?![\w-])")
 _COMMAND = re.compile(
     r"-m\s+(?P<module>(?:bert_tf2|benchmarks)\.[\w.]+)"
