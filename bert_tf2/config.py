@@ -557,7 +557,7 @@ def _reject_reading_flags_without_data(flag_values) -> None:
              if (field.metadata.get("flag") or field.name) not in _TRAINING_DATA_FLAGS
              and flag_values[field.metadata.get("flag") or field.name].present]
     if given:
-        raise app.UsageError(
+        raise cli.UserError(
             f"{', '.join(given)} say(s) how --data is read, but no --data is given (the "
             "model's own test split is read as its training run read it): pass --data too, "
             "or drop them")

@@ -283,7 +283,7 @@ def test_evaluate_cli_on_the_tiny_model(tiny_training_run, tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------
 
 def test_reading_flags_without_data_are_refused():
-    with pytest.raises(app.UsageError, match=r"^--text_column, --encoding say\(s\) how --data "
+    with pytest.raises(cli.UserError, match=r"^--text_column, --encoding say\(s\) how --data "
                        "is read, but no --data is given"):
         evaluate_config("--saved_model=x", "--text_column=review", "--encoding=gb18030")
     assert evaluate_config("--saved_model=x", "--data=d.csv",
