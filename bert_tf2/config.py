@@ -485,8 +485,10 @@ class EvaluateConfig:
 
     saved_model: Optional[str] = _flag()
     batch_size: int = _flag()
-    data: Optional[str] = _flag()  # None: the built-in corpus's test split
-    reader: DataConfig  # its columns and labels; the task and classes come from the model
+    # None: the test split the model records (bert_tf2.export.TEST_DATA_FILE), read as its
+    # training run read it
+    data: Optional[str] = _flag()
+    reader: DataConfig  # --data's columns and labels; the task and classes come from the model
     output_dir: Optional[str] = _flag()
     history: Optional[str] = _flag()
     num_wrong: int = _flag()
@@ -497,6 +499,7 @@ class EvaluateConfig:
         """The run the parsed flags of `bert_tf2.evaluate` describe."""
         _reject_training_data_flags(flag_values, "evaluate reads --data")
         _reject_split_seed(flag_values)
+        _reject_reading_flags_without_data(flag_values)
         config = _build(cls, lambda name: flag_values[name].value)
         if not config.saved_model and config.history:
             return config  # only plots the training curves
@@ -542,6 +545,22 @@ def _reject_split_seed(flag_values) -> None:
             f"--seed={seed.value}: the built-in corpus's split is fixed whatever the seed, "
             f"so evaluate has no other test split to pick; drop --seed, or pass --data "
             f"(docs/evaluate_predict.md)")
+
+
+def _reject_reading_flags_without_data(flag_values) -> None:
+    """Refuses evaluate flags that say how --data is read when there is no --data: the test
+    split the model records is read as its training run read it, so they would be ignored."""
+    if flag_values["data"].value:
+        return
+    given = [f"--{field.metadata.get('flag') or field.name}" for field in
+             dataclasses.fields(DataConfig)
+             if (field.metadata.get("flag") or field.name) not in _TRAINING_DATA_FLAGS
+             and flag_values[field.metadata.get("flag") or field.name].present]
+    if given:
+        raise cli.UserError(
+            f"{', '.join(given)} say(s) how --data is read, but no --data is given (the "
+            "model's own test split is read as its training run read it): pass --data too, "
+            "or drop them")
 
 
 def _with_model_checked(config):

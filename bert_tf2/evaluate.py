@@ -1,10 +1,15 @@
 """Evaluates an exported model on labelled data: metrics, plots and its worst mistakes.
 
-  python -m bert_tf2.evaluate --saved_model=E/1                 # the built-in test split
+  python -m bert_tf2.evaluate --saved_model=E/1                 # the model's own test split
   python -m bert_tf2.evaluate --saved_model=E/1 --data=test.csv --text_column=评论 \
       --label_column=评价 --label_map=差评:0,好评:1
   python -m bert_tf2.evaluate --saved_model=E/1 --history=M/history.csv   # + training curves
   python -m bert_tf2.evaluate --history=M/history.csv           # only the training curves
+
+Without --data it reads the test split the model was scored on in training, as that run read
+it (the built-in corpus's, or the --test_data file), which the export records
+(`bert_tf2.export.TEST_DATA_FILE`); a model that records none, or whose test file has changed
+since, is refused with a request for --data.
 
 The model runs through its `serving_default` signature, as TF Serving runs it, and its
 predicted label is `probability >= 0.5`, the served `label`. Writes into --output_dir (default
@@ -19,6 +24,7 @@ and prints a short table. The metric functions are pure functions of numpy array
 P(positive)) so they can be tested against hand-computed values.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -26,7 +32,7 @@ import time
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import app, flags
+from absl import app, flags, logging
 import numpy as np
 from sklearn import metrics as sk_metrics
 
@@ -447,7 +453,7 @@ def _inside(path: str, directory: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 def run(config: config_lib.EvaluateConfig) -> Dict[str, object]:
-    """Evaluates --saved_model on --data (or the built-in test split); returns the report.
+    """Evaluates --saved_model on --data (or the test split it records); returns the report.
 
     With only --history, plots the training curves and returns {"training_curves": path}.
     """
@@ -511,23 +517,65 @@ def run(config: config_lib.EvaluateConfig) -> Dict[str, object]:
 
 def _labelled_examples(config: config_lib.EvaluateConfig,
                        predictor: "predict.Predictor") -> data.Examples:
-    """--data (or the built-in test split), labels read and encoded as the model's task and
-    classes say."""
+    """--data (or the test split the model records), labels read and encoded as the model's
+    task and classes say."""
     if not config.data:
-        if predictor.task != "binary" or predictor.pairs:
-            raise cli.UserError(f"{predictor.path} is a {predictor.task} model"
-                                 + (" of text pairs" if predictor.pairs else "")
-                                 + ": pass --data, the built-in corpus is binary")
-        return data.encode_labels(data.builtin_corpus_splits(),
-                                  data.LabelSpec())["test"]
-    predictor.check_text_b_column(config.reader.text_b_column)
+        return _recorded_test_split(config, predictor)
+    return _read_labelled(config.data, config.reader, predictor)
+
+
+def _read_labelled(pattern: str, reader: config_lib.DataConfig,
+                   predictor: "predict.Predictor") -> data.Examples:
+    predictor.check_text_b_column(reader.text_b_column)
     overrides = {"task": predictor.task}
     if predictor.task != "binary":
         overrides.update(class_names=predictor.class_names,
                          class_names_source=f"the classes of the model {predictor.path}")
-    options = data.reader_options(config.reader, **overrides)
-    examples = data.read_examples(config.data, **options)
+    options = data.reader_options(reader, **overrides)
+    examples = data.read_examples(pattern, **options)
     return data.encode_labels({"train": examples}, options["labels"])["train"]
+
+
+def recorded_test_data(model_path: str) -> Optional[Dict[str, object]]:
+    """The test split a model records (`export.test_data_record`: an export's TEST_DATA_FILE,
+    a .tflite file's metadata entry `test_data`), or None where it records none."""
+    if lite.is_lite_model(model_path):
+        with open(model_path, "rb") as f:
+            return lite.read_metadata(f.read()).get("test_data")
+    from bert_tf2 import export  # pylint: disable=g-import-not-at-top  (TensorFlow)
+    return export.read_test_data(model_path)
+
+
+def _recorded_test_split(config: config_lib.EvaluateConfig,
+                         predictor: "predict.Predictor") -> data.Examples:
+    """The test split the model was scored on in training, read as training read it; a
+    UserError asking for --data where the model records none, or the file has changed."""
+    from bert_tf2 import export  # pylint: disable=g-import-not-at-top  (TensorFlow)
+    record = recorded_test_data(predictor.path)
+    if record is None:
+        raise cli.UserError(f"{predictor.path} does not record the test data it was trained "
+                            f"with ({export.TEST_DATA_FILE}): pass --data=your labelled test "
+                            "file")
+    if record["source"] is None:
+        raise cli.UserError(f"{predictor.path} was trained without --test_data, so it has no "
+                            "test data to be evaluated on: pass --data=your labelled test file")
+    if record["source"] == export.BUILTIN_TEST_DATA:
+        examples = data.encode_labels(data.builtin_corpus_splits(), data.LabelSpec())["test"]
+    else:
+        if not all(map(os.path.isfile, data.matching_files(record["source"]) or [""])):
+            raise cli.UserError(f"{record['source']}, the test data {predictor.path} was "
+                                "trained with, is not there: pass --data=where it is now")
+        examples = _read_labelled(record["source"],
+                                  dataclasses.replace(config.reader, **record["reader"]),
+                                  predictor)
+    read, recorded = data.fingerprint(examples), record["fingerprint"]
+    if read != recorded:
+        raise cli.UserError(
+            f"{examples.source}, the test data {predictor.path} was trained with, has changed "
+            f"since ({recorded['examples']} examples then, {read['examples']} now, or other "
+            f"texts or labels): pass --data={examples.source} to evaluate on it as it is")
+    logging.info("No --data: evaluating on the model's test data, %s", examples.source)
+    return examples
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:

@@ -26,7 +26,9 @@ That is the binary task. Multiclass: serving_default gives `probabilities` DT_FL
 `probabilities` [-1, K] and `labels` DT_INT64 [-1, K] (1 where >= 0.5); classify as
 multiclass. Sentence pairs take a second text, `text_b` (a second input of serving_default, a
 second bytes feature of classify's tf.Examples). Every version carries its class names, one a
-line in the order of the probabilities, in `assets/classes.txt`.
+line in the order of the probabilities, in `assets/classes.txt`, and the test split it was
+scored on in training, in `assets/test_data.json` (where it is, how it is read, a fingerprint of
+what was read): what `bert_tf2.evaluate` reads when it is given no --data.
 
 `classify` is what TF Serving's Classify API (gRPC `PredictionService/Classify`, REST
 `:classify`) calls. Its class names are "0" and "1", the same values as serving_default's
@@ -53,6 +55,7 @@ import tf_keras
 
 from bert_tf2 import cli
 from bert_tf2 import config
+from bert_tf2 import data
 from bert_tf2 import input_pipeline
 from bert_tf2 import io_utils
 
@@ -88,6 +91,10 @@ CLASSES_FILE = os.path.join("assets", "classes.txt")
 # How the texts are packed (seq_length, truncation): what a re-export of the same classifier
 # (bert_tf2.export_lite) must repeat, which the signatures' graphs hold only as constants.
 PACKING_FILE = os.path.join("assets", "packing.json")
+# The test split of the training run (`write_test_data`): bert_tf2.evaluate's default data.
+TEST_DATA_FILE = os.path.join("assets", "test_data.json")
+# Its `source` for a model trained on the built-in corpus (whose split is fixed).
+BUILTIN_TEST_DATA = "built-in"
 
 # Warm-up.
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -185,10 +192,12 @@ def export_text_classifier(text_classifier: tf_keras.Model, export_dir: str,
                            version: Optional[int] = None,
                            keep: Optional[int] = None, *, task: str = "binary",
                            class_names: Sequence[str] = CLASS_NAMES,
-                           pairs: bool = False) -> str:
+                           pairs: bool = False,
+                           test_data: Optional[Dict[str, object]] = None) -> str:
     """Writes `export_dir/<version>` atomically and returns its path.
 
     `task`, `class_names` and `pairs` choose the signatures' inputs and outputs (`ServingModule`).
+    `test_data` (`test_data_record`) is written to TEST_DATA_FILE; None writes none.
     `version` defaults to one more than the highest existing version (1 for the first), taken
     when the finished export is renamed into place; an explicit `version` that exists already
     raises FileExistsError.
@@ -208,6 +217,8 @@ def export_text_classifier(text_classifier: tf_keras.Model, export_dir: str,
             io_utils.write_json({"seq_length": packer.seq_length,
                                  "truncation": packer.truncation},
                                 os.path.join(scratch, PACKING_FILE))
+        if test_data is not None:
+            io_utils.write_json(test_data, os.path.join(scratch, TEST_DATA_FILE))
         # The version is claimed only now, by the rename: another export into export_dir
         # running at the same time gets another number.
         final_path = (io_utils.publish_next_version(scratch, export_dir) if version is None
@@ -432,6 +443,26 @@ def read_class_names(saved_model_dir: str) -> Tuple[str, ...]:
 def read_packing(saved_model_dir: str) -> Optional[Dict[str, object]]:
     """The export's seq_length and truncation (PACKING_FILE), or None where it has none."""
     return io_utils.read_json(os.path.join(saved_model_dir, PACKING_FILE))
+
+
+def test_data_record(data_config: config.DataConfig,
+                     test_split: Optional[data.Examples]) -> Dict[str, object]:
+    """What an export records of the test split a training run scored it on: `source` (the
+    absolute --test_data, BUILTIN_TEST_DATA, or None where the run had no test split), the
+    `reader` settings it was read with (the data flags but the three split flags) and the
+    `fingerprint` (`data.fingerprint`) of what was read."""
+    if test_split is None:
+        return {"source": None}
+    reader = {name: value for name, value in dataclasses.asdict(data_config).items()
+              if name not in ("train_data", "eval_data", "test_data")}
+    source = (os.path.abspath(data_config.test_data) if data_config.train_data
+              else BUILTIN_TEST_DATA)
+    return {"source": source, "reader": reader, "fingerprint": data.fingerprint(test_split)}
+
+
+def read_test_data(saved_model_dir: str) -> Optional[Dict[str, object]]:
+    """The export's `test_data_record` (TEST_DATA_FILE), or None where it has none."""
+    return io_utils.read_json(os.path.join(saved_model_dir, TEST_DATA_FILE))
 
 
 def prune_versions(export_dir: str, keep: int) -> List[int]:

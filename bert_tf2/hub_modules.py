@@ -405,10 +405,11 @@ def main(argv):
                       normalization=flags_.normalization, seq_length=flags_.seq_length)
 
 
-def define_flags() -> None:
-    project_flags.define_module_flags()
-    project_flags.define_hub_modules_cli_flags()
-    flags.mark_flags_as_required(["vocab_file", "bert_config_file", "output_dir"])
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    project_flags.define_module_flags(flag_values)
+    project_flags.define_hub_modules_cli_flags(flag_values)
+    flags.mark_flags_as_required(["vocab_file", "bert_config_file", "output_dir"],
+                                 flag_values=flag_values)
 
 
 if __name__ == "__main__":

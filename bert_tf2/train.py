@@ -129,7 +129,8 @@ def run_prepared(config: config_lib.TrainConfig, prepared: Prepared,
         prepared.preprocessor, export_copy(config, classifier, len(prepared.class_names)),
         seq_length=config.input.seq_length, pairs=bool(config.data.text_b_column),
         truncation=config.input.truncation)
-    export_path = export_model(config, text_classifier, prepared.class_names)
+    export_path = export_model(config, text_classifier, prepared.class_names,
+                               prepared.splits.get("test"))
     if distribution.is_chief():  # kept until now, so a run killed in evaluation or export
         shutil.rmtree(prepared.backup_dir, ignore_errors=True)  # resumes, not starts over
     if config.data.task == "binary" and not config.data.text_b_column:
@@ -354,14 +355,18 @@ def counted(values: Dict[str, float], rows: int, split: str,
 
 
 def export_model(config: config_lib.TrainConfig, text_classifier: tf_keras.Model,
-                 class_names: Sequence[str]) -> Optional[str]:
-    """Exports `export_dir/<version>` (on the chief, with an export_dir); returns its path."""
+                 class_names: Sequence[str],
+                 test_split: Optional[data.Examples] = None) -> Optional[str]:
+    """Exports `export_dir/<version>` (on the chief, with an export_dir), recording its test
+    split (`export.test_data_record`); returns its path."""
     if not config.export.export_dir or not distribution.is_chief():
         return None
     return export.export_text_classifier(text_classifier, config.export.export_dir,
                                          keep=config.export.keep_exports,
                                          task=config.data.task, class_names=class_names,
-                                         pairs=bool(config.data.text_b_column))
+                                         pairs=bool(config.data.text_b_column),
+                                         test_data=export.test_data_record(config.data,
+                                                                           test_split))
 
 
 def print_examples(text_classifier: tf_keras.Model) -> None:
@@ -626,14 +631,17 @@ def build_missing_modules(config: config_lib.TrainConfig, train_texts: Sequence[
                                       os.path.join(output_dir, "encoder"))
     if (os.path.abspath(modules.preprocess_handle),
             os.path.abspath(modules.encoder_handle)) != (expected.preprocess, expected.encoder):
-        raise ValueError("--build_missing_modules needs --preprocess_handle=D/preprocess and "
-                         "--encoder_handle=D/encoder in one directory D")
+        raise hub_modules.ModuleInputError(
+            "--build_missing_modules needs --preprocess_handle=D/preprocess and "
+            "--encoder_handle=D/encoder in one directory D")
     if os.path.exists(expected.preprocess) and os.path.exists(expected.encoder):
         logging.info("Using the existing hub modules in %s", output_dir)
         return
     if os.path.exists(expected.preprocess) or os.path.exists(expected.encoder):
-        raise ValueError(f"{output_dir} holds only one of preprocess/ and encoder/; remove it "
-                         "to rebuild both")
+        # What a build killed between the two modules leaves (a pretraining one among them).
+        raise hub_modules.ModuleInputError(
+            f"{output_dir} holds only one of preprocess/ and encoder/ (a build of the modules "
+            "that did not finish): remove it, and run the same command again to rebuild both")
 
     def pretrain(preprocess_path, bert_config):
         return pretrain_lib.pretrain_encoder(

@@ -75,10 +75,10 @@ def main(argv):
     logging.info("Wrote %d tokens to %s", len(tokens), flags_.output)
 
 
-def define_flags() -> None:
-    project_flags.define_data_flags()
-    project_flags.define_vocab_flags()
-    flags.mark_flag_as_required("output")
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    project_flags.define_data_flags(flag_values)
+    project_flags.define_vocab_flags(flag_values)
+    flags.mark_flag_as_required("output", flag_values=flag_values)
 
 
 if __name__ == "__main__":

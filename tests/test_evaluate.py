@@ -276,3 +276,76 @@ def test_evaluate_cli_on_the_tiny_model(tiny_training_run, tmp_path, capsys):
     with pytest.raises(app.UsageError, match="inside the SavedModel"):
         evaluate.run(evaluate_config(f"--saved_model={export_dir}/1",
                                           f"--output_dir={export_dir}/1/eval"))
+
+
+# ---------------------------------------------------------------------------------------------
+# No --data: the test split the model records
+# ---------------------------------------------------------------------------------------------
+
+def test_reading_flags_without_data_are_refused():
+    with pytest.raises(cli.UserError, match=r"^--text_column, --encoding say\(s\) how --data "
+                       "is read, but no --data is given"):
+        evaluate_config("--saved_model=x", "--text_column=review", "--encoding=gb18030")
+    assert evaluate_config("--saved_model=x", "--data=d.csv",
+                           "--text_column=review").reader.text_column == "review"
+
+
+def _copied_export(tiny_training_run, root: pathlib.Path) -> pathlib.Path:
+    export_dir = root / "export"
+    shutil.copytree(tiny_training_run["saved_model"], export_dir / "1")
+    return export_dir
+
+
+def test_a_model_trained_on_files_is_evaluated_on_its_test_file(tiny_training_run, tmp_path):
+    from bert_tf2 import export
+    export_dir = _copied_export(tiny_training_run, tmp_path)
+    record_file = export_dir / "1" / export.TEST_DATA_FILE
+    record = json.loads(record_file.read_text(encoding="utf-8"))
+    # The fixture's run was written to a scratch directory and renamed: its test file moved.
+    with pytest.raises(cli.UserError, match=rf"^{re.escape(record['source'])}, the test data "
+                       ".* is not there: pass --data="):
+        evaluate.run(evaluate_config(f"--saved_model={export_dir}"))
+
+    test_file = tmp_path / "test.jsonl"
+    shutil.copy(pathlib.Path(tiny_training_run["model_dir"]).parent / "test.jsonl", test_file)
+    record_file.write_text(json.dumps({**record, "source": str(test_file)}), encoding="utf-8")
+    report = evaluate.run(evaluate_config(f"--saved_model={export_dir}"))
+    assert report["data"] == str(test_file)
+    trained = tiny_training_run["metrics"]["test"]
+    assert report["num_examples"] == trained["examples"] == 160
+    # The training run's own test accuracy, up to one example on the 0.5 boundary.
+    assert report["accuracy"] == pytest.approx(trained["accuracy"], abs=1.01 / 160)
+
+    lines = test_file.read_text(encoding="utf-8").splitlines(keepends=True)
+    test_file.write_text("".join(lines[:-1]), encoding="utf-8")  # one review fewer
+    with pytest.raises(cli.UserError, match=rf"^{re.escape(str(test_file))}, the test data .* "
+                       r"has changed since \(160 examples then, 159 now.*pass --data="):
+        evaluate.run(evaluate_config(f"--saved_model={export_dir}"))
+
+
+def test_evaluate_without_data_refuses_a_model_without_test_data(tiny_training_run, tmp_path):
+    from bert_tf2 import export
+    export_dir = _copied_export(tiny_training_run, tmp_path)
+    record_file = export_dir / "1" / export.TEST_DATA_FILE
+    record_file.write_text(json.dumps({"source": None}), encoding="utf-8")
+    with pytest.raises(cli.UserError, match="trained without --test_data.*: pass --data="):
+        evaluate.run(evaluate_config(f"--saved_model={export_dir}"))
+    record_file.unlink()
+    with pytest.raises(cli.UserError, match=r"does not record the test data it was trained "
+                       r"with \(assets/test_data.json\): pass --data="):
+        evaluate.run(evaluate_config(f"--saved_model={export_dir}"))
+    assert not (export_dir / "eval-1").exists()
+
+
+def test_a_model_trained_on_the_builtin_corpus_is_evaluated_on_its_test_split(
+        tiny_hub_modules, corpus_splits, tmp_path):
+    from bert_tf2 import train
+    from tests import tiny_fixtures
+    result = train.run(tiny_fixtures.train_config(*tiny_fixtures.tiny_train_args(
+        tiny_hub_modules, tmp_path / "model", tmp_path / "export")))
+    report = evaluate.run(evaluate_config(f"--saved_model={tmp_path / 'export'}"))
+    assert report["data"] == corpus_splits["test"].source
+    assert report["num_examples"] == result.metrics["test"]["examples"] == len(
+        corpus_splits["test"])
+    assert report["accuracy"] == pytest.approx(result.metrics["test"]["accuracy"],
+                                               abs=1.01 / len(corpus_splits["test"]))

@@ -146,3 +146,22 @@ def test_the_command_reports_a_missing_vocab_in_one_line(tmp_path):
         f"hub_modules: --vocab_file={tmp_path / 'v.txt'}: cannot read it: No such file or "
         "directory")
     assert not (tmp_path / "hub").exists()
+
+
+def test_train_names_a_half_built_modules_directory_in_one_line(tmp_path):
+    # What a `train --build_missing_modules` killed between the two modules leaves behind.
+    from bert_tf2 import train
+    from tests.tiny_fixtures import train_config
+    (tmp_path / "hub" / "preprocess").mkdir(parents=True)
+    config = train_config("--build_missing_modules", f"--vocab_file={tmp_path / 'vocab.txt'}",
+                          f"--preprocess_handle={tmp_path / 'hub' / 'preprocess'}",
+                          f"--encoder_handle={tmp_path / 'hub' / 'encoder'}",
+                          f"--model_dir={tmp_path / 'model'}")
+    with pytest.raises(cli.UserError, match=rf"^{re.escape(str(tmp_path / 'hub'))} holds only "
+                       r"one of preprocess/ and encoder/ .*: remove it, and run the same "
+                       "command again"):
+        train.build_missing_modules(config, ["很好"], str(tmp_path / "model"))
+    assert os.listdir(tmp_path / "hub") == ["preprocess"]
+    elsewhere = config.replace(**{"modules.encoder_handle": str(tmp_path / "other" / "encoder")})
+    with pytest.raises(cli.UserError, match="in one directory D$"):
+        train.build_missing_modules(elsewhere, ["很好"], str(tmp_path / "model"))
