@@ -194,8 +194,9 @@ class _GFileIO(io.RawIOBase):
 def open(path: str, mode: str = "r", *, encoding: Optional[str] = None,  # pylint: disable=redefined-builtin
          errors: Optional[str] = None, newline: Optional[str] = None) -> IO:
     """builtins.open for a local path; for a URL, a stream over tf.io.gfile with the same
-    text semantics (encoding, errors, newline). Modes: r, w, a, x, each with b. Opening for
-    writing creates the parent directories (on either)."""
+    text semantics (encoding, errors, newline; UTF-8 unless told). Modes: r, w, a, x, each
+    with b. Opening for writing creates the parent directories (on either). On a URL, `x`
+    checks and then writes (not atomic), and `a` rewrites the object on `gs://`."""
     kind = mode.replace("b", "").replace("t", "")
     if kind not in ("r", "w", "a", "x"):
         raise ValueError(f"unsupported mode {mode!r} for {path}")
