@@ -19,9 +19,7 @@ stops the conversion with a `CheckpointError` that names the checkpoint and the 
 """
 
 import dataclasses
-import glob
 import math
-import os
 import re
 from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 
@@ -33,6 +31,7 @@ import tf_keras
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from bert_tf2 import cli
+from bert_tf2 import io_utils
 
 TF1_GOOGLE_BERT = "TF1 Google BERT checkpoint (name-based)"
 MODEL_GARDEN_ENCODER = "Model Garden TF2 encoder checkpoint (object-based)"
@@ -133,7 +132,8 @@ def plan_checkpoint(path: str, network: tf_keras.Model) -> CheckpointPlan:
     A TF1 checkpoint is planned from its index alone, so its data file need not be there.
     """
     prefix = resolve_checkpoint_prefix(path)
-    shapes = {name: tuple(shape) for name, shape in tf.train.list_variables(prefix)}
+    shapes = {name: tuple(shape)
+              for name, shape in reader(prefix).get_variable_to_shape_map().items()}
     if _OBJECT_GRAPH_KEY not in shapes:
         if any(name.startswith("bert/") for name in shapes):
             return _plan_tf1(prefix, shapes, network)
@@ -165,7 +165,7 @@ def resolve_checkpoint_prefix(path: str) -> str:
     """
     if _is_prefix(path):
         return path
-    if os.path.isdir(path):
+    if io_utils.isdir(path):
         prefix = _prefix_in_directory(path)
     else:
         prefix = _PREFIX_FILE_SUFFIX.sub("", path)
@@ -178,17 +178,28 @@ def resolve_checkpoint_prefix(path: str) -> str:
     return prefix
 
 
+def reader(prefix: str):
+    """A reader of the checkpoint with this prefix (local or a URL).
+
+    Not tf.train.load_checkpoint: that takes a prefix that is also a directory for one (on
+    `ram://` any beginning of a file's name is), and then finds no checkpoint in it.
+    """
+    return tf.compat.v1.train.NewCheckpointReader(prefix)
+
+
 def _is_prefix(path: str) -> bool:
-    return os.path.isfile(path + ".index")
+    return io_utils.isfile(path + ".index")
 
 
 def _prefixes_in(directory: str) -> Sequence[str]:
-    return sorted(index[:-len(".index")]
-                  for index in glob.glob(os.path.join(glob.escape(directory), "*.index")))
+    if not io_utils.isdir(directory):
+        return []
+    return sorted(io_utils.join(directory, name[:-len(".index")])
+                  for name in io_utils.listdir(directory) if name.endswith(".index"))
 
 
 def _prefix_in_directory(directory: str) -> str:
-    model_dir_checkpoint = os.path.join(directory, "checkpoints", "final")
+    model_dir_checkpoint = io_utils.join(directory, "checkpoints", "final")
     if _is_prefix(model_dir_checkpoint):
         return model_dir_checkpoint
     latest = tf.train.latest_checkpoint(directory)
@@ -206,7 +217,7 @@ def _prefix_in_directory(directory: str) -> str:
 
 
 def _suggestions(path: str) -> str:
-    prefixes = _prefixes_in(os.path.dirname(os.path.abspath(path)))
+    prefixes = _prefixes_in(io_utils.dirname(path))
     return f" Checkpoints next to it: {', '.join(prefixes)}" if prefixes else ""
 
 
@@ -253,7 +264,7 @@ def _object_variables(prefix: str,
     """
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(
-        _read_tensor(tf.train.load_checkpoint(prefix), prefix, _OBJECT_GRAPH_KEY))
+        _read_tensor(reader(prefix), prefix, _OBJECT_GRAPH_KEY))
     return {attribute.checkpoint_key: (attribute.full_name, shapes[attribute.checkpoint_key])
             for node in graph.nodes for attribute in node.attributes}
 
@@ -322,9 +333,9 @@ def _read_tensor(reader, prefix: str, key: str) -> np.ndarray:
 
 
 def _assign(plan: CheckpointPlan) -> None:
-    reader = tf.train.load_checkpoint(plan.prefix)
+    prefix_reader = reader(plan.prefix)
     for assignment in plan.assignments.values():
-        value = _read_tensor(reader, plan.prefix, assignment.key)
+        value = _read_tensor(prefix_reader, plan.prefix, assignment.key)
         assignment.weight.assign(np.reshape(value, assignment.weight.shape))
 
 

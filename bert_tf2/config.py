@@ -34,6 +34,7 @@ from absl import app
 from absl import logging
 
 from bert_tf2 import cli
+from bert_tf2 import io_utils
 
 # Choices of the enum flags; the modules that implement them check against these.
 STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored", "tpu")
@@ -428,7 +429,7 @@ def load(path: str, cls: type = TrainConfig,
     """
     filled: List[str] = []
     try:
-        with open(path, encoding="utf-8") as f:
+        with io_utils.open(path, encoding="utf-8") as f:
             values = json.load(f)
         if isinstance(values, dict) and cls is TrainConfig and "distill" in values:
             raise ValueError("it is a run of bert_tf2.distill; rerun it with that command")

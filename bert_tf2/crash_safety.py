@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import signal
+import tempfile
 from typing import Dict, List, Mapping, Optional
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
@@ -16,6 +17,7 @@ import tensorflow as tf
 import tf_keras
 from tf_keras.src.distribute import distributed_file_utils
 
+from bert_tf2 import checkpoints
 from bert_tf2 import cli
 from bert_tf2 import config as config_lib
 from bert_tf2 import data
@@ -31,7 +33,7 @@ RUN_OUTPUTS = (config_lib.RUN_CONFIG_FILE, RUN_DATA_FILE, "backup", "best", "che
                "logs", "history.csv", "metrics.json", "training_curves.png", "classes.txt",
                "pretrain")
 # Only a finished run leaves these (a run still to resume has its backup instead).
-_FINISHED_RUN_OUTPUTS = ("metrics.json", os.path.join("checkpoints", "final.index"))
+_FINISHED_RUN_OUTPUTS = ("metrics.json", "checkpoints/final.index")
 FINGERPRINTED_SPLITS = ("train", "dev")
 
 
@@ -85,17 +87,24 @@ def check_free_space(num_params: int, model_dir: str, export_dir: Optional[str])
     if export_dir:
         needs.append(("--export_dir", export_dir, 4 * num_params + _FREE_SPACE_SLACK_BYTES))
     for flag, path, needed in needs:
+        where = f"{flag}={path}"
+        if io_utils.is_remote(path):
+            if flag != "--export_dir":
+                continue  # a store's quota is not known here
+            # An export to a store is staged on the local disk first (io_utils).
+            path = tempfile.gettempdir()
+            where += f" (staged in {path})"
         free = shutil.disk_usage(path).free
         if free < needed:
             raise OutputDirError(
-                f"{flag}={path}: only {free / 2**20:.0f} MiB free on its disk, but the run "
+                f"{where}: only {free / 2**20:.0f} MiB free on its disk, but the run "
                 f"writes about {needed / 2**20:.0f} MiB there ({num_params:,} parameters); "
                 "free some space or choose another directory")
 
 
 def _latest_backup(backup_dir: str) -> Optional[str]:
     """The checkpoint `fit` resumes from (BackupAndRestore keeps the chief's under chief/)."""
-    return tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+    return tf.train.latest_checkpoint(io_utils.join(backup_dir, "chief"))
 
 
 def backed_up_step(backup_dir: str) -> Optional[int]:
@@ -103,7 +112,7 @@ def backed_up_step(backup_dir: str) -> Optional[int]:
     checkpoint = _latest_backup(backup_dir)
     if not checkpoint:
         return None
-    reader = tf.train.load_checkpoint(checkpoint)
+    reader = checkpoints.reader(checkpoint)
     names = sorted(reader.get_variable_to_shape_map())
     # model/optimizer/iter, or .../base_optimizer/iter under a LossScaleOptimizer.
     for name in names:
@@ -306,9 +315,9 @@ def check_model_dir(config: config_lib.TrainConfig, splits: Mapping[str, data.Ex
         if distribution.is_chief():
             clear_run_outputs(model_dir)
         return
-    if backed_up_step(os.path.join(model_dir, "backup")) is not None:
+    if backed_up_step(io_utils.join(model_dir, "backup")) is not None:
         _check_resume(config, splits)
-    elif any(os.path.exists(os.path.join(model_dir, name)) for name in _FINISHED_RUN_OUTPUTS):
+    elif any(io_utils.exists(io_utils.join(model_dir, name)) for name in _FINISHED_RUN_OUTPUTS):
         raise ModelDirInUseError(
             f"--model_dir={model_dir} holds a finished run (its checkpoints, metrics.json and "
             f"{config_lib.RUN_CONFIG_FILE}); pass --overwrite to replace it, or choose another "
@@ -319,7 +328,7 @@ def _check_resume(config: config_lib.TrainConfig,
                   splits: Mapping[str, data.Examples]) -> None:
     """Refuses to resume the backup in model_dir with settings or data that change the model."""
     model_dir = config.model_dir
-    path = os.path.join(model_dir, config_lib.RUN_CONFIG_FILE)
+    path = io_utils.join(model_dir, config_lib.RUN_CONFIG_FILE)
     try:
         interrupted = config_lib.load(path, type(config),
                                       defaults=project_flags.training_default)
@@ -363,14 +372,14 @@ def data_fingerprints(splits: Mapping[str, data.Examples]) -> Dict[str, Dict[str
 
 def read_run_data(model_dir: str) -> Optional[Dict[str, Dict[str, object]]]:
     """The fingerprints a run wrote to model_dir (`RUN_DATA_FILE`), or None."""
-    return io_utils.read_json(os.path.join(model_dir, RUN_DATA_FILE))
+    return io_utils.read_json(io_utils.join(model_dir, RUN_DATA_FILE))
 
 
 def clear_run_outputs(model_dir: str) -> None:
     """Removes what a run left in model_dir (`RUN_OUTPUTS`), nothing else."""
     for name in RUN_OUTPUTS:
-        path = os.path.join(model_dir, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        elif os.path.lexists(path):
-            os.remove(path)
+        path = io_utils.join(model_dir, name)
+        if io_utils.isdir(path) and not os.path.islink(path):
+            io_utils.rmtree(path)
+        elif io_utils.exists(path):
+            io_utils.remove(path)

@@ -42,10 +42,7 @@ requests that the tests replay against the exported model.
 """
 
 import dataclasses
-import os
 import re
-import shutil
-import tempfile
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
@@ -87,17 +84,17 @@ TEXT_FEATURE = "text"
 TEXT_B_FEATURE = "text_b"
 CLASS_NAMES = config.BINARY_CLASS_NAMES  # binary `scores` columns: negative, positive
 # The class names, one a line, in the order of the probabilities (every task).
-CLASSES_FILE = os.path.join("assets", "classes.txt")
+CLASSES_FILE = "assets/classes.txt"
 # How the texts are packed (seq_length, truncation): what a re-export of the same classifier
 # (bert_tf2.export_lite) must repeat, which the signatures' graphs hold only as constants.
-PACKING_FILE = os.path.join("assets", "packing.json")
-# The test split of the training run (`write_test_data`): bert_tf2.evaluate's default data.
-TEST_DATA_FILE = os.path.join("assets", "test_data.json")
+PACKING_FILE = "assets/packing.json"
+# The test split of the training run (`test_data_record`): bert_tf2.evaluate's default data.
+TEST_DATA_FILE = "assets/test_data.json"
 # Its `source` for a model trained on the built-in corpus (whose split is fixed).
 BUILTIN_TEST_DATA = "built-in"
 
 # Warm-up.
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 WARMUP_REVIEWS = (
     "这本书写得太好了，强烈推荐，值得一读！",
     "质量很差，用了两天就坏了，非常失望。",
@@ -211,20 +208,20 @@ def export_text_classifier(text_classifier: tf_keras.Model, export_dir: str,
         tf.saved_model.save(module, scratch, signatures=module.signature_functions())
         set_method_names(scratch, {CLASSIFY_SIGNATURE: CLASSIFY_METHOD_NAME})
         write_warmup_requests(scratch, warmup_texts(_seq_length(text_classifier)), pairs=pairs)
-        write_class_names(os.path.join(scratch, CLASSES_FILE), class_names)
+        write_class_names(io_utils.join(scratch, CLASSES_FILE), class_names)
         packer = getattr(text_classifier, "packer", None)
         if packer is not None:
             io_utils.write_json({"seq_length": packer.seq_length,
                                  "truncation": packer.truncation},
-                                os.path.join(scratch, PACKING_FILE))
+                                io_utils.join(scratch, PACKING_FILE))
         if test_data is not None:
-            io_utils.write_json(test_data, os.path.join(scratch, TEST_DATA_FILE))
+            io_utils.write_json(test_data, io_utils.join(scratch, TEST_DATA_FILE))
         # The version is claimed only now, by the rename: another export into export_dir
         # running at the same time gets another number.
         final_path = (io_utils.publish_next_version(scratch, export_dir) if version is None
                       else io_utils.publish_directory(scratch,
-                                                      os.path.join(export_dir, str(version))))
-    logging.info("Exported SavedModel version %s to %s", os.path.basename(final_path),
+                                                      io_utils.join(export_dir, str(version))))
+    logging.info("Exported SavedModel version %s to %s", io_utils.basename(final_path),
                  final_path)
     if keep is not None:
         prune_versions(export_dir, keep)
@@ -256,7 +253,7 @@ def set_method_names(saved_model_dir: str, method_names: Dict[str, str]) -> None
             if key not in meta_graph.signature_def:
                 raise KeyError(f"no signature {key!r} in {saved_model_dir}")
             meta_graph.signature_def[key].method_name = method_name
-    with open(os.path.join(saved_model_dir, "saved_model.pb"), "wb") as f:
+    with io_utils.open(io_utils.join(saved_model_dir, "saved_model.pb"), "wb") as f:
         f.write(saved_model.SerializeToString(deterministic=True))
     _rewrite_fingerprint(saved_model_dir)
 
@@ -265,7 +262,7 @@ def _read_saved_model(saved_model_dir: str):
     """The SavedModel proto of `saved_model_dir/saved_model.pb`, read without loading it."""
     from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
     saved_model = saved_model_pb2.SavedModel()
-    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+    with io_utils.open(io_utils.join(saved_model_dir, "saved_model.pb"), "rb") as f:
         saved_model.ParseFromString(f.read())
     return saved_model
 
@@ -304,10 +301,10 @@ def check_contract(export_dir: str, contract: Contract) -> None:
     """Refuses to export `contract` into `export_dir` when its newest version has another:
     the new version is the one TF Serving and predict pick up, under the same clients."""
     versions = [version for version in io_utils.existing_versions(export_dir)
-                if os.path.isfile(os.path.join(export_dir, str(version), "saved_model.pb"))]
+                if io_utils.isfile(io_utils.join(export_dir, str(version), "saved_model.pb"))]
     if not versions:
         return
-    served = read_contract(os.path.join(export_dir, str(versions[-1])))
+    served = read_contract(io_utils.join(export_dir, str(versions[-1])))
     if served != contract:
         raise ContractChangeError(
             f"--export_dir={export_dir}: its version {versions[-1]} serves {served}; this run "
@@ -317,15 +314,15 @@ def check_contract(export_dir: str, contract: Contract) -> None:
 
 
 def _rewrite_fingerprint(saved_model_dir: str) -> None:
-    fingerprint = os.path.join(saved_model_dir, "fingerprint.pb")
-    if not os.path.exists(fingerprint):
+    fingerprint = io_utils.join(saved_model_dir, "fingerprint.pb")
+    if not io_utils.exists(fingerprint):
         return
     try:
         # pylint: disable-next=g-import-not-at-top
         from tensorflow.python.saved_model import fingerprinting_utils
         fingerprinting_utils.write_fingerprint(saved_model_dir)
     except (ImportError, AttributeError, ValueError):
-        os.remove(fingerprint)  # optional file; a stale checksum would be worse than none
+        io_utils.remove(fingerprint)  # optional file; a stale checksum would be worse than none
 
 
 def graph_ops(saved_model_dir: str) -> Set[str]:
@@ -412,8 +409,8 @@ def text_example(text: str, text_b: Optional[str] = None) -> tf.train.Example:
 def write_warmup_requests(saved_model_dir: str, texts: Sequence[str] = WARMUP_REVIEWS,
                           pairs: bool = False) -> str:
     """Writes `saved_model_dir/assets.extra/tf_serving_warmup_requests`; returns its path."""
-    path = os.path.join(saved_model_dir, WARMUP_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    path = io_utils.join(saved_model_dir, WARMUP_FILE)
+    io_utils.makedirs(io_utils.dirname(path))
     with tf.io.TFRecordWriter(path) as writer:
         for log in warmup_requests(texts, pairs=pairs):
             writer.write(log.SerializeToString())
@@ -433,16 +430,16 @@ def write_class_names(path: str, class_names: Sequence[str]) -> str:
 
 def read_class_names(saved_model_dir: str) -> Tuple[str, ...]:
     """The class names an export carries (`write_class_names`); binary's for older exports."""
-    path = os.path.join(saved_model_dir, CLASSES_FILE)
-    if not os.path.isfile(path):
+    path = io_utils.join(saved_model_dir, CLASSES_FILE)
+    if not io_utils.isfile(path):
         return CLASS_NAMES
-    with open(path, encoding="utf-8") as f:
+    with io_utils.open(path, encoding="utf-8") as f:
         return tuple(line.rstrip("\n") for line in f)
 
 
 def read_packing(saved_model_dir: str) -> Optional[Dict[str, object]]:
     """The export's seq_length and truncation (PACKING_FILE), or None where it has none."""
-    return io_utils.read_json(os.path.join(saved_model_dir, PACKING_FILE))
+    return io_utils.read_json(io_utils.join(saved_model_dir, PACKING_FILE))
 
 
 def test_data_record(data_config: config.DataConfig,
@@ -455,31 +452,24 @@ def test_data_record(data_config: config.DataConfig,
         return {"source": None}
     reader = {name: value for name, value in dataclasses.asdict(data_config).items()
               if name not in ("train_data", "eval_data", "test_data")}
-    source = (os.path.abspath(data_config.test_data) if data_config.train_data
+    source = (io_utils.abspath(data_config.test_data) if data_config.train_data
               else BUILTIN_TEST_DATA)
     return {"source": source, "reader": reader, "fingerprint": data.fingerprint(test_split)}
 
 
 def read_test_data(saved_model_dir: str) -> Optional[Dict[str, object]]:
     """The export's `test_data_record` (TEST_DATA_FILE), or None where it has none."""
-    return io_utils.read_json(os.path.join(saved_model_dir, TEST_DATA_FILE))
+    return io_utils.read_json(io_utils.join(saved_model_dir, TEST_DATA_FILE))
 
 
 def prune_versions(export_dir: str, keep: int) -> List[int]:
     """Removes all but the newest `keep` versions under `export_dir`; returns the removed ones.
 
-    Each old version is first renamed to a hidden name (atomic, and TF Serving only looks at
-    numeric names), then deleted, so the server never sees a half-deleted version.
+    The server never sees a loadable half-deleted version (`io_utils.unpublish_directory`).
     """
     if keep < 1:
         raise ValueError(f"keep must be at least 1, got {keep}")
     removed = io_utils.existing_versions(export_dir)[:-keep]
     for version in removed:
-        path = os.path.join(export_dir, str(version))
-        doomed = tempfile.mkdtemp(prefix=f".{version}.deleting-", dir=export_dir)
-        try:
-            os.rename(path, os.path.join(doomed, str(version)))
-        except FileNotFoundError:
-            pass  # an export running at the same time removed it first
-        shutil.rmtree(doomed, ignore_errors=True)
+        io_utils.unpublish_directory(io_utils.join(export_dir, str(version)))
     return removed

@@ -62,7 +62,7 @@ class HubModules:
 def read_bert_config(path: str) -> configs.BertConfig:
     """Reads a Google-style bert_config.json, with errors that name the file and the field."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with io_utils.open(path, encoding="utf-8") as f:
             raw = json.load(f)
     except OSError as error:
         raise ModuleInputError(f"{path}: cannot read BERT config: {error.strerror}") from error
@@ -80,7 +80,7 @@ def read_bert_config(path: str) -> configs.BertConfig:
 def count_vocab(vocab_file: str) -> int:
     """Number of tokens in a vocab.txt (one per line, as the original BERT reads it)."""
     try:
-        with open(vocab_file, encoding="utf-8") as f:
+        with io_utils.open(vocab_file, encoding="utf-8") as f:
             return sum(1 for _ in f)
     except (OSError, UnicodeDecodeError) as error:
         raise ModuleInputError(f"--vocab_file={vocab_file}: cannot read it: "
@@ -302,13 +302,13 @@ def saved_dropout_rates(module_dir: str) -> Optional[Tuple[float, float]]:
     the SavedModel (ours and Model Garden's TF Hub exports), holds each layer's config. None
     where the module has no such file or it names no BertEncoder.
     """
-    path = os.path.join(module_dir, "keras_metadata.pb")
-    if not tf.io.gfile.exists(path):
+    path = io_utils.join(module_dir, "keras_metadata.pb")
+    if not io_utils.exists(path):
         return None
     # pylint: disable-next=g-import-not-at-top
     from tf_keras.protobuf import saved_metadata_pb2
     metadata = saved_metadata_pb2.SavedMetadata()
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with io_utils.open(path, "rb") as f:
         metadata.ParseFromString(f.read())
     for node in metadata.nodes:
         try:
@@ -337,10 +337,10 @@ def read_encoder_config(handle: str) -> configs.BertConfig:
     variables its saved_model.pb lists, without loading the module (milliseconds, whatever its
     size); `bert_config_from_variables` says what it can tell."""
     from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=g-import-not-at-top
-    path = os.path.join(hub.resolve(handle), "saved_model.pb")
+    path = io_utils.join(hub.resolve(handle), "saved_model.pb")
     saved_model = saved_model_pb2.SavedModel()
     try:
-        with open(path, "rb") as f:
+        with io_utils.open(path, "rb") as f:
             saved_model.ParseFromString(f.read())
     except OSError as error:
         raise cli.UserError(f"{handle}: not a SavedModel ({path}: {error.strerror})") from error
@@ -369,10 +369,10 @@ def build_hub_modules(output_dir: str, *, vocab_file: str, bert_config_file: str
     if pretrain and init_checkpoint:
         raise ModuleInputError("pretraining a new encoder and --init_checkpoint exclude each "
                                "other")
-    modules = HubModules(preprocess=os.path.join(output_dir, "preprocess"),
-                         encoder=os.path.join(output_dir, "encoder"))
+    modules = HubModules(preprocess=io_utils.join(output_dir, "preprocess"),
+                         encoder=io_utils.join(output_dir, "encoder"))
     for path in modules.preprocess, modules.encoder:
-        if os.path.exists(path):
+        if io_utils.exists(path):
             raise ModuleInputError(f"{path} already exists; remove it, or build into another "
                                    "--output_dir")
     bert_config = read_bert_config(bert_config_file)

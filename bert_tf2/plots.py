@@ -11,7 +11,6 @@ depends on a display or on pyplot's global state, and plotting is safe from any 
 import csv
 import functools
 import math
-import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from matplotlib import font_manager
@@ -21,6 +20,7 @@ from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from bert_tf2 import data
+from bert_tf2 import io_utils
 
 DPI = 110
 TRAIN_COLOR, DEV_COLOR, MODEL_COLOR, CHANCE_COLOR = "tab:blue", "tab:orange", "tab:blue", "0.6"
@@ -33,9 +33,10 @@ def _new_figure(width: float, height: float, rows: int = 1, cols: int = 1, **kwa
 
 
 def _save(figure: Figure, output_png: str) -> str:
-    directory = os.path.dirname(os.path.abspath(output_png))
-    os.makedirs(directory, exist_ok=True)
-    figure.savefig(output_png, format="png")
+    """Writes `figure` to `output_png` (local or a URL) atomically: matplotlib writes a local
+    file, which replaces `output_png` whole (`io_utils.local_output`)."""
+    with io_utils.local_output(output_png) as local_png:
+        figure.savefig(local_png, format="png")
     return output_png
 
 
@@ -171,7 +172,7 @@ def read_history(history_csv: str) -> Dict[str, List[float]]:
     last row; "NA" or empty cells become NaN.
     """
     try:
-        with open(history_csv, encoding="utf-8-sig", newline="") as f:
+        with io_utils.open(history_csv, encoding="utf-8-sig", newline="") as f:
             rows = list(csv.DictReader(f))
     except OSError as error:
         raise data.DataError(f"{history_csv}: cannot read file: {error.strerror}") from error
@@ -223,6 +224,6 @@ def plot_training_curves(history_csv: str, output_png: str) -> str:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
-    run_name = os.path.basename(os.path.dirname(os.path.abspath(history_csv)))
+    run_name = io_utils.basename(io_utils.dirname(history_csv))
     figure.suptitle(f"Training curves ({run_name})" if run_name else "Training curves")
     return _save(figure, output_png)

@@ -22,8 +22,6 @@ tokenizing with the very preprocessing module that fine-tuning and serving use.
 """
 
 import math
-import os
-import shutil
 from typing import Optional, Sequence
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
@@ -42,6 +40,7 @@ from bert_tf2 import data
 from bert_tf2 import flags as project_flags
 from bert_tf2 import hub_modules
 from bert_tf2 import input_pipeline
+from bert_tf2 import io_utils
 
 MASK_RATE = 0.15
 MAX_PREDICTIONS_PER_SEQUENCE = 20
@@ -146,9 +145,9 @@ def pretrain_encoder(bert_config: configs.BertConfig, preprocessor, texts: Seque
                   epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=2,
                   callbacks=[tf_keras.callbacks.BackupAndRestore(backup_dir,
                                                                  delete_checkpoint=False)])
-    os.makedirs(os.path.dirname(output_prefix) or ".", exist_ok=True)
+    io_utils.makedirs(io_utils.dirname(output_prefix))
     path = tf.train.Checkpoint(encoder=network).write(output_prefix)
-    shutil.rmtree(backup_dir)  # only now that the result is written
+    io_utils.rmtree(backup_dir)  # only now that the result is written
     return path
 
 

@@ -54,6 +54,7 @@ import tf_keras
 from absl import logging
 from official.nlp.modeling import layers
 
+from bert_tf2 import io_utils
 from bert_tf2.config import NORMALIZATIONS
 
 UNKNOWN_TOKEN = "[UNK]"
@@ -101,7 +102,7 @@ def read_vocab(vocab_file: str) -> List[str]:
     Lines end at "\\n" only and each is `str.strip()`ed, as there. A token that occurs twice
     would make the original's ids differ from line numbers, so it is an error here.
     """
-    with tf.io.gfile.GFile(vocab_file, "rb") as f:
+    with io_utils.open(vocab_file, "rb") as f:
         lines = f.read().decode("utf-8").split("\n")
     if lines[-1] == "":
         lines.pop()

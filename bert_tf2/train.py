@@ -19,7 +19,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -132,7 +131,7 @@ def run_prepared(config: config_lib.TrainConfig, prepared: Prepared,
     export_path = export_model(config, text_classifier, prepared.class_names,
                                prepared.splits.get("test"))
     if distribution.is_chief():  # kept until now, so a run killed in evaluation or export
-        shutil.rmtree(prepared.backup_dir, ignore_errors=True)  # resumes, not starts over
+        io_utils.rmtree(prepared.backup_dir, ignore_errors=True)  # resumes, not starts over
     if config.data.task == "binary" and not config.data.text_b_column:
         print_examples(text_classifier)
     return TrainResult(config=config, classifier=classifier, text_classifier=text_classifier,
@@ -177,7 +176,7 @@ def prepare(config: config_lib.TrainConfig, *, overwrite: bool = False,
     for flag, path in outputs.items():
         io_utils.check_writable_dir(path, flag)
     for path in outputs.values():  # all checked first: a refused run creates nothing
-        os.makedirs(path, exist_ok=True)
+        io_utils.makedirs(path)
 
     splits = data.load_splits(config.data.train_data, config.data.eval_data,
                               config.data.test_data,
@@ -197,7 +196,7 @@ def prepare(config: config_lib.TrainConfig, *, overwrite: bool = False,
         build_missing_modules(config, splits["train"].texts, model_dir)
     check_seq_length(config.input.seq_length, config.modules.encoder_handle)
     # Every worker restores the chief's backup (Keras writes only the chief's copy there).
-    backup_dir = os.path.join(config.model_dir, "backup")
+    backup_dir = io_utils.join(config.model_dir, "backup")
     return Prepared(strategy=strategy, model_dir=model_dir, backup_dir=backup_dir,
                     splits=splits,
                     preprocessor=model_lib.load_preprocessor(config.modules.preprocess_handle),
@@ -222,17 +221,17 @@ def fit(config: config_lib.TrainConfig, prepared: Prepared,
         config.export.export_dir if distribution.is_chief() else None)
     # Once the checks have passed, before any training: how this model_dir is being made.
     io_utils.write_json(config.to_dict(),
-                        os.path.join(prepared.model_dir, config_lib.RUN_CONFIG_FILE),
+                        io_utils.join(prepared.model_dir, config_lib.RUN_CONFIG_FILE),
                         sort_keys=True)
     io_utils.write_json(crash_safety.data_fingerprints(prepared.splits),
-                        os.path.join(prepared.model_dir, crash_safety.RUN_DATA_FILE))
-    export.write_class_names(os.path.join(prepared.model_dir, CLASSES_FILE),
+                        io_utils.join(prepared.model_dir, crash_safety.RUN_DATA_FILE))
+    export.write_class_names(io_utils.join(prepared.model_dir, CLASSES_FILE),
                              prepared.class_names)
     start = time.monotonic()
     trained, train_data, dev_data = what_to_fit(config, prepared, classifier)
     backup = crash_safety.Backup(prepared.backup_dir,
                                  checkpoint_steps=trainer.checkpoint_steps)
-    best = KeepBestEpoch(os.path.join(prepared.model_dir, "best"),
+    best = KeepBestEpoch(io_utils.join(prepared.model_dir, "best"),
                          BEST_METRIC[config.data.task], classifier, fresh=not plan.resume_step)
     trained.fit(
         train_data, epochs=plan.epochs, steps_per_epoch=plan.steps_per_epoch,
@@ -240,8 +239,8 @@ def fit(config: config_lib.TrainConfig, prepared: Prepared,
         callbacks=[
             crash_safety.StopOnNonFiniteLoss(prepared.backup_dir),  # first: before any save
             crash_safety.StepProgress(plan.steps_per_epoch, plan.total_steps),
-            tf_keras.callbacks.TensorBoard(os.path.join(prepared.model_dir, "logs")),
-            tf_keras.callbacks.CSVLogger(os.path.join(prepared.model_dir, "history.csv"),
+            tf_keras.callbacks.TensorBoard(io_utils.join(prepared.model_dir, "logs")),
+            tf_keras.callbacks.CSVLogger(io_utils.join(prepared.model_dir, "history.csv"),
                                          append=True),
             crash_safety.StopAtStep(plan.total_steps),
             *([best] if config.export.export_best else []),
@@ -254,9 +253,9 @@ def fit(config: config_lib.TrainConfig, prepared: Prepared,
                  int(classifier.optimizer.iterations.numpy()), time.monotonic() - start)
     if config.export.export_best:
         best.restore()
-    classifier.save_weights(os.path.join(prepared.model_dir, "checkpoints", "final"))
-    plots.plot_training_curves(os.path.join(prepared.model_dir, "history.csv"),
-                               os.path.join(prepared.model_dir, "training_curves.png"))
+    classifier.save_weights(io_utils.join(prepared.model_dir, "checkpoints", "final"))
+    plots.plot_training_curves(io_utils.join(prepared.model_dir, "history.csv"),
+                               io_utils.join(prepared.model_dir, "training_curves.png"))
     return classifier, tuple(backup.steps)
 
 
@@ -336,7 +335,7 @@ def evaluate(config: config_lib.TrainConfig, prepared: Prepared,
             metrics[name]["examples"] = counted(metrics[name], len(prepared.splits[name]),
                                                 name, prepared.strategy)
             logging.info("%s: %d examples", name, metrics[name]["examples"])
-    io_utils.write_json(metrics, os.path.join(prepared.model_dir, "metrics.json"),
+    io_utils.write_json(metrics, io_utils.join(prepared.model_dir, "metrics.json"),
                         sort_keys=True)
     logging.info("Metrics: %s", json.dumps(metrics, sort_keys=True))
     return metrics
@@ -434,22 +433,22 @@ class KeepBestEpoch(tf_keras.callbacks.Callback):
         super().__init__()
         self.directory, self.monitor, self.classifier = directory, monitor, classifier
         if fresh:
-            shutil.rmtree(directory, ignore_errors=True)
+            io_utils.rmtree(directory, ignore_errors=True)
 
     def best(self) -> Optional[Dict[str, object]]:
-        return io_utils.read_json(os.path.join(self.directory, "best.json"))
+        return io_utils.read_json(io_utils.join(self.directory, "best.json"))
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
         best = self.best()
         if value is None or (best is not None and value <= best["value"]):
             return
-        weights = os.path.join(f"epoch-{epoch + 1}", "weights")
-        self.classifier.save_weights(os.path.join(self.directory, weights))
+        weights = f"epoch-{epoch + 1}/weights"  # relative, `/`-separated on every store
+        self.classifier.save_weights(io_utils.join(self.directory, weights))
         io_utils.write_json({"epoch": epoch + 1, "metric": self.monitor, "value": float(value),
-                             "weights": weights}, os.path.join(self.directory, "best.json"))
+                             "weights": weights}, io_utils.join(self.directory, "best.json"))
         if best is not None:
-            shutil.rmtree(os.path.join(self.directory, os.path.dirname(best["weights"])),
+            io_utils.rmtree(io_utils.join(self.directory, os.path.dirname(best["weights"])),
                           ignore_errors=True)
 
     def restore(self) -> None:
@@ -459,7 +458,7 @@ class KeepBestEpoch(tf_keras.callbacks.Callback):
             logging.warning("--export_best: no epoch had a %s; keeping the last weights",
                             self.monitor)
             return
-        self.classifier.load_weights(os.path.join(self.directory, best["weights"]))
+        self.classifier.load_weights(io_utils.join(self.directory, best["weights"]))
         logging.info("Keeping epoch %d, the best by %s (%.4f)", best["epoch"], best["metric"],
                      best["value"])
 
@@ -626,18 +625,18 @@ def build_missing_modules(config: config_lib.TrainConfig, train_texts: Sequence[
     texts (never the dev or test texts).
     """
     modules, pretraining = config.modules, config.pretrain
-    output_dir = os.path.dirname(os.path.abspath(modules.encoder_handle))
-    expected = hub_modules.HubModules(os.path.join(output_dir, "preprocess"),
-                                      os.path.join(output_dir, "encoder"))
-    if (os.path.abspath(modules.preprocess_handle),
-            os.path.abspath(modules.encoder_handle)) != (expected.preprocess, expected.encoder):
+    output_dir = io_utils.dirname(modules.encoder_handle)
+    expected = hub_modules.HubModules(io_utils.join(output_dir, "preprocess"),
+                                      io_utils.join(output_dir, "encoder"))
+    if (io_utils.abspath(modules.preprocess_handle),
+            io_utils.abspath(modules.encoder_handle)) != (expected.preprocess, expected.encoder):
         raise hub_modules.ModuleInputError(
             "--build_missing_modules needs --preprocess_handle=D/preprocess and "
             "--encoder_handle=D/encoder in one directory D")
-    if os.path.exists(expected.preprocess) and os.path.exists(expected.encoder):
+    if io_utils.exists(expected.preprocess) and io_utils.exists(expected.encoder):
         logging.info("Using the existing hub modules in %s", output_dir)
         return
-    if os.path.exists(expected.preprocess) or os.path.exists(expected.encoder):
+    if io_utils.exists(expected.preprocess) or io_utils.exists(expected.encoder):
         # What a build killed between the two modules leaves (a pretraining one among them).
         raise hub_modules.ModuleInputError(
             f"{output_dir} holds only one of preprocess/ and encoder/ (a build of the modules "
@@ -646,7 +645,7 @@ def build_missing_modules(config: config_lib.TrainConfig, train_texts: Sequence[
     def pretrain(preprocess_path, bert_config):
         return pretrain_lib.pretrain_encoder(
             bert_config, model_lib.load_preprocessor(preprocess_path), train_texts,
-            output_prefix=os.path.join(model_dir, "pretrain", "encoder"),
+            output_prefix=io_utils.join(model_dir, "pretrain", "encoder"),
             epochs=pretraining.epochs, batch_size=pretraining.batch_size,
             seq_length=config.input.seq_length, learning_rate=pretraining.learning_rate,
             seed=config.seed)
@@ -684,7 +683,7 @@ def run_command(config_class, run_config: Callable[..., TrainResult]) -> None:
 
 def interrupted(config: config_lib.TrainConfig) -> cli.Interrupted:
     """The one line a Ctrl-C ends with: where the backup is and how to resume from it."""
-    backup_dir = os.path.join(config.model_dir, "backup")
+    backup_dir = io_utils.join(config.model_dir, "backup")
     step = crash_safety.backed_up_step(backup_dir)
     if step is None:
         return cli.Interrupted("interrupted before the first backup; rerunning the same "

@@ -25,6 +25,7 @@ import tensorflow as tf
 from bert_tf2 import cli
 from bert_tf2 import data
 from bert_tf2 import flags as project_flags
+from bert_tf2 import io_utils
 from bert_tf2 import tokenization
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -59,7 +60,7 @@ def build_vocab(texts: Iterable[str], *, min_count: int = 2) -> List[str]:
 
 
 def write_vocab(tokens: List[str], path: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    with io_utils.atomic_file(path) as f:
         f.writelines(token + "\n" for token in tokens)
 
 

@@ -117,16 +117,16 @@ def check_export_dir(export_dir: str, version_policy: str) -> None:
 def refuse_version_dir(export_dir: str) -> None:
     """Raises a UserError when `export_dir` holds a SavedModel itself: TF Serving would find
     no numeric versions under it and serve nothing."""
-    if not os.path.isfile(os.path.join(export_dir, "saved_model.pb")):
+    if not io_utils.isfile(io_utils.join(export_dir, "saved_model.pb")):
         return
-    name = os.path.basename(os.path.normpath(export_dir))
+    name = io_utils.basename(export_dir)
     if re.fullmatch(r"\d+", name):
-        parent = os.path.dirname(os.path.normpath(export_dir)) or "."
+        parent = io_utils.dirname(export_dir)
         raise cli.UserError(f"--export_dir={export_dir}: that is a version directory; pass its "
                             f"parent {parent}")
     raise cli.UserError(f"--export_dir={export_dir} holds a SavedModel itself, but TF Serving "
                         f"serves the numeric version directories under it: move the SavedModel "
-                        f"into {os.path.join(export_dir, '1')}")
+                        f"into {io_utils.join(export_dir, '1')}")
 
 
 def batching_parameters_text(max_batch_size: int = 256,
@@ -170,7 +170,7 @@ def main(argv, flag_values: Optional[flags.FlagValues] = None) -> None:
     refuse_version_dir(flags_.export_dir)
     if flags_.output != "-":
         io_utils.check_writable_file(flags_.output, "--output")
-    base_path = flags_.base_path or os.path.abspath(flags_.export_dir)
+    base_path = flags_.base_path or io_utils.abspath(flags_.export_dir)
     try:
         config = build_model_server_config(model_name=flags_.model_name, base_path=base_path,
                                            version_policy=flags_.version_policy)
