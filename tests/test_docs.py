@@ -41,7 +41,8 @@ TF_SERVING_FLAGS = frozenset({
     "model_config_file_poll_wait_seconds", "file_system_poll_wait_seconds",
     "enable_batching", "batching_parameters_file", "enable_model_warmup",
     "enable_signature_method_name_check", "tensorflow_intra_op_parallelism",
-    "tensorflow_inter_op_parallelism", "rest_api_num_threads", "monitoring_config_file"})
+    "tensorflow_inter_op_parallelism", "rest_api_num_threads", "monitoring_config_file",
+    "max_num_load_retries", "load_retry_interval_micros"})
 TF_SERVING = "tool:tensorflow_model_server"  # the flags after the image name or the binary
 # Flags of Bazel, pytest and tests/pytest_runner.py that the docs name in prose, away from
 # the command they belong to.
