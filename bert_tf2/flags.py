@@ -269,7 +269,9 @@ def define_distillation_flags(flag_values: flags.FlagValues = flags.FLAGS):
     define.string("unlabeled_data", None, "Texts for the teacher to label and the student to "
                   "learn from, without labels: comma-separated files or globs in any format "
                   "bert_tf2.predict reads (plain text, one a line; CSV/TSV with a header, or "
-                  "--column_names; JSONL), the text in --text_column (and --text_b_column).")
+                  "--column_names; JSONL), the text in --text_column (and --text_b_column). "
+                  "Dev and test texts in them are left out (counted in metrics.json); a file "
+                  "that is mostly such texts is refused.")
     define.enum("unlabeled_input_format", "auto", ["auto", "text", "csv", "tsv", "jsonl"],
                 "Format of the --unlabeled_data files; auto: by extension (.csv, .tsv, "
                 ".jsonl/.json), else plain text.")
@@ -279,7 +281,8 @@ def define_distillation_flags(flag_values: flags.FlagValues = flags.FLAGS):
                    "--student_encoder.", lower_bound=1)
     define.integer("student_hidden_size", None, "Hidden size of the student; default: the "
                    "teacher's. Another size starts from --student_encoder, else from random "
-                   "weights.", lower_bound=1)
+                   "weights; it must be a multiple of the teacher's attention heads.",
+                   lower_bound=1)
     define.string("student_encoder", None, "A TF Hub-format BERT encoder module of this "
                   "project to start the student from (its sizes are the student's), instead "
                   "of the teacher's layers.")
