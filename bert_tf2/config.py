@@ -532,6 +532,12 @@ class LiteExportConfig:
                 f"--representative_data calibrates --quantization=int8 only; "
                 f"--quantization={config.quantization} would ignore it: drop it, or pass "
                 "--quantization=int8")
+        reading = [name for name in ("column_names", "text_column", "text_b_column",
+                                     "encoding") if flag_values[name].present]
+        if reading and not config.representative_data:
+            raise cli.UserError(f"--{reading[0]} says how --representative_data is read, "
+                                "and there is none: drop it, or pass --representative_data "
+                                "with --quantization=int8")
         return config
 
 

@@ -171,7 +171,7 @@ class Predictor:
 
     @staticmethod
     def _is_pair(item: object) -> bool:
-        return (isinstance(item, (tuple, list)) and len(item) == 2
+        return (isinstance(item, (tuple, list, np.ndarray)) and len(item) == 2
                 and all(isinstance(text, str) for text in item))
 
 

@@ -244,6 +244,9 @@ def test_calibration_texts_are_read_as_predict_reads_them(exports, tmp_path):
     (["--saved_model=E", "--output=m.tflite", "--representative_data=train.tsv"],
      "--representative_data calibrates --quantization=int8 only; --quantization=dynamic "
      "would ignore it: drop it, or pass --quantization=int8"),
+    (["--saved_model=E", "--output=m.tflite", "--text_b_column=q2"],
+     "--text_b_column says how --representative_data is read, and there is none: drop it, or "
+     "pass --representative_data with --quantization=int8"),
 ])
 def test_export_lite_refuses_flag_mistakes_in_one_line(args, expected, tmp_path):
     result = subprocess.run([sys.executable, "-m", "bert_tf2.export_lite", *args],
