@@ -515,6 +515,11 @@ class LiteExportConfig:
     output: str = _flag()
     quantization: str = _flag()
     representative_data: Optional[str] = _flag()  # int8 calibration texts
+    # How --representative_data is read, as predict reads --input.
+    column_names: Optional[str] = _flag()
+    text_column: str = _flag()
+    text_b_column: Optional[str] = _flag()
+    encoding: str = _flag()
     overwrite: bool = _flag()  # replace an existing --output file
 
     @classmethod
@@ -522,9 +527,21 @@ class LiteExportConfig:
         """The run the parsed flags of `bert_tf2.export_lite` describe."""
         config = _build(cls, lambda name: flag_values[name].value)
         if not config.saved_model:
-            raise app.UsageError("--saved_model is required")
+            raise cli.UserError("--saved_model is required: the export to convert")
         if not (config.output or "").endswith(".tflite"):
-            raise app.UsageError(f"--output must name a .tflite file, got {config.output!r}")
+            raise cli.UserError("--output must name a .tflite file (the file to write), got "
+                                f"{config.output!r}")
+        if config.representative_data and config.quantization != "int8":
+            raise cli.UserError(
+                f"--representative_data calibrates --quantization=int8 only; "
+                f"--quantization={config.quantization} would ignore it: drop it, or pass "
+                "--quantization=int8")
+        reading = [name for name in ("column_names", "text_column", "text_b_column",
+                                     "encoding") if flag_values[name].present]
+        if reading and not config.representative_data:
+            raise cli.UserError(f"--{reading[0]} says how --representative_data is read, "
+                                "and there is none: drop it, or pass --representative_data "
+                                "with --quantization=int8")
         return config
 
 

@@ -7,7 +7,9 @@ A distillation is a training run (`bert_tf2.train`'s flags, phases and outputs) 
 classifier is a student and whose training rows carry the teacher's probabilities:
 
   check    --teacher is an export of --task (of pairs exactly when --text_b_column is set)
-           and every --unlabeled_data row reads, before anything is written;
+           and every --unlabeled_data row reads, before anything is written; unlabeled
+           texts that are dev or test texts are left out (counted in the log and in
+           metrics.json's "unlabeled_data"), a file that is mostly such texts is refused;
   student  its encoder module is built in model_dir/student/encoder: with the teacher's
            hidden size from the teacher's embeddings, pooler and every k-th transformer layer
            (k = teacher layers / student layers); else it is --student_encoder, or random;
@@ -25,6 +27,7 @@ w * hard + (1 - w) * soft (w = --hard_label_weight) where the row has a label; a
 row learns from the soft term alone.
 """
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -57,6 +60,9 @@ FLAGS = flags.FLAGS
 # model_dir/...: the student's encoder module and the teacher's probabilities.
 STUDENT_ENCODER = os.path.join("student", "encoder")
 TEACHER_LABELS_FILE = "teacher_labels.json"
+# metrics.json's entry for --unlabeled_data: {"texts": the texts the teacher labelled,
+# "dropped_dev_test_texts": those left out for being dev or test texts}.
+UNLABELED_METRICS = "unlabeled_data"
 # Probabilities are clipped this far from 0 and 1 before they are turned back into logits.
 _EPSILON = 1e-7
 _LAYER = "transformer/layer_"
@@ -73,7 +79,7 @@ def run(config: config_lib.DistillConfig,
     the texts and trains the student as `train.run` trains a classifier."""
     check_settings(config)
     teacher = load_teacher(config)
-    unlabeled = read_unlabeled(config)
+    unlabeled, dropped = read_unlabeled(config)
     config = with_student_encoder(config)
     prepare_model_dir(config, overwrite=overwrite)
     head = build_student(config, teacher)
@@ -84,7 +90,14 @@ def run(config: config_lib.DistillConfig,
     prepared = dataclasses.replace(prepared, objective=functools.partial(
         objective, config.distill.temperature, config.distill.hard_label_weight))
     start_head = [] if head is None else [StartHeadFrom(head, teacher.path)]
-    return train.run_prepared(config, prepared, [*start_head, *callbacks])
+    result = train.run_prepared(config, prepared, [*start_head, *callbacks])
+    if not config.distill.unlabeled_data:
+        return result
+    metrics = {**result.metrics, UNLABELED_METRICS: {"texts": len(unlabeled),
+                                                     "dropped_dev_test_texts": dropped}}
+    io_utils.write_json(metrics, os.path.join(prepared.model_dir, "metrics.json"),
+                        sort_keys=True)
+    return dataclasses.replace(result, metrics=metrics)
 
 
 def check_settings(config: config_lib.DistillConfig) -> None:
@@ -128,27 +141,24 @@ def load_teacher(config: config_lib.DistillConfig) -> predict.Predictor:
     return teacher
 
 
-def read_unlabeled(config: config_lib.DistillConfig) -> data.Examples:
+def read_unlabeled(config: config_lib.DistillConfig) -> Tuple[data.Examples, int]:
     """The texts of --unlabeled_data (comma-separated files or globs), read as predict reads
-    them under the one bad-row policy (--skip_bad_rows). Blank texts are left out (logged)."""
-    texts, origins, blank = [], [], 0
+    them under the one bad-row policy (--skip_bad_rows), and how many were dropped for being
+    dev or test texts. Blank texts are left out (logged); so are texts (pairs) of the dev or
+    test split, which the student is scored on; a file that is the --eval_data/--test_data
+    file, or mostly their texts, is refused."""
+    texts, origins, blank, dropped = [], [], 0, 0
     bad_rows = data.BadRows(skip=config.data.skip_bad_rows)
     patterns = [p.strip() for p in (config.distill.unlabeled_data or "").split(",") if p.strip()]
-    held_out = {os.path.realpath(path): flag
-                for flag, pattern in (("--eval_data", config.data.eval_data),
-                                      ("--test_data", config.data.test_data)) if pattern
-                for path in data.matching_files(pattern)}
+    held_out = held_out_texts(config) if patterns else {}
     for pattern in patterns:
         paths = data.matching_files(pattern)
         if not paths or not all(os.path.isfile(path) for path in paths):
             raise data.DataError(f"--unlabeled_data: {pattern}: no such file; pass files or "
                                  "globs of texts, separated by commas")
         for path in paths:
-            if os.path.realpath(path) in held_out:
-                raise cli.UserError(
-                    f"--unlabeled_data: {path} is the {held_out[os.path.realpath(path)]} "
-                    "file: the student would learn the teacher's answers on the texts it is "
-                    "scored on; leave it out of --unlabeled_data")
+            check_not_held_out_file(config, path)
+            read, splits = 0, collections.Counter()
             for line, text in predict.read_texts(
                     path, input_format=config.distill.unlabeled_input_format,
                     text_column=config.data.text_column,
@@ -158,18 +168,80 @@ def read_unlabeled(config: config_lib.DistillConfig) -> data.Examples:
                 if not "".join(text if isinstance(text, tuple) else (text,)).strip():
                     blank += 1
                     continue
+                read += 1
+                split = held_out.get(_text_key(text))
+                if split:
+                    splits[split] += 1
+                    continue
                 texts.append(text)
                 origins.append(f"{path}:{line}")
+            check_mostly_new(path, read, splits)
+            dropped += sum(splits.values())
     if patterns:
         logging.info("Unlabeled data: %d texts from %s (%d blank left out, %d bad rows "
                      "skipped)", len(texts), ", ".join(patterns), blank, bad_rows.count)
+    if dropped:
+        logging.warning("Unlabeled data: %d texts left out that are dev or test texts (the "
+                        "student is scored on them, so the teacher must not label them)",
+                        dropped)
     if patterns and not texts:
         raise data.DataError(f"--unlabeled_data={config.distill.unlabeled_data}: no texts")
     pairs = bool(config.data.text_b_column)
     return data.Examples(
         texts=tuple(text[0] if pairs else text for text in texts), labels=(),
         source=config.distill.unlabeled_data or "", skipped_rows=bad_rows.count,
-        texts_b=tuple(text[1] for text in texts) if pairs else None, origins=tuple(origins))
+        texts_b=tuple(text[1] for text in texts) if pairs else None,
+        origins=tuple(origins)), dropped
+
+
+def held_out_texts(config: config_lib.DistillConfig) -> Dict[object, str]:
+    """{text, or (text, text_b) pair, as `_text_key` writes it: "dev" or "test"} for every
+    example of the run's dev and test splits (read here as `train.prepare` reads them)."""
+    if config.data.train_data:
+        splits = {name: data.read_examples(pattern, **data.reader_options(config.data))
+                  for name, pattern in (("dev", config.data.eval_data),
+                                        ("test", config.data.test_data)) if pattern}
+    else:
+        splits = {name: split for name, split in data.builtin_corpus_splits().items()
+                  if name != "train"}
+    held_out = {}
+    for name, split in splits.items():
+        items = zip(split.texts, split.texts_b) if split.texts_b else split.texts
+        held_out.update((_text_key(item), name) for item in items)
+    return held_out
+
+
+def _text_key(text: object) -> object:
+    """What two texts (pairs) share when they are the same text, spaces around it aside."""
+    return tuple(t.strip() for t in text) if isinstance(text, tuple) else text.strip()
+
+
+def check_not_held_out_file(config: config_lib.DistillConfig, path: str) -> None:
+    """Refuses an --unlabeled_data file that is the --eval_data or --test_data file."""
+    for flag, pattern in (("--eval_data", config.data.eval_data),
+                          ("--test_data", config.data.test_data)):
+        if pattern and any(os.path.exists(held) and os.path.samefile(path, held)
+                           for held in data.matching_files(pattern)):
+            raise cli.UserError(
+                f"--unlabeled_data: {path} is the {flag} file: the student would learn the "
+                "teacher's answers on the texts it is scored on; leave it out of "
+                "--unlabeled_data")
+
+
+# An --unlabeled_data file more than this share of whose texts are dev/test texts is refused:
+# it is a copy of a held-out split, not unlabeled data that happens to repeat a few.
+MOST_HELD_OUT = 0.5
+
+
+def check_mostly_new(path: str, read: int, held_out: Dict[str, int]) -> None:
+    """Refuses a file of `read` texts of which `held_out` ({split: texts}) are mostly."""
+    count = sum(held_out.values())
+    if read and count > MOST_HELD_OUT * read:
+        splits = " and ".join(f"{n} of the {split} split" for split, n in sorted(held_out.items()))
+        raise cli.UserError(
+            f"--unlabeled_data: {path}: {count} of its {read} texts are dev/test texts "
+            f"({splits}): a copy of a split the student is scored on; leave it out of "
+            "--unlabeled_data")
 
 
 def prepare_model_dir(config: config_lib.DistillConfig, *, overwrite: bool) -> None:
@@ -266,14 +338,20 @@ class StartHeadFrom(tf_keras.callbacks.Callback):
 
 
 def student_bert_config(teacher, num_layers: int, hidden_size: Optional[int]):
-    """The teacher's BertConfig with the student's layers (and hidden size: the attention
-    heads kept where they divide it, else one; the feed-forward 4x wide, as BERT's)."""
+    """The teacher's BertConfig with the student's layers (and hidden size, split between
+    the teacher's attention heads; the feed-forward 4x wide, as BERT's). A UserError for a
+    hidden size the heads do not divide."""
     student = teacher.__class__.from_dict(teacher.to_dict())
     student.num_hidden_layers = num_layers
     if hidden_size and hidden_size != teacher.hidden_size:
+        heads = teacher.num_attention_heads
+        if hidden_size % heads:
+            below, above = hidden_size // heads * heads, (hidden_size // heads + 1) * heads
+            raise cli.UserError(
+                f"--student_hidden_size={hidden_size}: the student keeps the teacher's "
+                f"{heads} attention heads, which split the hidden size evenly; pass a "
+                f"multiple of {heads}, e.g. " + (f"{below} or " if below else "") + f"{above}")
         student.hidden_size, student.intermediate_size = hidden_size, 4 * hidden_size
-        if hidden_size % teacher.num_attention_heads:
-            student.num_attention_heads = 1
         student.embedding_size = None
     elif num_layers > teacher.num_hidden_layers:
         raise cli.UserError(f"--student_num_layers={num_layers}, but the teacher has "
@@ -324,11 +402,18 @@ def _check_student_encoder(config: config_lib.DistillConfig, teacher) -> int:
 
 def check_vocab(config: config_lib.TrainConfig, teacher_path: str) -> None:
     """Refuses a --preprocess_handle whose vocab is not the teacher's: the student would read
-    other token ids than the embeddings it starts from."""
-    ours = os.path.join(config.modules.preprocess_handle, "assets", "vocab.txt")
+    other token ids than the embeddings it starts from. A hub URL is resolved (downloaded to
+    TF Hub's cache, where training loads it from); a module without an assets/vocab.txt, or
+    one that cannot be resolved (training then says why), is not compared."""
+    import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
+    try:
+        module_dir = hub.resolve(config.modules.preprocess_handle)
+    except Exception:  # pylint: disable=broad-except
+        return
+    ours = os.path.join(module_dir, "assets", "vocab.txt")
     theirs = os.path.join(teacher_path, "assets", "vocab.txt")
     if not (os.path.isfile(ours) and os.path.isfile(theirs)):
-        return  # a hub URL: nothing local to compare
+        return
     with open(ours, "rb") as a, open(theirs, "rb") as b:
         if a.read() != b.read():
             raise cli.UserError(f"--preprocess_handle={config.modules.preprocess_handle} has "

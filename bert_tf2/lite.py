@@ -3,6 +3,7 @@
   from bert_tf2.lite import LiteClassifier
   classifier = LiteClassifier("model.tflite")
   classifier.predict(["这本书写得太好了"])     # {"probability": [...], "label": [...]}
+  classifier.predict("这本书写得太好了")       # one text: the same, a batch of one
   classifier.predict(questions, answers)      # sentence pairs: text and text_b
 
 The interpreter is LiteRT's (`ai_edge_litert.interpreter.InterpreterWithCustomOps`, the
@@ -12,19 +13,58 @@ tokenizer uses (ByteSplit, FastWordpieceDetokenize, FastWordpieceTokenize).
 """
 
 import json
-from typing import Dict, Optional, Sequence, Tuple
+import os
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from bert_tf2 import cli
 
 LITE_SUFFIX = ".tflite"
 SIGNATURE = "serving_default"
 # The file's metadata entry (JSON): task, pairs, class_names, seq_length, truncation.
 METADATA_NAME = "bert_tf2"
+# One text, or a sequence of them.
+Texts = Union[str, Sequence[str]]
+
+
+class TextsError(cli.UserError, ValueError):
+    """Texts a classifier cannot take as given (bytes, numbers, a pair model without its
+    text_b); the message says which element and what to pass."""
+
+
+class LiteModelError(cli.UserError, ValueError):
+    """A path or content that is not a TFLite file of bert_tf2.export_lite."""
 
 
 def is_lite_model(path: str) -> bool:
     """Whether `path` names a TFLite file (what predict and evaluate run with LiteClassifier)."""
     return path.lower().endswith(LITE_SUFFIX)
+
+
+def text_batch(texts: Texts, name: str = "texts") -> List[str]:
+    """`texts` as a list of str: a single str is one text (not a sequence of characters);
+    a TextsError for any element that is not a str (bytes too: decode them first)."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
+        raise TextsError(f"{name} must be a str or a sequence of str, got "
+                         f"{type(texts).__name__}")
+    batch = list(texts)
+    for i, text in enumerate(batch):
+        if not isinstance(text, str):
+            raise TextsError(f"{name}[{i}] is {type(text).__name__} {_short(text)}, not str: "
+                             "pass texts as str (bytes decoded)")
+    return batch
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).splitlines() or [""])[0]
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class LiteClassifier:
@@ -35,39 +75,54 @@ class LiteClassifier:
 
     def __init__(self, path: str, num_threads: Optional[int] = None):
         self.path = path
+        if os.path.isdir(path):
+            raise LiteModelError(f"{path} is a directory: LiteClassifier takes the .tflite "
+                                 "file that bert_tf2.export_lite wrote (its --output); an "
+                                 "export directory is run by bert_tf2.predict.Predictor")
         with open(path, "rb") as f:
             content = f.read()
-        metadata = read_metadata(content)
+        metadata = read_metadata(content, source=path)
         self.task, self.pairs = metadata["task"], metadata["pairs"]
         self.class_names: Tuple[str, ...] = tuple(metadata["class_names"])
         self.seq_length = metadata["seq_length"]
         self._interpreter = interpreter_of(content, num_threads)
         self._runner = self._interpreter.get_signature_runner(SIGNATURE)
 
-    def predict(self, texts: Sequence[str],
-                texts_b: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
-        """The outputs for n >= 0 texts (and their text_b, for a model of pairs)."""
+    def predict(self, texts: Texts, texts_b: Optional[Texts] = None) -> Dict[str, np.ndarray]:
+        """The outputs for n >= 0 texts (and their text_b, for a model of pairs); a single
+        str is one text (its outputs have the shapes of a batch of one)."""
         if (texts_b is not None) != self.pairs:
-            raise ValueError(f"{self.path} classifies {'pairs' if self.pairs else 'single'} "
+            raise TextsError(f"{self.path} classifies {'pairs' if self.pairs else 'single'} "
                              "texts: " + ("pass texts_b" if self.pairs else "drop texts_b"))
-        feeds = {"text": _strings(texts)}
+        feeds = {"text": _strings(text_batch(texts, "texts"))}
         if self.pairs:
-            if len(texts_b) != len(texts):
-                raise ValueError(f"{len(texts)} texts but {len(texts_b)} texts_b")
-            feeds["text_b"] = _strings(texts_b)
+            batch_b = text_batch(texts_b, "texts_b")
+            if len(batch_b) != len(feeds["text"]):
+                raise TextsError(f"{len(feeds['text'])} texts but {len(batch_b)} texts_b")
+            feeds["text_b"] = _strings(batch_b)
         return self._runner(**feeds)
 
 
-def read_metadata(flatbuffer: bytes) -> Dict[str, object]:
-    """The METADATA_NAME entry of a file export_lite wrote; KeyError where there is none."""
+def read_metadata(flatbuffer: bytes, source: str = "the flatbuffer") -> Dict[str, object]:
+    """The METADATA_NAME entry of the content (bytes) of a file export_lite wrote; a
+    LiteModelError where there is none (`source` names the file in the message)."""
+    if not isinstance(flatbuffer, (bytes, bytearray, memoryview)):
+        raise TypeError(f"read_metadata takes the file's content (bytes: open(path, 'rb')"
+                        f".read()), not a {type(flatbuffer).__name__} {_short(flatbuffer)}")
     # pylint: disable-next=g-import-not-at-top
     from tensorflow.lite.python import schema_py_generated as schema
-    model = schema.Model.GetRootAsModel(flatbuffer, 0)
-    for i in range(model.MetadataLength()):
-        entry = model.Metadata(i)
-        if entry.Name().decode() == METADATA_NAME:
-            return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
-    raise KeyError(METADATA_NAME)
+    try:
+        model = schema.Model.GetRootAsModel(flatbuffer, 0)
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            if entry.Name().decode() == METADATA_NAME:
+                return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
+    except Exception as error:  # pylint: disable=broad-except  (any garbage in the bytes)
+        raise LiteModelError(f"{source} is not a TFLite file ({type(error).__name__}: "
+                             f"{_first_line(error)}); pass a file that bert_tf2.export_lite "
+                             "wrote") from error
+    raise LiteModelError(f"{source} has no {METADATA_NAME!r} metadata entry: it is a TFLite "
+                         "file, but not one that bert_tf2.export_lite wrote")
 
 
 def interpreter_of(content: bytes, num_threads: Optional[int] = None):
@@ -79,6 +134,6 @@ def interpreter_of(content: bytes, num_threads: Optional[int] = None):
         custom_op_registerers=tensorflow_text.tflite_registrar.SELECT_TFTEXT_OPS)
 
 
-def _strings(texts: Sequence[str]) -> np.ndarray:
+def _strings(texts: List[str]) -> np.ndarray:
     # "replace" only matters for lone surrogates (a JSON "\ud800" escape): they become "?".
     return np.array([text.encode("utf-8", "replace") for text in texts], dtype=object)

@@ -2,8 +2,10 @@
 
 `tokenization.py` normalizes with regex, case-mapping and Unicode ops that TFLite lacks. This
 module computes the same ids from TFLite builtins (integer arithmetic, gathers, masks, cumsums)
-and four TF Text ops that TF Text registers for TFLite (`tensorflow_text.tflite_registrar`):
-`ByteSplit`, `FastWordpieceDetokenize`, `FastWordpieceTokenize` -- no Select TF (Flex) op.
+and three TF Text ops that TF Text registers for TFLite (`tensorflow_text.tflite_registrar`):
+`ByteSplit`, `FastWordpieceDetokenize`, `FastWordpieceTokenize` (in the converted file:
+`TFText>ByteSplitWithOffsets`, `TFText>FastWordpieceDetokenize`,
+`FastWordpieceTokenizeWithOffsets`) -- no Select TF (Flex) op.
 
   1. ByteSplit, then UTF-8 decoding in integer ops: a byte that does not start a well-formed
      sequence (continuation, C0/C1/F5-FF, overlong, surrogate, beyond U+10FFFF, cut short) is
@@ -23,10 +25,10 @@ and four TF Text ops that TF Text registers for TFLite (`tensorflow_text.tflite_
      over MAX_CHARS_PER_WORD characters (all placeholders).
   5. FastWordpieceTokenize (no pretokenization): the word's pieces.
 
-One divergence, which no text of the built-in corpus meets (tests/test_lite.py checks it, the
-hostile-input strings, full-width punctuation, accents, emoji and control characters):
-canonical reordering of non-Mn combining marks (category Mc with a nonzero combining class)
-after NFD is not done.
+One divergence from the original, met by none of the texts tests/test_lite.py compares (every
+text of the built-in corpus, the hostile-input strings, full-width punctuation, accents, emoji
+and control characters): canonical reordering of non-Mn combining marks (category Mc with a
+nonzero combining class) after NFD is not done.
 """
 
 import dataclasses

@@ -136,18 +136,43 @@ class Predictor:
                                     "single texts: leave --text_b_column unset"))
 
     def __call__(self, texts: Sequence[object]) -> Tuple[np.ndarray, np.ndarray]:
-        """Probabilities and labels for n >= 1 texts ((text, text_b) pairs for a pair model).
+        """Probabilities and labels for n >= 0 texts ((text, text_b) pairs for a pair model);
+        a single str (a single (text, text_b) tuple) is one text (pair), answered as a batch
+        of one. Texts that are not str are refused (`lite.TextsError`).
 
         binary: P(positive) float32 [n] and the 0/1 label int64 [n]; multiclass: float32
         [n, classes] and the class id int64 [n]; multilabel: float32 and 0/1 int64 [n, classes].
         """
-        columns = list(zip(*texts)) if self.pairs else [texts]
+        columns = self.columns(texts)
         # "replace" only matters for lone surrogates (a JSON "\ud800" escape): they become "?".
         feeds = {name: self._tf.constant([text.encode("utf-8", "replace") for text in column],
                                          self._tf.string)
                  for name, column in zip(self.inputs, columns)}
         outputs = self._serve(**feeds)
         return tuple(outputs[name].numpy() for name in self._outputs)
+
+    def columns(self, texts: object) -> List[List[str]]:
+        """[texts] of a single-text model; [texts, texts_b] of a pair model's (text, text_b)
+        pairs. A lone str (a lone pair) is a batch of one; a lite.TextsError for the rest."""
+        from bert_tf2 import lite  # pylint: disable=g-import-not-at-top
+        if not self.pairs:
+            return [lite.text_batch(texts)]
+        if isinstance(texts, (str, bytes)) or not hasattr(texts, "__iter__"):
+            raise lite.TextsError(f"{self.path} classifies pairs of texts: pass a (text, "
+                                  f"text_b) tuple or a sequence of them, not a "
+                                  f"{type(texts).__name__}")
+        pairs = [texts] if isinstance(texts, tuple) and self._is_pair(texts) else list(texts)
+        for i, pair in enumerate(pairs):
+            if not self._is_pair(pair):
+                raise lite.TextsError(f"texts[{i}] is {type(pair).__name__} {pair!r:.40}, not "
+                                      "a (text, text_b) pair of str: "
+                                      f"{self.path} classifies pairs of texts")
+        return [[pair[0] for pair in pairs], [pair[1] for pair in pairs]]
+
+    @staticmethod
+    def _is_pair(item: object) -> bool:
+        return (isinstance(item, (tuple, list, np.ndarray)) and len(item) == 2
+                and all(isinstance(text, str) for text in item))
 
 
 def _output_names(task: str) -> Tuple[str, str]:
@@ -179,7 +204,7 @@ class LitePredictor(Predictor):
         self._lock = threading.Lock()
 
     def __call__(self, texts: Sequence[object]) -> Tuple[np.ndarray, np.ndarray]:
-        columns = list(zip(*texts)) if self.pairs else [texts]
+        columns = self.columns(texts)
         with self._lock:
             outputs = self._classifier.predict(*columns)
         return tuple(outputs[name] for name in self._outputs)

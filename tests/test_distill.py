@@ -162,13 +162,18 @@ def unlabeled_files(tmp_path_factory, texts):
 
 
 @pytest.fixture(scope="module")
-def resumed_run(tmp_path_factory, tiny_training_run, tiny_hub_modules, unlabeled_files):
-    """A distillation of the trained binary export with unlabeled text in every format,
-    crashed after its step-2 backup and run again with labelling made to fail."""
+def resumed_run(tmp_path_factory, tiny_training_run, tiny_hub_modules, unlabeled_files, texts):
+    """A distillation of the trained binary export with unlabeled text in every format (two
+    of whose texts are test texts), crashed after its step-2 backup and run again with
+    labelling made to fail."""
     root = tmp_path_factory.mktemp("resumed")
     train_file = pathlib.Path(tiny_training_run["model_dir"]).parent / "train.jsonl"
+    test_file = write_jsonl(root / "test.jsonl", [
+        {"text": text, "label": i % 2}
+        for i, text in enumerate([texts[2], f"  {texts[5]} ", *texts[200:218]])])
     run_config = tiny_fixtures.distill_config(*distill_args(
         tiny_hub_modules, root, tiny_training_run["export_dir"], f"--train_data={train_file}",
+        f"--test_data={test_file}",
         f"--unlabeled_data={unlabeled_files}/reviews.txt,{unlabeled_files}/*.?sv,"
         f"{unlabeled_files}/reviews.jsonl", "--train_steps=4", "--checkpoint_steps=2"))
     with pytest.raises(tiny_fixtures.Crash):
@@ -188,9 +193,13 @@ def test_unlabeled_text_of_every_format_is_labelled_once_and_resumed_on(resumed_
                                                                        tiny_training_run,
                                                                        texts):
     labels = resumed_run["labels"]
-    assert labels["texts"] == 160 + 12  # the blank line left out
-    assert np.asarray(labels["probabilities"]).shape == (172, 1)
+    assert labels["texts"] == 160 + 10  # the blank line and the two test texts left out
+    assert np.asarray(labels["probabilities"]).shape == (170, 1)
     result = resumed_run["result"]
+    metrics = json.loads((resumed_run["root"] / "model" / "metrics.json").read_text("utf-8"))
+    assert metrics[distill.UNLABELED_METRICS] == {"texts": 10, "dropped_dev_test_texts": 2}
+    assert metrics["test"]["examples"] == 20
+    assert result.metrics == metrics
     assert result.optimizer_steps == 4
     assert result.backed_up_steps == ()  # steps 3 and 4 trained after the step-2 backup
     assert_served_like(predict.Predictor(result.export_path),
@@ -207,13 +216,26 @@ def test_a_distillation_reruns_from_its_run_config_and_train_refuses_it(resumed_
 
 
 @pytest.mark.parametrize("case", ["not_an_export", "other_task", "bad_unlabeled_row",
-                                  "export_over_the_teacher", "unlabeled_test_file"])
+                                  "export_over_the_teacher", "unlabeled_test_file",
+                                  "renamed_copy_of_the_test_file", "unlabeled_builtin_dev_texts",
+                                  "width_the_heads_do_not_divide"])
 def test_bad_input_is_refused_in_one_line_before_training(case, teachers, tiny_training_run,
-                                                          tiny_hub_modules, tmp_path):
+                                                          tiny_hub_modules, corpus_splits,
+                                                          tmp_path):
     train_file = write_jsonl(tmp_path / "train.jsonl", [{"text": "很好", "label": 1}] * 32)
     bad = write_jsonl(tmp_path / "unlabeled.jsonl", [{"text": "很好"}])
     with open(bad, "a", encoding="utf-8") as f:
         f.write("{not json\n")
+    test_texts = [f"第{i}条测试评论" for i in range(10)]
+    test_file = write_jsonl(tmp_path / "test.jsonl",
+                            [{"text": text, "label": i % 2} for i, text in enumerate(test_texts)])
+    (tmp_path / "copy").mkdir()
+    copy = task_data.write(tmp_path / "copy" / "reviews_2026.csv",
+                           ["id,text", *(f"{i},{text}" for i, text in enumerate(test_texts))]
+                           + ["10,一条新评论"])
+    builtin_dev = task_data.write(tmp_path / "copy" / "more.jsonl", [
+        json.dumps({"text": text}, ensure_ascii=False)
+        for text in [*corpus_splits["dev"].texts[:3], "一条新评论", "又一条"]])
     teacher, extra, expected = {
         "not_an_export": (tiny_hub_modules.encoder, [], "--teacher: .* not a text classifier"),
         "other_task": (teachers["multilabel"], [], "multilabel classifier.*--task=binary"),
@@ -227,11 +249,24 @@ def test_bad_input_is_refused_in_one_line_before_training(case, teachers, tiny_t
             tiny_training_run["saved_model"],
             [f"--test_data={train_file}", f"--unlabeled_data={tmp_path / '*.jsonl'}"],
             "train.jsonl is the --test_data file: .* leave it out of --unlabeled_data$"),
+        "renamed_copy_of_the_test_file": (
+            tiny_training_run["saved_model"],
+            [f"--test_data={test_file}", f"--unlabeled_data={tmp_path / 'copy' / '*.csv'}"],
+            r"reviews_2026\.csv: 10 of its 11 texts are dev/test texts \(10 of the test "
+            r"split\): a copy of a split the student is scored on; leave it out"),
+        "unlabeled_builtin_dev_texts": (
+            tiny_training_run["saved_model"], [f"--unlabeled_data={builtin_dev}"],
+            r"more\.jsonl: 3 of its 5 texts are dev/test texts \(3 of the dev split\)"),
+        "width_the_heads_do_not_divide": (
+            tiny_training_run["saved_model"], ["--student_hidden_size=99"],
+            r"^--student_hidden_size=99: the student keeps the teacher's 2 attention heads, "
+            r"which split the hidden size evenly; pass a multiple of 2, e.g. 98 or 100$"),
     }[case]
+    data_args = ([] if case == "unlabeled_builtin_dev_texts" else
+                 [f"--train_data={train_file}"])  # the built-in corpus's splits
     with pytest.raises(cli.UserError, match=expected) as error:
         distill.run(tiny_fixtures.distill_config(
-            *distill_args(tiny_hub_modules, tmp_path, teacher, f"--train_data={train_file}",
-                          *extra)))
+            *distill_args(tiny_hub_modules, tmp_path, teacher, *data_args, *extra)))
     assert "\n" not in str(error.value)
     assert not (tmp_path / "model").exists()
 

@@ -6,7 +6,10 @@ weights, so that any difference in the tokens moves the outputs), one per task, 
 """
 
 import json
+import logging
 import pathlib
+import subprocess
+import sys
 
 import bert_tf2  # noqa: F401
 import numpy as np
@@ -17,6 +20,7 @@ import tensorflow_text  # noqa: F401  (the export's preprocessing needs its ops)
 from bert_tf2 import (cli, config, evaluate, export, export_lite, lite, lite_tokenization,
                       model, predict, tokenization)
 from tests import task_data, tiny_fixtures
+from tests.conftest import REPO_ROOT
 from tests.hostile_texts import HOSTILE, INVALID_UTF8
 
 EXTRA_TEXTS = (
@@ -207,11 +211,90 @@ def test_an_export_without_its_packing_is_refused(exports, tmp_path):
         export_lite.export_lite(str(copy), str(tmp_path / "m.tflite"), "none")
 
 
-def test_int8_needs_calibration_texts_of_the_models_own_kind(exports):
+def test_int8_needs_calibration_texts_of_the_models_own_kind(exports, caplog):
     with pytest.raises(cli.UserError, match="--representative_data"):
         export_lite.representative_texts(None, exports["multilabel"]["spec"])
-    assert len(export_lite.representative_texts(None, exports["binary"]["spec"])) == (
-        export_lite.REPRESENTATIVE_TEXTS)
+    with caplog.at_level(logging.INFO):
+        texts = export_lite.representative_texts(None, exports["binary"]["spec"])
+    assert len(texts) == export_lite.REPRESENTATIVE_TEXTS
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("built-in corpus" in message for message in warnings), caplog.records
+
+
+def test_calibration_texts_are_read_as_predict_reads_them(exports, tmp_path):
+    """A headerless TSV of pairs, its columns named by --column_names; a JSONL field named
+    by --text_column."""
+    pairs = exports["multiclass_pairs"]["spec"]
+    tsv = task_data.write(tmp_path / "pairs.tsv", [f"问题{i}\t回答{i}\t体育" for i in range(400)])
+    texts = export_lite.representative_texts(str(tsv), pairs, text_column="q",
+                                             text_b_column="a", column_names=("q", "a", "y"))
+    assert texts[:2] == [("问题0", "回答0"), ("问题1", "回答1")]
+    assert len(texts) == export_lite.REPRESENTATIVE_TEXTS
+    with pytest.raises(cli.UserError, match="pairs of texts: pass --text_b_column"):
+        export_lite.representative_texts(str(tsv), pairs, column_names=("text", "a", "y"))
+    jsonl = task_data.write(tmp_path / "reviews.jsonl", ['{"评论": "很好看"}'])
+    assert export_lite.representative_texts(str(jsonl), exports["binary"]["spec"],
+                                            text_column="评论") == ["很好看"]
+
+
+@pytest.mark.slow  # starts the command
+@pytest.mark.parametrize("args, expected", [
+    (["--saved_model=E", "--output=model.lite"],
+     "--output must name a .tflite file (the file to write), got 'model.lite'"),
+    (["--saved_model=E", "--output=m.tflite", "--representative_data=train.tsv"],
+     "--representative_data calibrates --quantization=int8 only; --quantization=dynamic "
+     "would ignore it: drop it, or pass --quantization=int8"),
+    (["--saved_model=E", "--output=m.tflite", "--text_b_column=q2"],
+     "--text_b_column says how --representative_data is read, and there is none: drop it, or "
+     "pass --representative_data with --quantization=int8"),
+])
+def test_export_lite_refuses_flag_mistakes_in_one_line(args, expected, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "bert_tf2.export_lite", *args],
+                            cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1:] == [f"export_lite: {expected}"]
+    assert "USAGE" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "m.tflite").exists()
+
+
+def test_a_directory_or_a_path_for_content_is_answered_in_one_line(exports):
+    path = exports["binary"]["files"]["none"]
+    with pytest.raises(lite.LiteModelError, match=r"is a directory: LiteClassifier takes the "
+                                                  r"\.tflite file"):
+        lite.LiteClassifier(str(pathlib.Path(path).parent))
+    with pytest.raises(TypeError, match=r"takes the file's content \(bytes: open\(path, 'rb'\)"):
+        lite.read_metadata(path)
+    with open(path, "rb") as f:
+        assert lite.read_metadata(f.read())["task"] == "binary"
+    with pytest.raises(lite.LiteModelError, match="is not a TFLite file"):
+        lite.read_metadata(b"not a flatbuffer")
+
+
+def test_a_single_string_or_pair_is_one_text_not_its_characters(exports):
+    text, text_b = "很好吃", "一般般"
+    binary, pairs = exports["binary"], exports["multiclass_pairs"]
+    for predictor in (predict.Predictor(binary["saved_model"]),
+                      predict.LitePredictor(binary["files"]["none"])):
+        one, batch = predictor(text), predictor([text])
+        assert [output.shape for output in one] == [(1,), (1,)]
+        np.testing.assert_allclose(one[0], batch[0], atol=1e-6)
+        with pytest.raises(lite.TextsError, match=r"texts\[1\] is bytes b'\\xe5.*not str"):
+            predictor([text, text.encode()])
+    for predictor in (predict.Predictor(pairs["saved_model"]),
+                      predict.LitePredictor(pairs["files"]["none"])):
+        one, batch = predictor((text, text_b)), predictor([(text, text_b)])
+        assert [output.shape for output in one] == [(1, 3), (1,)]
+        np.testing.assert_allclose(one[0], batch[0], atol=1e-6)
+        with pytest.raises(lite.TextsError, match="classifies pairs of texts: pass a"):
+            predictor(text)
+        with pytest.raises(lite.TextsError, match=r"texts\[1\] is str '一般般', not a \(text, "):
+            predictor([(text, text_b), text_b])
+    classifier = lite.LiteClassifier(binary["files"]["none"])
+    assert classifier.predict(text)["probability"].shape == (1,)
+    with pytest.raises(lite.TextsError, match=r"texts\[0\] is int 3, not str"):
+        classifier.predict([3])
+    outputs = lite.LiteClassifier(pairs["files"]["none"]).predict(text, text_b)
+    assert outputs["label_id"].shape == (1,) and outputs["probabilities"].shape == (1, 3)
 
 
 def test_a_graph_that_packs_otherwise_than_the_export_is_refused(exports):

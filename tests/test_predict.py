@@ -365,6 +365,21 @@ def test_a_tf_hub_module_is_not_taken_for_a_classifier(tiny_hub_modules):
         predict.Predictor(tiny_hub_modules.encoder)
 
 
+def test_a_single_string_is_one_text_and_a_text_that_is_not_str_is_refused(predictor):
+    """A str is a sequence of characters: scored as a batch it would be one text each."""
+    probabilities, labels = predictor("很好吃")
+    assert probabilities.shape == labels.shape == (1,)
+    np.testing.assert_allclose(probabilities, predictor(["很好吃"])[0], atol=1e-6)
+    assert predictor([])[0].shape == (0,)
+    for texts, expected in ((["很好吃", b"\xe5\xa5\xbd"], r"texts\[1\] is bytes .*, not str: "
+                             r"pass texts as str \(bytes decoded\)$"),
+                            ([None], r"texts\[0\] is NoneType None, not str"),
+                            (b"bytes", "texts must be a str or a sequence of str, got bytes$"),
+                            (7, "texts must be a str or a sequence of str, got int$")):
+        with pytest.raises(cli.UserError, match=expected):
+            predictor(texts)
+
+
 @pytest.mark.slow
 def test_a_closed_pipe_ends_the_command_with_a_last_line_and_status_1(tiny_training_run):
     process = subprocess.Popen(
