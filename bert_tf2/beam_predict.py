@@ -48,6 +48,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 import time
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
@@ -56,12 +57,16 @@ import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from absl import app, flags
 
 
-def _quiet_missing_gcp() -> None:
-    """Drops the two warnings that importing Beam logs on every run where the google
-    namespace is installed (by TensorFlow's dependencies) but Beam's gcp extra is not:
-    "Failed to import GCSFileSystem" and "apitools not found". gs:// and BigQuery are then
-    not there (`input_files` says what to install for gs://); with apache-beam[gcp]
-    installed the imports work and nothing is dropped."""
+def _quiet_beam_noise() -> None:
+    """Drops warnings that Beam logs on every run and that say nothing about it:
+    "Failed to import GCSFileSystem" and "apitools not found", where the google namespace is
+    installed (by TensorFlow's dependencies) but Beam's gcp extra is not (gs:// and BigQuery
+    are then not there: `input_files` says what to install for gs://; with apache-beam[gcp]
+    installed the imports work and nothing is dropped); and RunInference's "Resource module is
+    not available" at each model load (apache_beam.ml.inference.base fails to import its
+    model_manager and then measures no memory, which this tool does not use). Worker
+    processes (--direct_running_mode=multi_processing) import Beam before any of this code:
+    they log their own start-up lines."""
     try:
         gcs_installed = importlib.util.find_spec("google.cloud.storage") is not None
     except ImportError:
@@ -69,12 +74,12 @@ def _quiet_missing_gcp() -> None:
     if not gcs_installed:
         logging.getLogger("apache_beam.io.filesystems").addFilter(
             lambda record: not record.getMessage().startswith("Failed to import GCSFileSystem"))
-    if importlib.util.find_spec("apitools") is None:
-        logging.getLogger().addFilter(
-            lambda record: not record.getMessage().startswith("apitools not found"))
+    noise = ("Resource module is not available",) + (
+        ("apitools not found",) if importlib.util.find_spec("apitools") is None else ())
+    logging.getLogger().addFilter(lambda record: not record.getMessage().startswith(noise))
 
 
-_quiet_missing_gcp()
+_quiet_beam_noise()
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes, FileSystem
@@ -555,12 +560,14 @@ def _temp_folders(prefix: str) -> Set[str]:
 def _delete_new_temp_folders(prefix: str, before: Set[str]) -> None:
     """Deletes the beam-temp-* folders of `prefix` that a failed job left (not those that
     were there before it started: another job's may be in use)."""
-    left = sorted(_temp_folders(prefix) - before)
-    if left:
+    for folder in sorted(_temp_folders(prefix) - before):
         try:
-            FileSystems.delete([folder + "/" for folder in left])
+            if "://" in folder:
+                FileSystems.delete([folder + "/"])  # every object under it
+            else:
+                shutil.rmtree(folder)
         except Exception as error:  # pylint: disable=broad-except
-            print(f"beam_predict: could not delete {', '.join(left)}: {error}", file=sys.stderr)
+            print(f"beam_predict: could not delete {folder}: {error}", file=sys.stderr)
 
 
 def _counters(result) -> Dict[str, int]:
@@ -596,6 +603,10 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> L
 
 def main(argv):
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # its INFO lines are many
+    # A user's mistake ends the command in one line (cli); Beam would log it first, with the
+    # worker's traceback. Other errors keep theirs.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: _USER_ERROR_MARK not in record.getMessage())
     run(config_lib.PredictConfig.from_flags(FLAGS), argv[1:])
 
 
