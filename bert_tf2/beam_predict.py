@@ -24,9 +24,11 @@ in this process (or in --direct_num_workers local worker processes): nothing is 
 downloaded. (--runner=DirectRunner first tries Beam's Prism runner, which downloads a binary.)
 
 The model runs in Beam's RunInference through `SavedModelHandler`: each worker process loads
-the export once and its threads share it; Beam batches the rows (`READ_AHEAD_BATCHES` x
---batch_size at most), and each batch is predicted as predict predicts a window: sorted by
-length, --batch_size texts per call of the export's `serving_default` signature.
+the export once and its threads share it (the default runner's, in this process, use the one
+loaded to check it). The rows of each file are cut into windows of `READ_AHEAD_BATCHES` x
+--batch_size rows, which are spread over the workers (one Beam element a window, not a row),
+and each window is predicted as predict predicts one: sorted by length, --batch_size texts
+per call of the export's `serving_default` signature.
 
 Nothing is lost silently. A row that cannot be read stops the job with predict's one-line
 `file:line: what is wrong` error, or with --skip_bad_rows goes to the dead letter
@@ -164,39 +166,51 @@ def open_raw(path: str):
 # The model in RunInference
 # ---------------------------------------------------------------------------------------------
 
-class SavedModelHandler(inference.ModelHandler):
-    """RunInference's handler of an exported model: Rows in, predict's output rows out.
+# The export check_model loaded in this process, by path: the default runner's workers are
+# threads of this process, and use it rather than load it again.
+_CHECKED_MODELS: Dict[str, predict.Predictor] = {}
 
-    `load_model` is a `predict.Predictor` (it registers the TF Text ops before loading); Beam
-    loads it once per worker process and shares it between the process's threads.
-    `run_inference` predicts a batch with `predict.predict_in_batches` and answers each row
-    with `predict.output_row`, "file" first.
+
+class SavedModelHandler(inference.ModelHandler):
+    """RunInference's handler of an exported model: windows of Rows in, predict's output rows
+    (a list per window) out.
+
+    The rows reach it in windows (lists) of READ_AHEAD_BATCHES x --batch_size rows, made
+    before they are spread over the workers: Beam moves, pickles and batches one element per
+    window, not one per row, and each window is predicted as predict predicts one
+    (`predict.predict_in_batches`: sorted by length, --batch_size texts per call), each row
+    answered with `predict.output_row`, "file" first. `load_model` is a `predict.Predictor`
+    (it registers the TF Text ops before loading); Beam loads it once per worker process and
+    shares it between the process's threads (in the launcher's process, the one check_model
+    loaded).
     """
 
     def __init__(self, saved_model: str, batch_size: int, top_k: Optional[int] = None):
-        window = batch_size * READ_AHEAD_BATCHES
-        super().__init__(min_batch_size=1, max_batch_size=window)
+        super().__init__(min_batch_size=1, max_batch_size=1)  # one window a call
         self.saved_model = saved_model
         self.batch_size = batch_size
         self.top_k = top_k
 
     def load_model(self) -> predict.Predictor:
-        return predict.Predictor(self.saved_model)
+        return _CHECKED_MODELS.get(self.saved_model) or predict.Predictor(self.saved_model)
 
-    def run_inference(self, batch: Sequence[Row], model: predict.Predictor,
-                      inference_args=None) -> List[Dict[str, object]]:
+    def run_inference(self, batch: Sequence[List[Row]], model: predict.Predictor,
+                      inference_args=None) -> List[List[Dict[str, object]]]:
+        return [self._answers(window, model) for window in batch]
+
+    def _answers(self, window: List[Row], model: predict.Predictor) -> List[Dict[str, object]]:
         answers = []
         for rows, probabilities, labels in predict.predict_in_batches(
-                model, batch, self.batch_size, text_of=lambda row: row.text,
-                read_ahead=math.ceil(len(batch) / self.batch_size)):
+                model, window, self.batch_size, text_of=lambda row: row.text,
+                read_ahead=math.ceil(len(window) / self.batch_size)):
             for row, probability, label in zip(rows, probabilities, labels):
                 answers.append({"file": row.file, **predict.output_row(
                     model, row.line, row.text, probability, label, self.top_k)})
         return answers
 
-    def get_num_bytes(self, batch: Sequence[Row]) -> int:
+    def get_num_bytes(self, batch: Sequence[List[Row]]) -> int:
         return sum(len(row.text) if isinstance(row.text, str) else sum(map(len, row.text))
-                   for row in batch)
+                   for window in batch for row in window)
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE
@@ -329,10 +343,13 @@ def build_pipeline(pipeline: beam.Pipeline, config: config_lib.PredictConfig,
                 BAD_ROWS, main="rows"))
     header = (None if output_format == "jsonl" else
               predict.output_line(dict(zip(fields, fields)), output_format, fields))
+    window = config.batch_size * READ_AHEAD_BATCHES
     _ = (read.rows
-         | "SpreadRows" >> beam.Reshuffle()  # one big file is predicted by every worker
+         | "Windows" >> beam.BatchElements(min_batch_size=window, max_batch_size=window)
+         | "SpreadWindows" >> beam.Reshuffle()  # one big file is predicted by every worker
          | "Predict" >> inference.RunInference(
              SavedModelHandler(config.saved_model, config.batch_size, config.top_k))
+         | "Answers" >> beam.FlatMap(lambda answers: answers)
          | "ToLines" >> beam.ParDo(ToLines(output_format, fields))
          | "Write" >> beam.io.WriteToText(config.output, shard_name_template=SHARDS,
                                           append_trailing_newlines=False, header=header))
@@ -501,7 +518,9 @@ def run(config: config_lib.PredictConfig, pipeline_args: Sequence[str] = ()
     start = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, config, files, model, output_format)
-    del model
+    if _workers_are_threads_here(options):
+        _CHECKED_MODELS[config.saved_model] = model
+    del model  # elsewhere the workers load their own
     temp_folders = _temp_folders(config.output)
     try:
         result = pipeline.run()
@@ -512,6 +531,8 @@ def run(config: config_lib.PredictConfig, pipeline_args: Sequence[str] = ()
         if message is None:
             raise
         raise cli.UserError(message) from error
+    finally:
+        _CHECKED_MODELS.pop(config.saved_model, None)
     seconds = time.perf_counter() - start
     counts = _counters(result)
     summary = {"files": len(files), "output": config.output, "rows": counts[ANSWERED],
@@ -523,6 +544,14 @@ def run(config: config_lib.PredictConfig, pipeline_args: Sequence[str] = ()
           f"{config.output}{BAD_ROWS_SUFFIX}{SHARDS}{_lost_files(counts)}; {seconds:.1f} s",
           file=sys.stderr)
     return summary
+
+
+def _workers_are_threads_here(options: beam_options.PipelineOptions) -> bool:
+    """Whether the pipeline's workers run in this process: Beam's local runner without
+    --direct_running_mode=multi_processing."""
+    runner = options.view_as(beam_options.StandardOptions).runner
+    mode = options.view_as(beam_options.DirectOptions).direct_running_mode
+    return runner in (DEFAULT_RUNNER, "DirectRunner") and mode != "multi_processing"
 
 
 def _lost_files(counts: Dict[str, int]) -> str:
