@@ -260,7 +260,7 @@ def define_distillation_flags(flag_values: flags.FlagValues = flags.FLAGS):
                   "learn from, without labels: comma-separated files or globs in any format "
                   "bert_tf2.predict reads (plain text, one a line; CSV/TSV with a header, or "
                   "--column_names; JSONL), the text in --text_column (and --text_b_column).")
-    define.enum("unlabeled_input_format", "auto", ["auto", "text", "csv", "tsv", "jsonl"],
+    define.enum("unlabeled_input_format", "auto", ["auto", *data.FORMATS],
                 "Format of the --unlabeled_data files; auto: by extension (.csv, .tsv, "
                 ".jsonl/.json), else plain text.")
     define.integer("student_num_layers", None, "Transformer layers of the student. With the "
@@ -313,7 +313,7 @@ def define_prediction_flags(flag_values: flags.FlagValues = flags.FLAGS):
     """What bert_tf2.predict reads and writes."""
     define = _Definer(flag_values)
     define.string("input", "-", "Texts to classify: a file, or '-' for stdin.")
-    define.enum("input_format", "auto", ["auto", "text", "csv", "tsv", "jsonl"],
+    define.enum("input_format", "auto", ["auto", *data.FORMATS],
                 "auto: by extension (.csv, .tsv, .jsonl/.json; .gz/.bz2/.xz dropped first), "
                 "else plain text, one text per line (.txt, stdin), or a headerless TSV when "
                 "--column_names is given. CSV/TSV need a header (or --column_names); the "
