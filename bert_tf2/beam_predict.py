@@ -25,7 +25,8 @@ downloaded. (--runner=DirectRunner first tries Beam's Prism runner, which downlo
 
 The model runs in Beam's RunInference through `SavedModelHandler`: each worker process loads
 the export once and its threads share it (the default runner's, in this process, use the one
-loaded to check it). The rows of each file are cut into windows of `READ_AHEAD_BATCHES` x
+loaded to check it; with worker processes the check runs in a child process, so that this one
+never holds TensorFlow). The rows of each file are cut into windows of `READ_AHEAD_BATCHES` x
 --batch_size rows, which are spread over the workers (one Beam element a window, not a row),
 and each window is predicted as predict predicts one: sorted by length, --batch_size texts
 per call of the export's `serving_default` signature.
@@ -43,11 +44,13 @@ existing shards of the prefix are refused, or with --overwrite deleted first. A 
 leaves no beam-temp-* folder of its own beside the output.
 """
 
+import concurrent.futures
 import dataclasses
 import glob
 import importlib.util
 import logging
 import math
+import multiprocessing
 import os
 import re
 import shutil
@@ -334,8 +337,9 @@ class ToLines(beam.DoFn):
 # ---------------------------------------------------------------------------------------------
 
 def build_pipeline(pipeline: beam.Pipeline, config: config_lib.PredictConfig,
-                   files: Sequence[str], model: predict.Predictor, output_format: str) -> None:
-    """Reads `files`, predicts every row, writes the answers and the dead letter."""
+                   files: Sequence[str], model: "ModelFacts", output_format: str) -> None:
+    """Reads `files`, predicts every row of `model` (a Predictor, or its ModelFacts), writes
+    the answers and the dead letter."""
     fields = ("file",) + predict.output_fields(model.task, model.pairs)
     read = (pipeline
             | "Files" >> beam.Create(sorted(files))
@@ -382,6 +386,27 @@ def pipeline_options(args: Sequence[str]) -> beam_options.PipelineOptions:
 # ---------------------------------------------------------------------------------------------
 # Checks before the pipeline starts
 # ---------------------------------------------------------------------------------------------
+
+class ModelFacts(NamedTuple):
+    """What the pipeline needs to know of the export: its task, and whether it reads pairs."""
+
+    task: str
+    pairs: bool
+
+
+def check_model_elsewhere(config: config_lib.PredictConfig) -> ModelFacts:
+    """`check_model` in a child process, so that this one, which only runs the pipeline for
+    worker processes that load their own copy, never holds TensorFlow and the model (about
+    1 GB). Its UserError is raised here as it is."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as child:
+        return child.submit(_facts_of_checked_model, config).result()
+
+
+def _facts_of_checked_model(config: config_lib.PredictConfig) -> ModelFacts:
+    model = check_model(config)
+    return ModelFacts(model.task, model.pairs)
+
 
 def check_model(config: config_lib.PredictConfig) -> predict.Predictor:
     """The export, loaded here once so that a missing or broken one stops the run now."""
@@ -510,7 +535,8 @@ def run(config: config_lib.PredictConfig, pipeline_args: Sequence[str] = ()
     check_output_outside_input(config)
     output_format = config.format or "jsonl"
     start = time.perf_counter()
-    model = check_model(config)
+    here = _workers_are_threads_here(options)
+    model = check_model(config) if here else check_model_elsewhere(config)
     check_seconds = time.perf_counter() - start
     check_first_file(files[0], read_options)
     if replaced:  # --overwrite: no stale shard may sit among the new ones
@@ -518,9 +544,9 @@ def run(config: config_lib.PredictConfig, pipeline_args: Sequence[str] = ()
     start = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, config, files, model, output_format)
-    if _workers_are_threads_here(options):
+    if here:
         _CHECKED_MODELS[config.saved_model] = model
-    del model  # elsewhere the workers load their own
+    del model
     temp_folders = _temp_folders(config.output)
     try:
         result = pipeline.run()

@@ -286,6 +286,9 @@ def test_a_missing_or_broken_export_fails_before_the_job(two_files, tmp_path):
     args = (f"--input={two_files[0]}", "--text_column=评论", f"--output={tmp_path / 'p'}")
     with pytest.raises(cli.UserError, match="no saved_model.pb there"):
         run_beam(f"--saved_model={tmp_path / 'missing'}", *args)
+    # With worker processes the launcher checks the export in a child process: the same line.
+    with pytest.raises(cli.UserError, match="no saved_model.pb there"):
+        run_beam(f"--saved_model={tmp_path / 'missing'}", *args, *TWO_WORKERS)
     broken = tmp_path / "broken"
     (broken / "variables").mkdir(parents=True)
     (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
