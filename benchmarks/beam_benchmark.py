@@ -9,9 +9,12 @@ For each it reports
                            model loads, reading, writing)
   rows/s without start-up  (rows - small_rows) / (wall time - wall time of a --small_rows run):
                            what one more row costs once everything has started
-  peak memory              the largest resident set (RSS, sampled every 0.1 s) of the process
-                           that predicts: predict's, or the biggest beam_predict worker's (the
-                           launcher, which loads the model once to check it, beside it)
+  start-up                 wall time - rows / (rows/s without start-up): what the run costs
+                           besides its rows (Python, TensorFlow and Beam start, model loads)
+  peak memory              the largest resident set (RSS, sampled every 0.1 s) of each process
+                           that predicts: predict's, or each beam_predict worker's; beside it
+                           the launcher's (which loads the model once to check it), and the
+                           largest sum over all the command's processes at one time
 
 The model is the quickstart's: its encoder (2 layers, hidden 128, the shipped weights) under a
 new classification head, exported as bert_tf2.train exports it (the head's weights do not change
@@ -87,11 +90,12 @@ def write_reviews(path: str, count: int, start: int = 0) -> None:
 
 class PeakMemory:
     """Samples the resident memory of a process and its descendants until stopped: the peak
-    of each, by whether its command line is a Beam SDK worker's."""
+    of each, by whether its command line is a Beam SDK worker's, and of their sum."""
 
     def __init__(self, pid: int):
         self.root = psutil.Process(pid)
         self.peaks: Dict[int, int] = {}
+        self.total = 0
         self.workers = set()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -103,21 +107,28 @@ class PeakMemory:
                 processes = [self.root] + self.root.children(recursive=True)
             except psutil.Error:
                 continue
+            total = 0
             for process in processes:
                 try:
                     rss = process.memory_info().rss
-                    if "sdk_worker_main" in " ".join(process.cmdline()):
+                    command = process.cmdline()
+                    if ("sdk_worker_main" in " ".join(command)
+                            and "python" in os.path.basename(command[0])):  # not its sh -c
                         self.workers.add(process.pid)
                 except psutil.Error:
                     continue
+                total += rss
                 self.peaks[process.pid] = max(self.peaks.get(process.pid, 0), rss)
+            self.total = max(self.total, total)
 
-    def stop(self) -> Dict[str, int]:
-        """{'main': the root's peak, 'worker': the biggest worker's peak (0 if none)}."""
+    def stop(self) -> Dict[str, object]:
+        """{'main': the root's peak, 'workers': each worker's peak (none: []), 'total': the
+        largest sum at one time}."""
         self._done.set()
         self._thread.join()
         return {"main": self.peaks.get(self.root.pid, 0),
-                "worker": max((self.peaks[pid] for pid in self.workers), default=0)}
+                "workers": sorted((self.peaks[pid] for pid in self.workers), reverse=True),
+                "total": self.total}
 
 
 def timed(command: Sequence[str]) -> Dict[str, float]:
@@ -182,8 +193,10 @@ def row(name: str, big: Dict[str, float], small: Dict[str, float]) -> List[str]:
     mib = lambda value: f"{value / 2**20:,.0f} MiB"  # noqa: E731
     return [name, f"{big['seconds']:.1f} s", f"{small['seconds']:.1f} s",
             f"{FLAGS.rows / big['seconds']:,.0f}",
-            f"{steady:,.0f}" if steady else "not measurable", mib(big["worker"] or big["main"]),
-            mib(big["main"]) if big["worker"] else "-"]
+            f"{steady:,.0f}" if steady else "not measurable",
+            f"{big['seconds'] - FLAGS.rows / steady:.1f} s" if steady else "-",
+            " + ".join(map(mib, big["workers"])) if big["workers"] else mib(big["main"]),
+            mib(big["main"]) if big["workers"] else "-", mib(big["total"])]
 
 
 def main(argv):
@@ -204,9 +217,9 @@ def main(argv):
 
 def publish(results, load_before, load_after) -> None:
     lines = [f"| command | wall time, {FLAGS.rows:,} rows | {FLAGS.small_rows:,} rows | "
-             "rows/s with start-up | rows/s without start-up | peak memory (the predicting "
-             "process) | beam_predict launcher |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "rows/s with start-up | rows/s without start-up | start-up | peak memory of "
+             "each predicting process | beam_predict launcher | all processes at once |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, (small, big) in results.items():
         lines.append("| " + " | ".join(row(name, big, small)) + " |")
     steady = [steady_rate(big, small) for small, big in results.values()]

@@ -8,7 +8,10 @@
 The flags are bert_tf2.predict's, read the same way, except:
 
   --input   a file pattern that Beam's file systems read (a local glob, gs://, hdfs://, ...);
-            every matching file is read as predict reads one file (`predict.read_texts`).
+            every matching file is read as predict reads one file (`predict.read_texts`: its
+            format by `data.file_format`, gzip/bzip2/xz decompressed by `data.iter_lines`).
+            A file that this tool wrote (an output shard or dead letter) is refused, and so is
+            an --output whose shards --input would match (the next run would score them).
   --output  a prefix: the rows go to sharded files PREFIX-SSSSS-of-NNNNN (JSONL, or CSV/TSV
             by --format), each row predict's row with "file", the input file it came from,
             first. Rows are grouped by file and line only in the sense that each carries them:
@@ -21,31 +24,70 @@ in this process (or in --direct_num_workers local worker processes): nothing is 
 downloaded. (--runner=DirectRunner first tries Beam's Prism runner, which downloads a binary.)
 
 The model runs in Beam's RunInference through `SavedModelHandler`: each worker process loads
-the export once and its threads share it; Beam batches the rows (`READ_AHEAD_BATCHES` x
---batch_size at most), and each batch is predicted as predict predicts a window: sorted by
-length, --batch_size texts per call of the export's `serving_default` signature.
+the export once and its threads share it (the default runner's, in this process, use the one
+loaded to check it; with worker processes the check runs in a child process, so that this one
+never holds TensorFlow). The rows of each file are cut into windows of `READ_AHEAD_BATCHES` x
+--batch_size rows, which are spread over the workers (one Beam element a window, not a row),
+and each window is predicted as predict predicts one: sorted by length, --batch_size texts
+per call of the export's `serving_default` signature.
 
 Nothing is lost silently. A row that cannot be read stops the job with predict's one-line
 `file:line: what is wrong` error, or with --skip_bad_rows goes to the dead letter
-PREFIX.bad-rows-SSSSS-of-NNNNN as {"file", "line", "error"} (a file that cannot be read to its
-end, for text not in --encoding, is one dead-letter row whose error says so). Both counts are
-Beam metrics (namespace `METRICS_NAMESPACE`) and the job's last line on stderr. The export,
-the pattern, the first file's columns and the output prefix are checked before the pipeline
-starts; existing shards of the prefix are refused, or with --overwrite deleted first.
+PREFIX.bad-rows-SSSSS-of-NNNNN as {"file", "line", "error", "lines_not_read"}. A bad row is
+skipped alone ("lines_not_read": 0); a file that cannot be read on from a line (text not in
+--encoding, corrupt compressed data, a malformed header) is one dead-letter row whose
+"lines_not_read" counts the lines lost with it, that line included. The counts (rows
+answered, dead-letter rows, files not read to their end, lines not read) are Beam metrics
+(namespace `METRICS_NAMESPACE`) and the job's last line on stderr. The export, the pattern,
+the first file's columns and the output prefix are checked before the pipeline starts;
+existing shards of the prefix are refused, or with --overwrite deleted first. A job that fails
+leaves no beam-temp-* folder of its own beside the output.
 """
 
+import concurrent.futures
 import dataclasses
+import glob
+import importlib.util
 import logging
 import math
+import multiprocessing
 import os
 import re
+import shutil
 import sys
 import time
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from absl import app, flags
+
+
+def _quiet_beam_noise() -> None:
+    """Drops warnings that Beam logs on every run and that say nothing about it:
+    "Failed to import GCSFileSystem" and "apitools not found", where the google namespace is
+    installed (by TensorFlow's dependencies) but Beam's gcp extra is not (gs:// and BigQuery
+    are then not there: `input_files` says what to install for gs://; with apache-beam[gcp]
+    installed the imports work and nothing is dropped); and RunInference's "Resource module is
+    not available" at each model load (apache_beam.ml.inference.base fails to import its
+    model_manager and then measures no memory, which this tool does not use). Worker
+    processes (--direct_running_mode=multi_processing) import Beam before any of this code:
+    they log their own start-up lines."""
+    try:
+        gcs_installed = importlib.util.find_spec("google.cloud.storage") is not None
+    except ImportError:
+        gcs_installed = False
+    if not gcs_installed:
+        logging.getLogger("apache_beam.io.filesystems").addFilter(
+            lambda record: not record.getMessage().startswith("Failed to import GCSFileSystem"))
+    noise = ("Resource module is not available",) + (
+        ("apitools not found",) if importlib.util.find_spec("apitools") is None else ())
+    logging.getLogger().addFilter(lambda record: not record.getMessage().startswith(noise))
+
+
+_quiet_beam_noise()
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference import base as inference
 from apache_beam.options import pipeline_options as beam_options
@@ -54,6 +96,7 @@ from bert_tf2 import cli
 from bert_tf2 import config as config_lib
 from bert_tf2 import data
 from bert_tf2 import predict
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 # Without --runner: Beam's local runner proper. (Its "DirectRunner" may hand the pipeline to
@@ -61,7 +104,12 @@ FLAGS = flags.FLAGS
 DEFAULT_RUNNER = "FnApiRunner"
 METRICS_NAMESPACE = "bert_tf2.beam_predict"
 ANSWERED, BAD_ROWS = "rows_answered", "bad_rows"
+# Files whose reading stopped at a line (their dead-letter row says why), and the lines lost.
+UNREADABLE_FILES, LINES_NOT_READ = "unreadable_files", "lines_not_read"
+COUNTERS = (ANSWERED, BAD_ROWS, UNREADABLE_FILES, LINES_NOT_READ)
 SHARDS = "-SSSSS-of-NNNNN"
+# The name of a shard (or dead-letter shard) of any prefix, this tool's or another Beam job's.
+_SHARD_NAME = re.compile(r".*-\d{5,}-of-\d{5,}")
 # The dead letter is PREFIX.bad-rows-SSSSS-of-NNNNN, not PREFIX-bad-rows-...: Beam's text sink
 # deletes the files PREFIX-*-of-NNNNN as it finalizes the output, and a reader's PREFIX-* glob
 # would take dead letters for predictions.
@@ -98,51 +146,74 @@ class ReadOptions:
                    config.skip_bad_rows)
 
     def rows(self, path: str, stream, bad_rows: data.BadRows) -> Iterator[Tuple[int, object]]:
-        """predict's reader over one file (`stream`, opened by Beam's file systems)."""
+        """predict's reader over one file (`stream`, `open_raw(path)`)."""
         return predict.read_texts(path, input_format=self.input_format,
                                   text_column=self.text_column,
                                   text_b_column=self.text_b_column,
                                   column_names=self.column_names, bad_rows=bad_rows,
                                   stream=stream, encoding=self.encoding)
 
+    def check_flags(self, path: str) -> None:
+        """A UserError for a reading flag that cannot apply to `path` (predict's check)."""
+        predict.check_reading_flags(path, self.input_format, self.column_names,
+                                    self.text_b_column)
+
+
+def open_raw(path: str):
+    """`path` through Beam's file systems, its bytes as stored: `data.iter_lines` decompresses
+    what is compressed (by its first bytes), as for every other command."""
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
 
 # ---------------------------------------------------------------------------------------------
 # The model in RunInference
 # ---------------------------------------------------------------------------------------------
 
-class SavedModelHandler(inference.ModelHandler):
-    """RunInference's handler of an exported model: Rows in, predict's output rows out.
+# The export check_model loaded in this process, by path: the default runner's workers are
+# threads of this process, and use it rather than load it again.
+_CHECKED_MODELS: Dict[str, predict.Predictor] = {}
 
-    `load_model` is a `predict.Predictor` (it registers the TF Text ops before loading); Beam
-    loads it once per worker process and shares it between the process's threads.
-    `run_inference` predicts a batch with `predict.predict_in_batches` and answers each row
-    with `predict.output_row`, "file" first.
+
+class SavedModelHandler(inference.ModelHandler):
+    """RunInference's handler of an exported model: windows of Rows in, predict's output rows
+    (a list per window) out.
+
+    The rows reach it in windows (lists) of READ_AHEAD_BATCHES x --batch_size rows, made
+    before they are spread over the workers: Beam moves, pickles and batches one element per
+    window, not one per row, and each window is predicted as predict predicts one
+    (`predict.predict_in_batches`: sorted by length, --batch_size texts per call), each row
+    answered with `predict.output_row`, "file" first. `load_model` is a `predict.Predictor`
+    (it registers the TF Text ops before loading); Beam loads it once per worker process and
+    shares it between the process's threads (in the launcher's process, the one check_model
+    loaded).
     """
 
     def __init__(self, saved_model: str, batch_size: int, top_k: Optional[int] = None):
-        window = batch_size * READ_AHEAD_BATCHES
-        super().__init__(min_batch_size=1, max_batch_size=window)
+        super().__init__(min_batch_size=1, max_batch_size=1)  # one window a call
         self.saved_model = saved_model
         self.batch_size = batch_size
         self.top_k = top_k
 
     def load_model(self) -> predict.Predictor:
-        return predict.Predictor(self.saved_model)
+        return _CHECKED_MODELS.get(self.saved_model) or predict.Predictor(self.saved_model)
 
-    def run_inference(self, batch: Sequence[Row], model: predict.Predictor,
-                      inference_args=None) -> List[Dict[str, object]]:
+    def run_inference(self, batch: Sequence[List[Row]], model: predict.Predictor,
+                      inference_args=None) -> List[List[Dict[str, object]]]:
+        return [self._answers(window, model) for window in batch]
+
+    def _answers(self, window: List[Row], model: predict.Predictor) -> List[Dict[str, object]]:
         answers = []
         for rows, probabilities, labels in predict.predict_in_batches(
-                model, batch, self.batch_size, text_of=lambda row: row.text,
-                read_ahead=math.ceil(len(batch) / self.batch_size)):
+                model, window, self.batch_size, text_of=lambda row: row.text,
+                read_ahead=math.ceil(len(window) / self.batch_size)):
             for row, probability, label in zip(rows, probabilities, labels):
                 answers.append({"file": row.file, **predict.output_row(
                     model, row.line, row.text, probability, label, self.top_k)})
         return answers
 
-    def get_num_bytes(self, batch: Sequence[Row]) -> int:
+    def get_num_bytes(self, batch: Sequence[List[Row]]) -> int:
         return sum(len(row.text) if isinstance(row.text, str) else sum(map(len, row.text))
-                   for row in batch)
+                   for window in batch for row in window)
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE
@@ -153,28 +224,36 @@ class SavedModelHandler(inference.ModelHandler):
 # ---------------------------------------------------------------------------------------------
 
 class _DeadLetters(data.BadRows):
-    """data.BadRows that also keeps each skipped row's error, for the dead-letter output."""
+    """data.BadRows that also keeps each skipped row's error (and the lines lost with it: 0
+    for a row skipped alone), for the dead-letter output."""
 
     def __init__(self, skip: bool):
         super().__init__(skip)
-        self.errors: List[data.DataError] = []
+        self.errors: List[Tuple[data.DataError, int]] = []
 
     def __call__(self, error: data.DataError) -> None:
         super().__call__(error)  # raises unless --skip_bad_rows
-        self.errors.append(error)
+        self.errors.append((error, 0))
 
     def drain(self, path: str) -> Iterator[Dict[str, object]]:
         while self.errors:
-            yield dead_letter(path, self.errors.pop(0))
+            yield dead_letter(path, *self.errors.pop(0))
 
 
-def dead_letter(path: str, error: Exception) -> Dict[str, object]:
-    """{"file", "line", "error"} for a DataError that reads 'PATH:LINE: what is wrong' (a
-    file-level one, 'PATH: what is wrong', has line null)."""
+def dead_letter(path: str, error: Exception, lines_not_read: int = 0) -> Dict[str, object]:
+    """{"file", "line", "error", "lines_not_read"} for a DataError that reads 'PATH:LINE: what
+    is wrong' (a file-level one, 'PATH: what is wrong', has line null)."""
+    line, message = _line_of(path, error)
+    return {"file": path, "line": line, "error": message, "lines_not_read": lines_not_read}
+
+
+def _line_of(path: str, error: Exception) -> Tuple[Optional[int], str]:
+    """The line a DataError 'PATH:LINE: what is wrong' names (None for 'PATH: ...'), and what
+    is wrong."""
     match = re.match(re.escape(path) + r":(?:(\d+):)? (.*)", str(error), re.DOTALL)
     if not match:
-        return {"file": path, "line": None, "error": str(error)}
-    return {"file": path, "line": int(match[1]) if match[1] else None, "error": match[2]}
+        return None, str(error)
+    return (int(match[1]) if match[1] else None), match[2]
 
 
 class ReadRows(beam.DoFn):
@@ -185,19 +264,38 @@ class ReadRows(beam.DoFn):
         super().__init__()
         self.options = options
         self.bad_rows = beam.metrics.Metrics.counter(METRICS_NAMESPACE, BAD_ROWS)
+        self.unreadable_files = beam.metrics.Metrics.counter(METRICS_NAMESPACE,
+                                                             UNREADABLE_FILES)
+        self.lines_not_read = beam.metrics.Metrics.counter(METRICS_NAMESPACE, LINES_NOT_READ)
 
     def process(self, path: str):
         dead = _DeadLetters(skip=self.options.skip_bad_rows)
         try:
-            with FileSystems.open(path) as stream:
+            with open_raw(path) as stream:
                 for line, text in self.options.rows(path, stream, dead):
                     yield from self._dead_letters(path, dead)
                     yield Row(path, line, text)
         except data.DataError as error:
             if not self.options.skip_bad_rows or isinstance(error, data.MissingColumn):
                 raise WorkerUserError(f"{_USER_ERROR_MARK}{error}") from error
-            dead.errors.append(data.DataError(f"{error}; the rest of the file was not read"))
+            lost = self._lines_lost(path, error)
+            dead.errors.append((data.DataError(
+                f"{error}; the rest of the file was not read"
+                + (f" ({lost} lines)" if lost else "")), lost))
         yield from self._dead_letters(path, dead)
+
+    def _lines_lost(self, path: str, error: data.DataError) -> int:
+        """The lines of `path` from the one `error` names to the end (0 for an error of the
+        whole file, such as an empty one), counted in the UNREADABLE_FILES and
+        LINES_NOT_READ metrics."""
+        line, _ = _line_of(path, error)
+        if line is None:
+            return 0
+        with open_raw(path) as stream:
+            lost = max(data.count_lines(path, stream) - line + 1, 1)
+        self.unreadable_files.inc()
+        self.lines_not_read.inc(lost)
+        return lost
 
     def _dead_letters(self, path: str, dead: _DeadLetters):
         for letter in dead.drain(path):
@@ -239,8 +337,9 @@ class ToLines(beam.DoFn):
 # ---------------------------------------------------------------------------------------------
 
 def build_pipeline(pipeline: beam.Pipeline, config: config_lib.PredictConfig,
-                   files: Sequence[str], model: predict.Predictor, output_format: str) -> None:
-    """Reads `files`, predicts every row, writes the answers and the dead letter."""
+                   files: Sequence[str], model: "ModelFacts", output_format: str) -> None:
+    """Reads `files`, predicts every row of `model` (a Predictor, or its ModelFacts), writes
+    the answers and the dead letter."""
     fields = ("file",) + predict.output_fields(model.task, model.pairs)
     read = (pipeline
             | "Files" >> beam.Create(sorted(files))
@@ -248,10 +347,13 @@ def build_pipeline(pipeline: beam.Pipeline, config: config_lib.PredictConfig,
                 BAD_ROWS, main="rows"))
     header = (None if output_format == "jsonl" else
               predict.output_line(dict(zip(fields, fields)), output_format, fields))
+    window = config.batch_size * READ_AHEAD_BATCHES
     _ = (read.rows
-         | "SpreadRows" >> beam.Reshuffle()  # one big file is predicted by every worker
+         | "Windows" >> beam.BatchElements(min_batch_size=window, max_batch_size=window)
+         | "SpreadWindows" >> beam.Reshuffle()  # one big file is predicted by every worker
          | "Predict" >> inference.RunInference(
              SavedModelHandler(config.saved_model, config.batch_size, config.top_k))
+         | "Answers" >> beam.FlatMap(lambda answers: answers)
          | "ToLines" >> beam.ParDo(ToLines(output_format, fields))
          | "Write" >> beam.io.WriteToText(config.output, shard_name_template=SHARDS,
                                           append_trailing_newlines=False, header=header))
@@ -285,6 +387,27 @@ def pipeline_options(args: Sequence[str]) -> beam_options.PipelineOptions:
 # Checks before the pipeline starts
 # ---------------------------------------------------------------------------------------------
 
+class ModelFacts(NamedTuple):
+    """What the pipeline needs to know of the export: its task, and whether it reads pairs."""
+
+    task: str
+    pairs: bool
+
+
+def check_model_elsewhere(config: config_lib.PredictConfig) -> ModelFacts:
+    """`check_model` in a child process, so that this one, which only runs the pipeline for
+    worker processes that load their own copy, never holds TensorFlow and the model (about
+    1 GB). Its UserError is raised here as it is."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as child:
+        return child.submit(_facts_of_checked_model, config).result()
+
+
+def _facts_of_checked_model(config: config_lib.PredictConfig) -> ModelFacts:
+    model = check_model(config)
+    return ModelFacts(model.task, model.pairs)
+
+
 def check_model(config: config_lib.PredictConfig) -> predict.Predictor:
     """The export, loaded here once so that a missing or broken one stops the run now."""
     try:
@@ -311,18 +434,51 @@ def input_files(config: config_lib.PredictConfig) -> List[str]:
     try:
         (matched,) = FileSystems.match([config.input])
     except Exception as error:  # pylint: disable=broad-except  (Beam's BeamIOError and others)
-        raise cli.UserError(f"--input={config.input}: cannot be listed: {error}") from error
+        hint = ("; gs:// needs apache-beam[gcp] installed" if config.input.startswith("gs://")
+                else "")
+        raise cli.UserError(f"--input={config.input}: cannot be listed: "
+                            f"{str(error).splitlines()[0]}{hint}") from error
     files = sorted(metadata.path for metadata in matched.metadata_list)
     if not files:
         raise cli.UserError(f"--input={config.input}: no file matches this pattern")
     if os.path.isdir(files[0]):
         raise cli.UserError(f"--input={config.input} is a directory: pass a pattern of the "
                             f"files in it, e.g. {files[0].rstrip('/')}/*.csv")
-    ours = [path for path in files if _is_shard(path, config.output)]
+    ours = next((path for path in files if _written_by_us(path)), None)
     if ours:
-        raise cli.UserError(f"--input={config.input} matches {ours[0]}, a shard of --output="
-                            f"{config.output}; choose another --output, or a narrower --input")
+        raise cli.UserError(f"--input={config.input} matches {ours}, an output shard or dead "
+                            "letter of beam_predict, whose rows would be scored as texts: "
+                            "narrow --input (e.g. to *.csv), or move that output away")
     return files
+
+
+def _written_by_us(path: str) -> bool:
+    """Whether `path` is an output shard or dead letter of this tool: named PREFIX-SSSSS-of-
+    NNNNN, and empty or starting as its rows do (JSONL with "file" first, or a CSV/TSV header
+    "file,line,..."); another job's shards of data are read."""
+    if not _SHARD_NAME.fullmatch(path):
+        return False
+    with open_raw(path) as stream:
+        head = stream.read(64)
+    return not head or head.startswith((b'{"file": ', b"file,line,", b"file\tline\t"))
+
+
+def check_output_outside_input(config: config_lib.PredictConfig) -> None:
+    """Refuses an --output prefix whose shards or dead letters --input matches: the next run
+    over the same pattern would score this run's output as texts."""
+    pattern, prefix = config.input, config.output
+    if "://" not in pattern:  # local: compare absolute paths, as the pattern is meant
+        pattern = os.path.abspath(pattern) + ("*" if pattern.endswith(("/", "\\")) else "")
+        prefix = os.path.abspath(prefix)
+    matches = re.compile(FileSystem.translate_pattern(pattern)).fullmatch
+    for name in (prefix, prefix + BAD_ROWS_SUFFIX):
+        for shard in ("-00000-of-00001", "-00007-of-00012"):
+            if matches(name + shard):
+                raise cli.UserError(
+                    f"--output={config.output}: --input={config.input} matches its shards "
+                    f"({config.output}{shard if name == prefix else BAD_ROWS_SUFFIX + shard}), "
+                    "so a later run over --input would score this run's output as texts: "
+                    "write --output outside what --input matches")
 
 
 def _is_shard(path: str, prefix: str) -> bool:
@@ -334,14 +490,8 @@ def check_first_file(path: str, options: ReadOptions) -> None:
     """Reads `path` up to its first row, so that a wrong --text_column, --text_b_column or
     --input_format stops the run here, not in a worker. Without --skip_bad_rows anything
     that would stop the job there (a bad first rows, an empty file, ...) stops it here."""
-    input_format = (predict.input_format_of(path) if options.input_format == "auto" else
-                    options.input_format)
-    if input_format == "text" and options.text_b_column:
-        raise cli.UserError(f"{path}: plain text holds one text a line; a pair model reads "
-                            "CSV, TSV or JSONL (--input_format) with --text_column and "
-                            "--text_b_column")
     try:
-        with FileSystems.open(path) as stream:
+        with open_raw(path) as stream:
             next(options.rows(path, stream, data.BadRows(skip=True)), None)
     except data.DataError:
         if not options.skip_bad_rows:
@@ -378,42 +528,108 @@ def run(config: config_lib.PredictConfig, pipeline_args: Sequence[str] = ()
     """Runs the job over every file of --input; returns counts and timings."""
     options = pipeline_options(pipeline_args)
     files = input_files(config)
+    read_options = ReadOptions.of(config)
+    for path in files:
+        read_options.check_flags(path)
     replaced = existing_shards(config)
+    check_output_outside_input(config)
     output_format = config.format or "jsonl"
     start = time.perf_counter()
-    model = check_model(config)
+    here = _workers_are_threads_here(options)
+    model = check_model(config) if here else check_model_elsewhere(config)
     check_seconds = time.perf_counter() - start
-    check_first_file(files[0], ReadOptions.of(config))
+    check_first_file(files[0], read_options)
     if replaced:  # --overwrite: no stale shard may sit among the new ones
         FileSystems.delete(replaced)
     start = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, config, files, model, output_format)
+    if here:
+        _CHECKED_MODELS[config.saved_model] = model
     del model
+    temp_folders = _temp_folders(config.output)
     try:
         result = pipeline.run()
         result.wait_until_finish()
-    except Exception as error:  # pylint: disable=broad-except
-        message = user_error_in(error)
+    except BaseException as error:  # pylint: disable=broad-except
+        _delete_new_temp_folders(config.output, temp_folders)
+        message = user_error_in(error) if isinstance(error, Exception) else None
         if message is None:
             raise
         raise cli.UserError(message) from error
+    finally:
+        _CHECKED_MODELS.pop(config.saved_model, None)
     seconds = time.perf_counter() - start
     counts = _counters(result)
     summary = {"files": len(files), "output": config.output, "rows": counts[ANSWERED],
-               "bad_rows": counts[BAD_ROWS], "seconds": seconds,
+               "bad_rows": counts[BAD_ROWS], "unreadable_files": counts[UNREADABLE_FILES],
+               "lines_not_read": counts[LINES_NOT_READ], "seconds": seconds,
                "model_check_seconds": check_seconds}
     print(f"beam_predict: {counts[ANSWERED]} rows of {len(files)} files answered into "
           f"{config.output}{SHARDS}; {counts[BAD_ROWS]} rows in the dead letter "
-          f"{config.output}{BAD_ROWS_SUFFIX}{SHARDS}; {seconds:.1f} s", file=sys.stderr)
+          f"{config.output}{BAD_ROWS_SUFFIX}{SHARDS}{_lost_files(counts)}; {seconds:.1f} s",
+          file=sys.stderr)
     return summary
 
 
+def _workers_are_threads_here(options: beam_options.PipelineOptions) -> bool:
+    """Whether the pipeline's workers run in this process: Beam's local runner without
+    --direct_running_mode=multi_processing."""
+    runner = options.view_as(beam_options.StandardOptions).runner
+    mode = options.view_as(beam_options.DirectOptions).direct_running_mode
+    return runner in (DEFAULT_RUNNER, "DirectRunner") and mode != "multi_processing"
+
+
+def _lost_files(counts: Dict[str, int]) -> str:
+    """What the summary says of files not read to their end."""
+    files = counts[UNREADABLE_FILES]
+    if not files:
+        return ""
+    return (f", {files} of them for {'a file' if files == 1 else f'{files} files'} that "
+            f"could not be read to the end: {counts[LINES_NOT_READ]} lines not read")
+
+
+_TEMP_FOLDER = "beam-temp-{name}-[0-9a-f]{{32}}"  # where Beam's text sink writes, then moves
+
+
+def _temp_folders(prefix: str) -> Set[str]:
+    """The beam-temp-* folders of the output and dead-letter sinks of `prefix` that exist."""
+    directory, base = FileSystems.split(prefix)
+    names = re.compile("|".join(_TEMP_FOLDER.format(name=re.escape(name))
+                                for name in (base, base + BAD_ROWS_SUFFIX)))
+    if "://" not in prefix:  # local: list the folder itself, not all the files under it
+        return {path for path in glob.glob(os.path.join(glob.escape(directory), "beam-temp-*"))
+                if names.fullmatch(os.path.basename(path))}
+    try:
+        (matched,) = FileSystems.match([FileSystems.join(directory, "beam-temp-**")])
+    except Exception:  # pylint: disable=broad-except  (nothing to list: nothing to delete)
+        return set()
+    folders = set()
+    for metadata in matched.metadata_list:
+        first = metadata.path[len(directory):].lstrip("/").split("/", 1)[0]
+        if names.fullmatch(first):
+            folders.add(FileSystems.join(directory, first))
+    return folders
+
+
+def _delete_new_temp_folders(prefix: str, before: Set[str]) -> None:
+    """Deletes the beam-temp-* folders of `prefix` that a failed job left (not those that
+    were there before it started: another job's may be in use)."""
+    for folder in sorted(_temp_folders(prefix) - before):
+        try:
+            if "://" in folder:
+                FileSystems.delete([folder + "/"])  # every object under it
+            else:
+                shutil.rmtree(folder)
+        except Exception as error:  # pylint: disable=broad-except
+            print(f"beam_predict: could not delete {folder}: {error}", file=sys.stderr)
+
+
 def _counters(result) -> Dict[str, int]:
-    """This job's ANSWERED and BAD_ROWS metrics, summed over its steps."""
+    """This job's COUNTERS metrics, summed over its steps."""
     counters = result.metrics().query(
         beam.metrics.MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]
-    totals = {ANSWERED: 0, BAD_ROWS: 0}
+    totals = dict.fromkeys(COUNTERS, 0)
     for counter in counters:
         value = counter.committed if counter.committed is not None else counter.attempted
         totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + value
@@ -442,6 +658,10 @@ def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> L
 
 def main(argv):
     logging.getLogger("apache_beam").setLevel(logging.WARNING)  # its INFO lines are many
+    # A user's mistake ends the command in one line (cli); Beam would log it first, with the
+    # worker's traceback. Other errors keep theirs.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: _USER_ERROR_MARK not in record.getMessage())
     run(config_lib.PredictConfig.from_flags(FLAGS), argv[1:])
 
 

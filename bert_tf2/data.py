@@ -6,16 +6,20 @@ they are counted and logged). Nothing is dropped silently. Plain Python, no Tens
 tf.data pipeline that batches the examples is `bert_tf2.input_pipeline`.
 """
 
+import bz2
 import codecs
 import contextlib
 import csv
 import dataclasses
 import functools
 import glob
+import gzip
 import hashlib
 import importlib.util
+import io
 import itertools
 import json
+import lzma
 import os
 import pathlib
 import re
@@ -198,10 +202,12 @@ def read_examples(pattern: str, *, text_column: str = "text", label_column: str 
                   skip_bad_rows: bool = False, encoding: str = "utf-8") -> Examples:
     """Reads every file matching `pattern` (a path or a glob) into one `Examples`.
 
-    The format follows the extension: `.csv`, `.tsv` (or tab-separated `.txt`),
-    `.jsonl`/`.json`. CSV and TSV need a header row naming the columns, unless `column_names`
-    names them (a headerless file: every row is data); CSV fields may be quoted and hold commas
-    and newlines; a BOM is fine; other columns are ignored. `labels` says how labels are read
+    The format is `file_format`'s: `.csv`, `.tsv`, `.jsonl`/`.json`, or, with `column_names`,
+    a tab-separated `.txt` (any of them compressed, `.csv.gz`: `iter_lines`). CSV and TSV need
+    a header row naming the columns, unless `column_names` names them (a headerless file: every
+    row is data); CSV fields may be quoted and hold commas and newlines; a BOM is fine; other
+    columns are ignored. A file `file_format` reads as plain text (no columns, no labels) is
+    refused. `labels` says how labels are read
     (default: binary through `label_map`); `text_b_column` names a second text, for pairs;
     `encoding` is `iter_lines`'.
     """
@@ -274,6 +280,31 @@ class BadRows:
             logging.warning("Logging no more bad rows; their count follows at the end")
 
 
+# Formats by extension; any other file (.txt, no extension, stdin) is plain text, one text a
+# line, unless --column_names names its columns: then it is a headerless TSV.
+_FORMAT_OF_EXTENSION = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+FORMATS = ("text", "csv", "tsv", "jsonl")
+
+
+def file_format(path: str, input_format: str = "auto",
+                column_names: Optional[Sequence[str]] = None) -> str:
+    """How every command reads `path`: 'csv', 'tsv', 'jsonl' or 'text' (one text a line).
+
+    `input_format` other than 'auto' decides. Else the extension, after a compression one
+    (`reviews.csv.gz` is CSV): `.csv`, `.tsv`, `.jsonl`/`.json`; anything else (`.txt`, no
+    extension, stdin) is plain text, unless `column_names` names its columns, which makes it
+    a headerless tab-separated file. Commands that need columns (labels, --text_column of a
+    pair) refuse plain text; bert_tf2.predict reads it a text a line.
+    """
+    if input_format != "auto":
+        if input_format not in FORMATS:
+            raise DataError(f"{path}: unknown input format {input_format!r}; expected one of "
+                            f"{', '.join(FORMATS)}")
+        return input_format
+    extension = os.path.splitext(uncompressed_name(path))[1].lower()
+    return _FORMAT_OF_EXTENSION.get(extension, "tsv" if column_names else "text")
+
+
 def iter_rows(path: str, *, file_format: Optional[str] = None,
               stream: Optional[BinaryIO] = None,
               on_bad_row: Optional[Callable[[DataError], None]] = None,
@@ -282,31 +313,33 @@ def iter_rows(path: str, *, file_format: Optional[str] = None,
     """Yields (line number, row as a dict) for a CSV, TSV or JSONL file, reading as it goes.
 
     The line number is where the row starts in the file, counting from 1, header included,
-    so it is the number an editor shows. The file is read line by line, never whole.
+    so it is the number an editor shows. The file is read line by line, never whole, through
+    `iter_lines` (compressed files too).
 
-    `file_format` ('csv', 'tsv', 'txt' or 'jsonl') overrides the extension. `stream`, a binary file
+    `file_format` ('csv', 'tsv' or 'jsonl') overrides `file_format()`'s choice by extension;
+    a file it reads as plain text has no columns and is refused. `stream`, a binary file
     object such as `sys.stdin.buffer`, is read instead of opening `path` (which then only names
     it in messages). `on_bad_row` is given the DataError of each row that cannot be parsed (bad
     JSON, too many fields, malformed CSV) and may raise it, or count it and let reading go on;
     by default it is raised. An unreadable file or text not in `encoding` always stops it.
-    `column_names` names the columns of a headerless CSV/TSV: its first row is data too.
+    `column_names` names the columns of a headerless CSV/TSV: its first row is data too (JSONL
+    rows name their fields: it is not used there).
 
-    TSV (and .txt) is not a quoting format: a field is everything between two tabs, quotes
-    included. CSV fields may be quoted (RFC 4180).
+    TSV is not a quoting format: a field is everything between two tabs, quotes included.
+    CSV fields may be quoted (RFC 4180).
     """
-    file_format = file_format or os.path.splitext(path)[1].lower().lstrip(".")
-    file_format = {"txt": "tsv"}.get(file_format, file_format)
+    file_format = globals()["file_format"](path, file_format or "auto", column_names)
     on_bad_row = on_bad_row or BadRows(skip=False)
-    if file_format in ("jsonl", "json"):
+    if file_format == "jsonl":
         parse = functools.partial(_iter_jsonl, path=path, on_bad_row=on_bad_row)
-    elif file_format in ("csv", "tsv", "txt"):
+    elif file_format in ("csv", "tsv"):
         parse = functools.partial(_iter_delimited, path=path, on_bad_row=on_bad_row,
                                   delimiter="," if file_format == "csv" else "\t",
                                   column_names=column_names)
     else:
         _refuse_spreadsheet(path)
-        raise DataError(f"{path}: unknown file type {'.' + file_format!r}; expected .csv, "
-                        ".tsv (or tab-separated .txt) or .jsonl")
+        _compression_of(path, b"")  # names a refused compression (.zst, .zip, ...)
+        raise DataError(_no_columns_message(path))
     has_content = False
 
     def lines() -> Iterator[str]:
@@ -318,8 +351,18 @@ def iter_rows(path: str, *, file_format: Optional[str] = None,
     yield from parse(lines())
     if not has_content:
         raise DataError(f"{path}: file is empty; expected "
-                        + ("one JSON object per line" if file_format in ("jsonl", "json")
+                        + ("one JSON object per line" if file_format == "jsonl"
                            else "a header row naming the columns, then one row per example"))
+
+
+def _no_columns_message(path: str) -> str:
+    extension = os.path.splitext(uncompressed_name(path))[1].lower()
+    how = ("pass --column_names (e.g. text,label) for tab-separated columns without a header "
+           "row; with a header row, name it .tsv")
+    if extension == ".txt":
+        return f"{path}: a .txt file is plain text, one text a line, with no columns: {how}"
+    return (f"{path}: unknown file type {extension or '(no extension)'!r}; expected .csv, "
+            f".tsv or .jsonl (each may end in {', '.join(COMPRESSIONS)}), or {how}")
 
 
 # Where a line ends: after "\n", or after a "\r" that no "\n" follows (old Mac files), as in
@@ -330,6 +373,44 @@ _SPREADSHEET_EXTENSIONS = (".xlsx", ".xlsm", ".xls", ".ods")
 _SPREADSHEET_MAGIC = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")
 
 
+@dataclasses.dataclass(frozen=True)
+class _Compression:
+    name: str
+    magic: bytes
+    open: Optional[Callable[[BinaryIO], BinaryIO]]  # None: refused (`undo` says what to run)
+    undo: str = ""
+
+
+# By extension. The first bytes decide whether a file is decompressed; the extension only
+# names what they should be, and is dropped to find the format (`reviews.csv.gz` is CSV).
+COMPRESSIONS: Mapping[str, _Compression] = {
+    ".gz": _Compression("gzip", b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw)),
+    ".bz2": _Compression("bzip2", b"BZh", bz2.BZ2File),
+    ".xz": _Compression("xz", b"\xfd7zXZ\x00", lzma.LZMAFile),
+}
+_REFUSED_COMPRESSIONS: Mapping[str, _Compression] = {
+    ".zst": _Compression("zstd", b"\x28\xb5\x2f\xfd", None, "zstd -d FILE"),
+    ".zip": _Compression("zip", b"PK\x03\x04", None, "unzip FILE"),
+    ".7z": _Compression("7z", b"7z\xbc\xaf\x27\x1c", None, "7z x FILE"),
+}
+_DECOMPRESSION_ERRORS = (OSError, EOFError, lzma.LZMAError)  # zlib.error is an OSError's cause
+
+
+def uncompressed_name(path: str) -> str:
+    """`path` without a compression extension: what its format is read from."""
+    root, extension = os.path.splitext(path)
+    return root if extension.lower() in COMPRESSIONS else path
+
+
+class UnreadableText(DataError):
+    """A file cannot be read on from `line` (1-based): its text is not in the encoding, or
+    its compressed data is corrupt or cut short. What follows that line is lost with it."""
+
+    def __init__(self, message: str, line: Optional[int] = None):
+        super().__init__(message)
+        self.line = line
+
+
 def iter_lines(path: str, *, stream: Optional[BinaryIO] = None,
                encoding: str = "utf-8") -> Iterator[str]:
     """Yields the lines of a text file (or binary `stream`) one at a time, with their endings.
@@ -338,9 +419,41 @@ def iter_lines(path: str, *, stream: Optional[BinaryIO] = None,
     save Chinese text in) when the first line that is not UTF-8 comes after ASCII only. A BOM
     is dropped. Lines end at "\n", "\r\n" or "\r" only (not at the other characters
     `str.splitlines` splits on, such as U+2028, which may sit inside a JSON string), so the
-    n-th line yielded is line n in an editor. Text not in the encoding, or a spreadsheet, raises
-    a DataError naming the line and what to do.
+    n-th line yielded is line n in an editor. gzip, bzip2 and xz data (by its first bytes,
+    whatever the name) is decompressed as it is read; zip, zstd and 7z are refused, and so is a
+    name whose compression extension the data does not match. Text not in the encoding, or
+    corrupt compressed data, raises an UnreadableText naming the line and what to do; a
+    spreadsheet, a DataError.
     """
+    decoder = _Decoder(path, encoding)
+    pending, line_number = "", 0
+    with open_binary(path, stream=stream) as (binary, compression):
+        chunks = iter(binary)
+        while True:
+            try:
+                raw = next(chunks, None)  # None: the end
+            except _DECOMPRESSION_ERRORS as error:
+                if compression is None:
+                    raise
+                raise UnreadableText(
+                    f"{path}:{line_number + 1}: the {compression.name} data is corrupt or cut "
+                    f"short ({error}); the file cannot be read from here on", line_number + 1
+                ) from error
+            pending += decoder.decode(raw, line_number + 1)
+            lines, pending = _split_lines(pending, end=raw is None)
+            for line in lines:
+                line_number += 1
+                yield line
+            if raw is None:
+                return
+
+
+@contextlib.contextmanager
+def open_binary(path: str, stream: Optional[BinaryIO] = None
+                ) -> Iterator[Tuple[BinaryIO, Optional[_Compression]]]:
+    """`path` (or `stream`, which it names) as uncompressed bytes from its start, and the
+    compression it was read through (None for none); see `iter_lines`. Opens and closes the
+    file unless `stream` is given."""
     _refuse_spreadsheet(path)
     if stream is None:
         try:
@@ -350,17 +463,85 @@ def iter_lines(path: str, *, stream: Optional[BinaryIO] = None,
         context = stream
     else:
         context = contextlib.nullcontext()
-    decoder = _Decoder(path, encoding)
-    pending, line_number = "", 0
     with context:
-        for raw in itertools.chain(stream, [None]):  # None: the end
-            if decoder.offset == 0 and raw:
-                _refuse_spreadsheet(path, raw)
-            pending += decoder.decode(raw, line_number + 1)
-            lines, pending = _split_lines(pending, end=raw is None)
-            for line in lines:
-                line_number += 1
-                yield line
+        stream, head = _read_head(stream)
+        compression = _compression_of(path, head)
+        if compression is None:
+            yield stream, None
+        else:
+            with compression.open(stream) as uncompressed:
+                yield uncompressed, compression
+
+
+def _compression_of(path: str, head: bytes) -> Optional[_Compression]:
+    """The compression `head`, a file's first bytes, is in; a DataError for a refused one, or
+    for a name (`.gz`) that the bytes do not match."""
+    extension = os.path.splitext(path)[1].lower()
+    for ext, compression in _REFUSED_COMPRESSIONS.items():
+        if extension == ext or (head.startswith(compression.magic) and ext != ".zip"):
+            raise DataError(f"{path}: {compression.name}-compressed, which is not read: "
+                            f"decompress it ({compression.undo.replace('FILE', path)}) and "
+                            "pass what it holds")
+    _refuse_spreadsheet(path, head)
+    found = next((c for c in COMPRESSIONS.values() if head.startswith(c.magic)), None)
+    named = COMPRESSIONS.get(extension)
+    if named is not None and head and found is not named:
+        raise DataError(f"{path}: named {extension} but not {named.name} data (it starts "
+                        f"{head[:4]!r}); rename it to what it is")
+    return found
+
+
+def _read_head(stream: BinaryIO, size: int = 8) -> Tuple[BinaryIO, bytes]:
+    """The first `size` bytes of `stream`, and the stream to read from its start: itself, sought
+    back, or (a pipe) a `_Rewound` one."""
+    position = None
+    try:
+        position = stream.tell() if stream.seekable() else None
+    except (OSError, ValueError):  # io.UnsupportedOperation
+        pass
+    head = stream.read(size)
+    if position is not None:
+        try:
+            stream.seek(position)
+            return stream, head
+        except (OSError, ValueError):  # a stream that said it could seek
+            pass
+    return io.BufferedReader(_Rewound(head, stream)), head
+
+
+class _Rewound(io.RawIOBase):
+    """A binary stream whose first bytes (`head`) were read off it, read from its start."""
+
+    def __init__(self, head: bytes, stream: BinaryIO):
+        super().__init__()
+        self._head, self._stream = head, stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._head:
+            size = min(len(buffer), len(self._head))
+            buffer[:size], self._head = self._head[:size], self._head[size:]
+            return size
+        chunk = self._stream.read(len(buffer))
+        buffer[:len(chunk)] = chunk
+        return len(chunk)
+
+
+def count_lines(path: str, stream: Optional[BinaryIO] = None) -> int:
+    """How many lines `iter_lines` would yield for `path`, whatever their encoding: lines end
+    at "\n", "\r\n" or "\r", counted on the (uncompressed) bytes. Corrupt compressed data
+    ends the count."""
+    count = 0
+    with open_binary(path, stream=stream) as (binary, _):
+        try:
+            for chunk in binary:  # each ends at b"\n", but the last
+                lone_returns = chunk.count(b"\r") - chunk.count(b"\r\n")
+                count += lone_returns + (0 if chunk.endswith(b"\r") else 1)
+        except _DECOMPRESSION_ERRORS:
+            pass
+    return count
 
 
 def _split_lines(text: str, end: bool) -> Tuple[List[str], str]:
@@ -390,11 +571,12 @@ class _Decoder:
             text = self._decode(raw)
         except UnicodeDecodeError as error:
             utf8 = codecs.lookup(self.encoding).name == "utf-8"
-            raise DataError(
+            raise UnreadableText(
                 f"{self.path}:{line_number}: not valid {'UTF-8' if utf8 else self.encoding} "
                 f"(byte offset {self.offset + error.start}); "
                 + ("re-save it as UTF-8 or pass --encoding=gb18030" if utf8 else
-                   "pass the file's --encoding, or re-save it as UTF-8")) from error
+                   "pass the file's --encoding, or re-save it as UTF-8"), line_number
+            ) from error
         self.offset += len(raw or b"")
         return text
 

@@ -102,8 +102,9 @@ def define_text_reading_flags(flag_values: flags.FlagValues = flags.FLAGS):
 
 def _define_text_columns(define: _Definer) -> None:
     define.string("column_names", None, "Names of the columns of headerless CSV/TSV files, "
-                  "e.g. 'text,label' or 'q1,q2,label': every row is then data. Default: the "
-                  "first row names them.")
+                  "e.g. 'text,label' or 'q1,q2,label': every row is then data, and a .txt "
+                  "file is read as tab-separated (without it, .txt is plain text, one text a "
+                  "line, which labelled data cannot be). Default: the first row names them.")
     define.string("text_column", "text", "Column (or JSON field) holding the text.")
     define.string("text_b_column", None, "Column holding a second text: sentence pairs, "
                   "packed as [CLS] text [SEP] text_b [SEP] with segment ids 0 and 1.")
@@ -272,7 +273,7 @@ def define_distillation_flags(flag_values: flags.FlagValues = flags.FLAGS):
                   "--column_names; JSONL), the text in --text_column (and --text_b_column). "
                   "Dev and test texts in them are left out (counted in metrics.json); a file "
                   "that is mostly such texts is refused.")
-    define.enum("unlabeled_input_format", "auto", ["auto", "text", "csv", "tsv", "jsonl"],
+    define.enum("unlabeled_input_format", "auto", ["auto", *data.FORMATS],
                 "Format of the --unlabeled_data files; auto: by extension (.csv, .tsv, "
                 ".jsonl/.json), else plain text.")
     define.integer("student_num_layers", None, "Transformer layers of the student. With the "
@@ -326,9 +327,11 @@ def define_prediction_flags(flag_values: flags.FlagValues = flags.FLAGS):
     """What bert_tf2.predict reads and writes."""
     define = _Definer(flag_values)
     define.string("input", "-", "Texts to classify: a file, or '-' for stdin.")
-    define.enum("input_format", "auto", ["auto", "text", "csv", "tsv", "jsonl"],
-                "auto: by extension (.csv, .tsv, .jsonl/.json), else plain text, one text per "
-                "line (stdin too). CSV/TSV need a header; the text is in --text_column.")
+    define.enum("input_format", "auto", ["auto", *data.FORMATS],
+                "auto: by extension (.csv, .tsv, .jsonl/.json; .gz/.bz2/.xz dropped first), "
+                "else plain text, one text per line (.txt, stdin), or a headerless TSV when "
+                "--column_names is given. CSV/TSV need a header (or --column_names); the "
+                "text is in --text_column.")
     define.string("output", "-", "Where the predictions go: a file, or '-' for stdout.")
     define.bool("overwrite", False, "Replace --output if it exists (by default an existing "
                 "file is refused).")

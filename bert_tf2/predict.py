@@ -4,10 +4,16 @@
       --output=predictions.csv
   cat texts.txt | python -m bert_tf2.predict --saved_model=E > predictions.jsonl
 
-Input (--input, '-' for stdin; --input_format, else by extension): plain text with one text per
-line, CSV/TSV with a header (the text in --text_column; other columns are ignored), or JSONL.
+Input (--input, '-' for stdin; --input_format, else by extension, as every command reads files:
+`data.file_format`): CSV/TSV with a header (.csv, .tsv; the text in --text_column; other
+columns are ignored), JSONL (.jsonl, .json), or plain text with one text per line (.txt, any
+other name, stdin) -- unless --column_names names the columns of a headerless file, which makes
+.txt (and stdin) tab-separated, as in train and evaluate. gzip, bzip2 and xz files are
+decompressed as they are read, their format named by the extension before `.gz` (.csv.gz).
 UTF-8 with or without a BOM, or --encoding; CSV fields may be quoted and hold commas and
-newlines (TSV fields are everything between tabs, quotes included).
+newlines (TSV fields are everything between tabs, quotes included). A reading flag that
+cannot apply (--column_names with plain text or JSONL, --text_b_column with plain text) is
+refused.
 
 Output (--output, '-' for stdout; --format, else by extension, else JSONL): one row per input
 row, in input order, with the input's line number, the text, P(positive) and the served label:
@@ -280,11 +286,25 @@ def _length(text: object) -> int:
 # Reading
 # ---------------------------------------------------------------------------------------------
 
-def input_format_of(path: str) -> str:
-    """The --input_format that 'auto' means for `path`."""
-    extension = os.path.splitext(path)[1].lower()
-    return {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}.get(extension,
-                                                                                 "text")
+def check_reading_flags(path: str, input_format: str = "auto",
+                        column_names: Optional[Sequence[str]] = None,
+                        text_b_column: Optional[str] = None) -> str:
+    """The format `path` is read in (`data.file_format`), or a UserError for a reading flag
+    that cannot apply to it: --column_names or --text_b_column with plain text, --column_names
+    with JSONL (whose rows name their fields)."""
+    file_format = data.file_format(path, input_format, column_names)
+    if file_format == "text" and text_b_column:
+        raise cli.UserError(f"{path}: plain text holds one text a line; a pair model reads "
+                            "CSV, TSV or JSONL (by extension, --input_format, or --column_names "
+                            "for a headerless tab-separated file) with --text_column and "
+                            "--text_b_column")
+    if file_format == "text" and column_names:
+        raise cli.UserError(f"{path}: --input_format=text reads one text a line, which has no "
+                            "columns: drop --column_names, or pass --input_format=tsv (or csv)")
+    if file_format == "jsonl" and column_names:
+        raise cli.UserError(f"{path}: JSONL rows name their fields; drop --column_names (and "
+                            "name the field with --text_column)")
+    return file_format
 
 
 def read_texts(path: str, *, input_format: str = "auto", text_column: str = "text",
@@ -295,15 +315,18 @@ def read_texts(path: str, *, input_format: str = "auto", text_column: str = "tex
                encoding: str = "utf-8") -> Iterator[Tuple[int, object]]:
     """Yields (line number, text) for every input row, in order, reading as it goes.
 
-    Plain text: every line is a text, blank ones included (only the line ending is removed).
+    The format is `data.file_format`'s, as every command reads files: by extension (after a
+    compression one: `reviews.csv.gz` is CSV, decompressed as it is read), where `.txt`, no
+    extension and stdin are plain text unless `column_names` names their tab-separated columns.
+    Plain text: every line is a text, blank ones included (only the line ending is removed);
+    `column_names` is not used (`check_reading_flags` refuses it for a command's one input).
     CSV/TSV/JSONL: the --text_column of each row (with `text_b_column`, the pair (text,
     text_b)); an empty text is still a text. A missing column stops the run even with
     --skip_bad_rows (it is a wrong flag, not a bad row). `column_names` names the columns of
     a headerless CSV/TSV.
     """
     bad_rows = bad_rows or data.BadRows(skip=False)
-    if input_format == "auto":
-        input_format = input_format_of(path)
+    input_format = data.file_format(path, input_format, column_names)
     if input_format == "text":
         if text_b_column:
             raise data.DataError(f"{path}: plain text holds one text a line; a pair model "
@@ -423,6 +446,11 @@ def check_output(config: config_lib.PredictConfig) -> None:
     a place that cannot be written."""
     if config.output == STDIO:
         return
+    compression = data.COMPRESSIONS.get(os.path.splitext(config.output)[1].lower())
+    if compression:
+        raise cli.UserError(f"--output={config.output}: predict writes uncompressed text; "
+                            f"write to stdout and compress that (--output=- | "
+                            f"{compression.name} > {config.output})")
     if (config.input != STDIO and os.path.exists(config.input) and os.path.exists(config.output)
             and os.path.samefile(config.input, config.output)):
         raise cli.UserError(f"--output={config.output} is the --input file: writing the "
@@ -501,6 +529,10 @@ def run(config: config_lib.PredictConfig, *, stdin: Optional[BinaryIO] = None,
     `stdin` (binary) and `stdout` (text) replace the process's own for '-' (tests use this).
     """
     check_output(config)
+    check_reading_flags("<stdin>" if config.input == STDIO else config.input,
+                        config.input_format,
+                        data.parse_names(config.column_names, "--column_names"),
+                        config.text_b_column)
     output_format = config.format or (output_format_of(config.output)
                                       if config.output != STDIO else "jsonl")
     start = time.perf_counter()
@@ -514,9 +546,9 @@ def run(config: config_lib.PredictConfig, *, stdin: Optional[BinaryIO] = None,
         source, stream = "<stdin>", stdin if stdin is not None else sys.stdin.buffer
     else:
         source, stream = config.input, None
+    column_names = data.parse_names(config.column_names, "--column_names")
     rows = read_texts(source, input_format=config.input_format, text_column=config.text_column,
-                      text_b_column=config.text_b_column,
-                      column_names=data.parse_names(config.column_names, "--column_names"),
+                      text_b_column=config.text_b_column, column_names=column_names,
                       bad_rows=bad_rows, stream=stream, encoding=config.encoding)
     count = 0
     start = time.perf_counter()

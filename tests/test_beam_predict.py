@@ -1,11 +1,15 @@
 """Batch prediction on Apache Beam: predict's rows from every file of a pattern, sharded out,
 unreadable rows in the dead letter, the hurried user's mistakes refused before the job."""
 
+import bz2
 import csv
 import glob
+import gzip
 import io
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -119,22 +123,29 @@ def bad_files(root):
     return a, str(b)
 
 
-def test_bad_rows_go_to_the_dead_letter_with_file_and_line(saved_model, tmp_path):
+def test_bad_rows_go_to_the_dead_letter_with_file_and_line(saved_model, tmp_path, capsys):
     a, b = bad_files(tmp_path)
+    c = tmp_path / "c.txt"  # GBK read as UTF-8: not one of its 150 lines is read
+    c.write_bytes("".join(f"第{i}条评论\n" for i in range(150)).encode("gbk"))
     prefix = tmp_path / "p"
-    summary = run_beam(f"--saved_model={saved_model}", f"--input={tmp_path}/[ab].*",
+    summary = run_beam(f"--saved_model={saved_model}", f"--input={tmp_path}/[abc].*",
                        "--text_column=评论", "--skip_bad_rows", f"--output={prefix}")
     letters = sorted(read_jsonl(shards(f"{prefix}.bad-rows")),
                      key=lambda letter: (letter["file"], letter["line"]))
-    assert [(letter["file"], letter["line"]) for letter in letters] == [
-        (a, 4), (a, 6), (b, 2), (b, 4)]
+    assert [(letter["file"], letter["line"], letter["lines_not_read"]) for letter in letters] == [
+        (a, 4, 0), (a, 6, 0), (b, 2, 0), (b, 4, 2), (str(c), 1, 150)]
     assert "3 fields" in letters[0]["error"] and "unexpected end of data" in letters[1]["error"]
     assert "not a JSON object" in letters[2]["error"]
     assert "not valid UTF-8" in letters[3]["error"] and "rest of the file" in letters[3]["error"]
+    assert letters[4]["error"].endswith("the rest of the file was not read (150 lines)")
     rows = read_jsonl(shards(prefix))
     assert sorted((row["file"], row["line"], row["text"]) for row in rows) == [
         (a, 2, "好"), (a, 3, "坏"), (a, 5, "还好"), (b, 1, "好"), (b, 3, "ok")]
-    assert (summary["rows"], summary["bad_rows"]) == (5, 4)
+    assert (summary["rows"], summary["bad_rows"]) == (5, 5)
+    assert (summary["unreadable_files"], summary["lines_not_read"]) == (2, 152)
+    assert re.search(r"^beam_predict: 5 rows of 3 files answered into .*; 5 rows in the dead "
+                     r"letter .*, 2 of them for 2 files that could not be read to the end: 152 "
+                     r"lines not read; [\d.]+ s$", capsys.readouterr().err, re.MULTILINE)
 
 
 def test_without_skip_bad_rows_the_first_bad_row_fails_the_job(saved_model, tmp_path):
@@ -143,6 +154,71 @@ def test_without_skip_bad_rows_the_first_bad_row_fails_the_job(saved_model, tmp_
         run_beam(f"--saved_model={saved_model}", f"--input={tmp_path}/a.csv",
                  "--text_column=评论", f"--output={tmp_path / 'p'}")
     assert not shards(tmp_path / "p")
+    assert not glob.glob(str(tmp_path / "beam-temp-*"))  # the failed job's scratch is gone
+
+
+def test_compressed_files_and_a_headerless_txt_are_read_as_predict_reads_them(saved_model,
+                                                                               tmp_path):
+    texts = ["好吃，很好", "", "第一行\n第二行", "太慢了"]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    write_reviews(plain / "a.csv", texts)
+    (plain / "b.txt").write_text("\n".join(texts[::-1]) + "\n", encoding="utf-8")
+    (plain / "c.jsonl").write_text("".join(json.dumps({"评论": t}, ensure_ascii=False) + "\n"
+                                           for t in texts), encoding="utf-8")
+    # Another job's shard of data (not this tool's output) is read too.
+    shutil.copy(plain / "b.txt", plain / "texts-00000-of-00001")
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    files = [str(packed / "a.csv.gz"), str(packed / "b.txt.gz"), str(packed / "c.jsonl.bz2"),
+             str(packed / "texts-00000-of-00001")]
+    for name, compress in (("a.csv", gzip.compress), ("b.txt", gzip.compress),
+                           ("c.jsonl", bz2.compress), ("texts-00000-of-00001", None)):
+        content = (plain / name).read_bytes()
+        target = next(path for path in files if os.path.basename(path).startswith(name))
+        with open(target, "wb") as f:
+            f.write(compress(content) if compress else content)
+    run_beam(f"--saved_model={saved_model}", f"--input={packed}/*", "--text_column=评论",
+             f"--output={tmp_path / 'out' / 'p'}")
+    rows = read_jsonl(shards(tmp_path / "out" / "p"))
+    expected = [dict(row, file=packed_path) for path, packed_path in zip(
+        sorted(glob.glob(f"{plain}/*")), sorted(files))
+        for row in read_rows_of(saved_model, path)]
+    assert sorted(map(json.dumps, rows)) == sorted(map(json.dumps, expected))
+    assert len(rows) == 18  # 4 CSV rows, 4 JSONL rows, and the 5 lines of each plain text
+    # A headerless .txt with --column_names: its text column, as train reads it.
+    news = tmp_path / "news.txt"
+    news.write_text("好吃\t1\n难吃\t0\n", encoding="utf-8")
+    run_beam(f"--saved_model={saved_model}", f"--input={news}", "--column_names=text,label",
+             f"--output={tmp_path / 'news'}")
+    assert sorted(row["text"] for row in read_jsonl(shards(tmp_path / "news"))) == [
+        "好吃", "难吃"]
+
+
+def read_rows_of(saved_model, path) -> list:
+    """predict's rows of one of the files above, with "file" first."""
+    args = () if path.endswith((".txt", "-of-00001")) else ("--text_column=评论",)
+    return [{"file": path, **row} for row in predict_rows(saved_model, path, *args)]
+
+
+def test_its_own_output_is_never_its_input(saved_model, two_files, tmp_path):
+    reviews = tmp_path / "reviews"
+    reviews.mkdir()
+    shutil.copy(two_files[0], reviews / "a.csv")
+    args = (f"--saved_model={saved_model}", "--text_column=评论")
+    with pytest.raises(cli.UserError, match=rf"^--output={re.escape(str(reviews))}/p: --input="
+                       rf".*/\* matches its shards \(.*/p-00000-of-00001\), so a later run over "
+                       "--input would score this run's output as texts"):
+        run_beam(*args, f"--input={reviews}/*", f"--output={reviews}/p")
+    with pytest.raises(cli.UserError, match=r"matches its shards \(.*/p\.bad-rows-00000-of-"):
+        run_beam(*args, f"--input={reviews}/*.*", f"--output={reviews}/p")
+    run_beam(*args, f"--input={reviews}/*.csv", f"--output={reviews}/p", "--format=csv")
+    assert len(shards(reviews / "p")) == 1
+    # The next run over everything in the folder would score those shards: refused.
+    with pytest.raises(cli.UserError, match=r"matches .*/p(\.bad-rows)?-00000-of-00001, an "
+                       "output shard or dead letter of beam_predict, whose rows would be scored"):
+        run_beam(*args, f"--input={reviews}/*", f"--output={tmp_path}/q")
+    assert not shards(tmp_path / "q")
 
 
 @pytest.mark.slow  # trains a model of pairs
@@ -180,7 +256,8 @@ def test_csv_output_has_a_header_in_every_shard(saved_model, two_files, tmp_path
     (("--input={a}", "--text_column=review"), r"a\.csv:2: no column 'review'"),
     (("--input={a}", "--text_column=评论", "--text_b_column=id"),
      "classifies single texts: leave --text_b_column unset"),
-    (("--input={tmp}/*", "--output={tmp}/p"), r"matches .*/p-00000-of-00001, a shard of"),
+    (("--input={tmp}/*", "--output={tmp}/p"),
+     r"matches .*/p-00000-of-00001, an output shard or dead letter of beam_predict"),
     (("--input={a}", "--output={tmp}/p"), r"1 shards of it exist .*pass --overwrite"),
 ])
 def test_hurried_mistakes_are_refused_before_the_job(saved_model, two_files, tmp_path, args,
@@ -209,6 +286,9 @@ def test_a_missing_or_broken_export_fails_before_the_job(two_files, tmp_path):
     args = (f"--input={two_files[0]}", "--text_column=评论", f"--output={tmp_path / 'p'}")
     with pytest.raises(cli.UserError, match="no saved_model.pb there"):
         run_beam(f"--saved_model={tmp_path / 'missing'}", *args)
+    # With worker processes the launcher checks the export in a child process: the same line.
+    with pytest.raises(cli.UserError, match="no saved_model.pb there"):
+        run_beam(f"--saved_model={tmp_path / 'missing'}", *args, *TWO_WORKERS)
     broken = tmp_path / "broken"
     (broken / "variables").mkdir(parents=True)
     (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
@@ -237,6 +317,9 @@ def test_the_command_runs_offline_on_two_processes_and_fails_in_one_line(saved_m
                             capture_output=True, text=True, timeout=600)
     assert failed.returncode == 1
     assert failed.stderr.splitlines()[-1].startswith(f"beam_predict: {a}:4: 3 fields")
+    # In this process (no worker processes), importing Beam without its gcp extra is quiet.
+    assert "GCSFileSystem" not in failed.stderr and "apitools" not in failed.stderr
+    assert "Traceback" not in failed.stderr  # the user's mistake is told once, in one line
 
 
 def test_the_default_runner_is_the_fn_api_runner_and_flags_pass_through():

@@ -1,7 +1,11 @@
 """Reading examples: the built-in corpus split, CSV/TSV/JSONL files, and their errors."""
 
+import bz2
+import gzip
+import io
 import json
 import logging
+import lzma
 import re
 
 import bert_tf2  # noqa: F401
@@ -159,7 +163,7 @@ def test_one_label_in_training_or_a_label_it_never_shows_is_warned_about(caplog)
     assert caplog.text == ""
 
 
-@pytest.mark.parametrize("name", ["r.tsv", "r.txt"])
+@pytest.mark.parametrize("name", ["r.tsv", "r.TSV"])
 def test_tsv_quotes_are_text_so_a_stray_quote_merges_no_rows(tmp_path, name):
     path = tmp_path / name
     # As CSV, the quote of row 2 would open a field that the quote of row 5 closes: one row.
@@ -350,3 +354,84 @@ def test_skipped_rows_are_logged_a_few_then_counted(tmp_path, caplog):
     assert read.skipped_rows == 50
     assert caplog.text.count("Skipping bad row") == data.BadRows.LOGGED_ROWS
     assert "skipped 50 bad rows" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------
+# One meaning of each extension, compressed files
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, input_format, column_names, expected", [
+    ("r.txt", "auto", None, "text"),
+    ("r.txt", "auto", ("text", "label"), "tsv"),
+    ("<stdin>", "auto", None, "text"),
+    ("r", "auto", ("text", "label"), "tsv"),
+    ("r.CSV.gz", "auto", ("text", "label"), "csv"),
+    ("r.jsonl.bz2", "auto", None, "jsonl"),
+    ("r.txt.xz", "auto", None, "text"),
+    ("r.csv", "tsv", None, "tsv"),
+])
+def test_file_format_is_one_rule(name, input_format, column_names, expected):
+    assert data.file_format(name, input_format, column_names) == expected
+
+
+def test_txt_is_plain_text_unless_column_names_name_its_tab_separated_columns(tmp_path):
+    headerless = tmp_path / "news.txt"
+    headerless.write_text("好吃\t1\n难吃\t0\n", encoding="utf-8")
+    with pytest.raises(data.DataError, match=r"news\.txt: a \.txt file is plain text, one text "
+                       r"a line, with no columns: pass --column_names"):
+        data.read_examples(str(headerless))
+    examples = data.read_examples(str(headerless), column_names=("text", "label"))
+    assert examples.texts == ("好吃", "难吃") and examples.labels == (1, 0)
+    with_header = tmp_path / "r.txt"
+    with_header.write_text("text\tlabel\n好吃\t1\n", encoding="utf-8")
+    with pytest.raises(data.DataError, match="with a header row, name it .tsv"):
+        data.read_examples(str(with_header))
+    with pytest.raises(data.SchemaError, match="names the columns: the file has a header"):
+        data.read_examples(str(with_header), column_names=("text", "label"))
+
+
+COMPRESSORS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}
+
+
+@pytest.mark.parametrize("name, content, column_names", [
+    ("r.csv.gz", "text,label\n\"好,吃\",1\n难吃,0\n", None),
+    ("r.txt.gz", "好,吃\t1\n难吃\t0\n", ("text", "label")),
+    ("r.jsonl.bz2", '{"text": "好,吃", "label": 1}\n{"text": "难吃", "label": 0}\n', None),
+    ("r.tsv.xz", "text\tlabel\r\n好,吃\t1\r\n难吃\t0", None),
+])
+def test_compressed_files_are_read_as_what_they_hold(tmp_path, name, content, column_names):
+    path = tmp_path / name
+    path.write_bytes(COMPRESSORS[path.suffix](content.encode("utf-8")))
+    examples = data.read_examples(str(path), column_names=column_names)
+    assert examples.texts == ("好,吃", "难吃") and examples.labels == (1, 0)
+    first_line = 1 if column_names or name.endswith("bz2") else 2
+    assert examples.origins == (f"{path}:{first_line}", f"{path}:{first_line + 1}")
+    assert data.count_lines(str(path)) == len(list(data.iter_lines(str(path))))
+    # stdin's bytes too, by their first bytes, whatever the name
+    stream = io.BytesIO(path.read_bytes())
+    assert "".join(data.iter_lines("<stdin>", stream=stream)) == content
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("r.csv.zst", b"\x28\xb5\x2f\xfd\x00", r"r\.csv\.zst: zstd-compressed, which is not read: "
+     r"decompress it \(zstd -d .*r\.csv\.zst\)"),
+    ("r.csv.zip", b"PK\x03\x04\x00", r"r\.csv\.zip: zip-compressed, which is not read"),
+    ("r.csv.gz", b"text,label\n", r"r\.csv\.gz: named \.gz but not gzip data"),
+    ("r.csv.gz", gzip.compress(("text,label\n" + "好,1\n" * 5000).encode())[:-40],
+     r"r\.csv\.gz:\d+: the gzip data is corrupt or cut short \(Compressed file ended"),
+])
+def test_compression_not_read_or_not_what_the_name_says_is_named(tmp_path, name, content,
+                                                                 message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(data.DataError, match=message) as raised:
+        data.read_examples(str(path))
+    assert "encoding" not in str(raised.value)  # not taken for text in another encoding
+
+
+def test_unreadable_text_names_the_line_from_which_the_file_is_lost(tmp_path):
+    path = tmp_path / "r.txt"
+    path.write_bytes("好\r坏\r\n".encode("utf-8") + "差\n也差\n".encode("gbk"))
+    with pytest.raises(data.UnreadableText, match=r"r\.txt:3: not valid UTF-8") as raised:
+        list(data.iter_lines(str(path)))
+    assert raised.value.line == 3 and data.count_lines(str(path)) == 4

@@ -160,7 +160,7 @@ def test_unusual_characters_and_junk_bytes_get_a_probability(loaded, text, junk)
      r"got list"),
     ("r.tsv", "text\tlabel\n\t1\n".encode(), r"r\.tsv:2: column 'text' must be non-empty text"),
     ("r.xml", b"whatever\n", r"r\.xml: unknown file type '\.xml'; expected \.csv, \.tsv "
-     r"\(or tab-separated \.txt\) or \.jsonl"),
+     r"or \.jsonl \(each may end in \.gz, \.bz2, \.xz\), or pass --column_names"),
 ])
 def test_unusable_data_names_file_line_and_what_was_expected(tmp_path, name, content, message):
     path = tmp_path / name

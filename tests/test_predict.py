@@ -1,6 +1,8 @@
 """Batch prediction: every input row answered, in order, from text, CSV, JSONL and stdin."""
 
+import bz2
 import csv
+import gzip
 import io
 import json
 import os
@@ -189,12 +191,69 @@ def test_line_endings_and_formats_when_reading(tmp_path):
     path.write_bytes(b"one\rtwo\r\n\rthree")  # lone CR, CRLF, a blank line, no final newline
     assert list(predict.read_texts(str(path))) == [(1, "one"), (2, "two"), (3, ""),
                                                    (4, "three")]
-    assert predict.input_format_of("x.JSONL") == "jsonl"
-    assert predict.input_format_of("-") == predict.input_format_of("x.txt") == "text"
+    assert data.file_format("x.JSONL") == data.file_format("x.json.bz2") == "jsonl"
+    assert data.file_format("-") == data.file_format("x.txt") == "text"
     assert predict.output_format_of("x.tsv") == "tsv"
     assert predict.output_format_of("x.txt") == "jsonl"
     stream = io.BytesIO("\ufefftext\tid\n好\t1\n".encode("utf-8"))
     assert list(predict.read_texts("<stdin>", input_format="tsv", stream=stream)) == [(2, "好")]
+
+
+def test_a_headerless_txt_with_column_names_is_scored_by_its_text_column_as_train_reads_it(
+        run_predict, predictor, tmp_path):
+    source = tmp_path / "news.txt"
+    source.write_text("好吃\t1\n难吃\t0\n\t1\n", encoding="utf-8")
+    summary, out = run_predict(f"--input={source}", "--column_names=text,label")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [row["line"] for row in rows] == [1, 2, 3] and summary["rows"] == 3
+    _check_answers(rows, predictor, ["好吃", "难吃", ""])
+    examples = data.read_examples(str(source), column_names=("text", "label"),
+                                  skip_bad_rows=True)
+    assert examples.texts == ("好吃", "难吃")  # the texts train and evaluate read (not the empty)
+    # Without --column_names a .txt is plain text in every command: train refuses it.
+    _, out = run_predict(f"--input={source}")
+    assert [json.loads(line)["text"] for line in out.splitlines()] == ["好吃\t1", "难吃\t0", "\t1"]
+    with pytest.raises(data.DataError, match="a .txt file is plain text"):
+        data.read_examples(str(source))
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("r.txt", ("--input_format=text", "--column_names=text,label"),
+     r"r\.txt: --input_format=text reads one text a line, which has no columns: drop "
+     "--column_names"),
+    ("r.jsonl", ("--column_names=text,label",), r"r\.jsonl: JSONL rows name their fields; drop "
+     "--column_names"),
+    ("r.txt", ("--text_b_column=b",), r"r\.txt: plain text holds one text a line; a pair model"),
+    ("r.csv", ("--output={tmp}/p.jsonl.gz",), r"--output=.*p\.jsonl\.gz: predict writes "
+     r"uncompressed text; write to stdout and compress that \(--output=- \| gzip > "),
+])
+def test_a_flag_that_cannot_apply_is_refused_before_the_model_loads(run_constant, tmp_path,
+                                                                    name, args, message):
+    source = tmp_path / name
+    source.write_text("text,label\n", encoding="utf-8")
+    with pytest.raises(cli.UserError, match=message):
+        run_constant(f"--input={source}", *[arg.format(tmp=tmp_path) for arg in args])
+    assert run_constant.loads == []
+
+
+@pytest.mark.parametrize("name, compress", [("reviews.csv.gz", gzip.compress),
+                                            ("reviews.txt.gz", gzip.compress),
+                                            ("reviews.jsonl.bz2", bz2.compress)])
+def test_compressed_input_is_read_as_what_it_holds(run_predict, predictor, tmp_path, name,
+                                                   compress):
+    texts = ["好,很好", "", "差"]
+    content = {".csv": "text,id\n" + "".join(f'"{t}",{i}\n' for i, t in enumerate(texts)),
+               ".txt": "\n".join(texts) + "\n",
+               ".jsonl": "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n"
+                                 for t in texts)}[os.path.splitext(name[:-4])[1]]
+    source = tmp_path / name
+    source.write_bytes(compress(content.encode("utf-8")))
+    _, out = run_predict(f"--input={source}")
+    rows = [json.loads(line) for line in out.splitlines()]
+    _check_answers(rows, predictor, texts)
+    if name.endswith(".txt.gz"):  # stdin too: by its first bytes
+        _, piped = run_predict("--input=-", stdin=source.read_bytes())
+        assert piped == out
 
 
 def test_resolve_saved_model_picks_the_highest_version(tmp_path):
