@@ -2,8 +2,10 @@
 
 Reading is strict on purpose: a row that cannot be read stops the run with the file name, the
 line number and what was expected, unless the caller asks to skip bad rows (`BadRows`: then
-they are counted and logged). Nothing is dropped silently. Plain Python, no TensorFlow: the
-tf.data pipeline that batches the examples is `bert_tf2.input_pipeline`.
+they are counted and logged). Nothing is dropped silently. Files and globs are local paths or
+URLs (`gs://...`), read through `bert_tf2.io_utils`. Plain Python, no TensorFlow (but for a
+URL, which tf.io.gfile reads): the tf.data pipeline that batches the examples is
+`bert_tf2.input_pipeline`.
 """
 
 import bz2
@@ -30,6 +32,7 @@ from absl import logging
 
 from bert_tf2 import cli
 from bert_tf2 import config
+from bert_tf2 import io_utils
 
 # Labels accepted without a --label_map: the numbers, English names and the usual Chinese ones.
 DEFAULT_LABEL_MAP: Mapping[str, int] = {
@@ -191,8 +194,14 @@ def _split_of(text: str, salt: int, dev_fraction: float, test_fraction: float) -
 # ---------------------------------------------------------------------------------------------
 
 def matching_files(pattern: str) -> List[str]:
-    """The files a `--*_data` value names: `pattern` itself, or what its glob matches, sorted."""
-    return sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+    """The files a `--*_data` value names: `pattern` itself, or what its glob matches, sorted.
+    A local path or a URL (`gs://bucket/train-*.csv`: `io_utils.glob`)."""
+    if not glob.has_magic(pattern):
+        return [pattern]
+    try:
+        return io_utils.glob(pattern)
+    except OSError as error:
+        raise DataError(f"{pattern}: cannot be listed: {error.strerror or error}") from error
 
 
 def read_examples(pattern: str, *, text_column: str = "text", label_column: str = "label",
@@ -413,7 +422,8 @@ class UnreadableText(DataError):
 
 def iter_lines(path: str, *, stream: Optional[BinaryIO] = None,
                encoding: str = "utf-8") -> Iterator[str]:
-    """Yields the lines of a text file (or binary `stream`) one at a time, with their endings.
+    """Yields the lines of a text file (a local path or a URL: `io_utils.open`; or binary
+    `stream`) one at a time, with their endings.
 
     `encoding` is a Python codec name, or 'auto': UTF-8, or GB18030 (what Excel and Windows
     save Chinese text in) when the first line that is not UTF-8 comes after ASCII only. A BOM
@@ -457,7 +467,7 @@ def open_binary(path: str, stream: Optional[BinaryIO] = None
     _refuse_spreadsheet(path)
     if stream is None:
         try:
-            stream = open(path, "rb")  # pylint: disable=consider-using-with
+            stream = io_utils.open(path, "rb")  # a local path, or a URL (gs://...)
         except OSError as error:
             raise DataError(f"{path}: cannot read file: {error.strerror}") from error
         context = stream

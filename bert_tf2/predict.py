@@ -36,9 +36,13 @@ with the file name and line number, or with --skip_bad_rows is skipped, counted 
 Input is read a window of READ_AHEAD_BATCHES batches (--batch_size) at a time, never loaded
 whole; each window is predicted sorted by text length (the model pads a batch to its longest
 text) and written in input order. A file output is
-written to a hidden temporary file and renamed into place only when the run succeeds; it may
-not be the input, and an existing one is replaced only with --overwrite (both checked before
-the model loads). A run to stdout that stops early (a closed pipe, Ctrl-C, an error) ends with
+written to a hidden temporary file and renamed into place only when the run succeeds
+(`io_utils.atomic_file`; on gs:// the object appears whole, when it is complete); it may not
+be the input, and an existing one is replaced only with --overwrite (both checked before the
+model loads).
+
+--saved_model, --input and --output may be URLs of any file system TensorFlow has (gs://,
+or ram:// in tests), read and written through `bert_tf2.io_utils`. A run to stdout that stops early (a closed pipe, Ctrl-C, an error) ends with
 status 1 and a last line on stderr saying how many rows were written.
 
 The model is called through its `serving_default` signature, exactly as TF Serving calls it
@@ -85,17 +89,19 @@ class SavedModelError(cli.UserError, FileNotFoundError):
 
 
 def resolve_saved_model(path: str) -> str:
-    """`path` if it holds a SavedModel, else the highest numeric version under it."""
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+    """`path` if it holds a SavedModel, else the highest numeric version under it (a local
+    path or a URL: `io_utils`)."""
+    io_utils.check_path(path, "--saved_model")
+    if io_utils.isfile(io_utils.join(path, "saved_model.pb")):
         return path
     versions = [version for version in io_utils.existing_versions(path)
-                if os.path.isfile(os.path.join(path, str(version), "saved_model.pb"))]
+                if io_utils.isfile(io_utils.join(path, str(version), "saved_model.pb"))]
     if not versions:
         raise SavedModelError(
             f"--saved_model={path}: no saved_model.pb there, nor in a numeric version "
-            f"directory under it{'' if os.path.exists(path) else ' (it does not exist)'}; "
+            f"directory under it{'' if io_utils.exists(path) else ' (it does not exist)'}; "
             "pass an export_dir/<version> that bert_tf2.train wrote, or the export_dir")
-    return os.path.join(path, str(versions[-1]))
+    return io_utils.join(path, str(versions[-1]))
 
 
 class Predictor:
@@ -112,7 +118,7 @@ class Predictor:
 
         self._tf = tf
         self.path = resolve_saved_model(saved_model)
-        if not os.path.isfile(os.path.join(self.path, "variables", "variables.index")):
+        if not io_utils.isfile(io_utils.join(self.path, "variables", "variables.index")):
             raise SavedModelError(f"--saved_model: {self.path} is a half-written export (no "
                                   "variables/variables.index beside its saved_model.pb); "
                                   "export it again, or pass another version")
@@ -451,11 +457,18 @@ def check_output(config: config_lib.PredictConfig) -> None:
         raise cli.UserError(f"--output={config.output}: predict writes uncompressed text; "
                             f"write to stdout and compress that (--output=- | "
                             f"{compression.name} > {config.output})")
-    if (config.input != STDIO and os.path.exists(config.input) and os.path.exists(config.output)
-            and os.path.samefile(config.input, config.output)):
+    if config.input != STDIO and _same_file(config.input, config.output):
         raise cli.UserError(f"--output={config.output} is the --input file: writing the "
                             "predictions there would replace the texts; choose another --output")
     io_utils.check_writable_file(config.output, "--output", overwrite=config.overwrite)
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether paths `a` and `b` name one file: the same URL, or local paths to one file
+    (links included)."""
+    if io_utils.is_remote(a) or io_utils.is_remote(b):
+        return a == b
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
 
 
 class _Written:

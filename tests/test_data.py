@@ -6,13 +6,15 @@ import io
 import json
 import logging
 import lzma
+import os
 import re
+import uuid
 
 import bert_tf2  # noqa: F401
 from absl import flags
 import pytest
 
-from bert_tf2 import data, input_pipeline
+from bert_tf2 import data, input_pipeline, io_utils
 from tests.tiny_fixtures import train_config
 
 # The first two test reviews of the built-in corpus's fixed split, the one the shipped
@@ -435,3 +437,51 @@ def test_unreadable_text_names_the_line_from_which_the_file_is_lost(tmp_path):
     with pytest.raises(data.UnreadableText, match=r"r\.txt:3: not valid UTF-8") as raised:
         list(data.iter_lines(str(path)))
     assert raised.value.line == 3 and data.count_lines(str(path)) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Files on a store: ram://, TensorFlow's in-memory file system, stands in for gs://
+# ---------------------------------------------------------------------------------------------
+
+def _reviews(rows: int) -> str:
+    """A CSV of `rows` reviews, with quoted commas and newlines and CRLF line ends: over
+    several of the 8 KiB reads a stream makes, so lines and CRLFs straddle them."""
+    lines = ["text,label"] + [f"\"第{i}条,很好\n真的\",1" if i % 7 == 0 else f"第{i}条差评,0"
+                              for i in range(rows)]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def test_files_and_globs_on_a_store_are_read_as_local_ones(tmp_path, monkeypatch):
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    store = f"ram://{uuid.uuid4().hex}/data"
+    local, remote = {}, {}
+    for name, content in (("a.csv", _reviews(2000).encode("utf-8")),
+                          ("b.csv.gz", gzip.compress(_reviews(300).encode("gbk"))),
+                          ("c.csv.xz", lzma.compress("text,label\n还行,1\n".encode("utf-8")))):
+        (tmp_path / name).write_bytes(content)
+        local[name] = str(tmp_path / name)
+        with io_utils.open(f"{store}/{name}", "wb") as f:
+            f.write(content)
+        remote[name] = f"{store}/{name}"
+
+    for name in local:
+        encoding = "auto"  # b.csv.gz is GB18030
+        assert (list(data.iter_lines(remote[name], encoding=encoding))
+                == list(data.iter_lines(local[name], encoding=encoding)))
+        assert data.count_lines(remote[name]) == data.count_lines(local[name])
+    a = data.read_examples(remote["a.csv"])
+    assert a.texts == data.read_examples(local["a.csv"]).texts and len(a) == 2000
+    assert a.texts[7] == "第7条,很好\n真的" and a.origins[7] == f"{store}/a.csv:10"
+
+    matched = data.read_examples(f"{store}/*.csv*", encoding="auto")
+    assert data.matching_files(f"{store}/*.csv*") == [remote[n] for n in sorted(remote)]
+    assert len(matched) == 2000 + 300 + 1 and matched.texts[-1] == "还行"
+    splits = data.load_splits(remote["a.csv"], f"{store}/[bc].csv*", None, encoding="auto")
+    assert [len(splits[name]) for name in splits] == [2000, 301]
+
+    with pytest.raises(data.DataError, match="no file matches"):
+        data.read_examples(f"{store}/*.tsv")
+    with pytest.raises(data.DataError, match=f"^{store}/missing.csv: cannot read file"):
+        data.read_examples(f"{store}/missing.csv")
+    assert os.listdir(tmp_path / "cwd") == []  # nothing on the local disk

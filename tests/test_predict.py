@@ -9,12 +9,13 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import numpy as np
 import pytest
 
-from bert_tf2 import cli, data, predict
+from bert_tf2 import cli, data, io_utils, predict
 from tests.conftest import REPO_ROOT
 from tests.tiny_fixtures import predict_config
 
@@ -466,3 +467,39 @@ def test_top_k_on_a_binary_model_is_refused_not_ignored(tiny_training_run, tmp_p
                                    "--top_k=2", f"--output={tmp_path / 'p.jsonl'}",
                                    "--noprogress"))
     assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_an_export_input_and_output_on_a_store_give_the_local_rows(tiny_training_run, predictor,
+                                                                   tmp_path, monkeypatch):
+    """ram://, TensorFlow's in-memory file system, stands in for gs://: the export, the input
+    and the output there, nothing on the local disk, the rows a local run writes."""
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    store = f"ram://{uuid.uuid4().hex}"
+    io_utils.publish_next_version(tiny_training_run["saved_model"], f"{store}/export")
+    texts = ["好，很好", '第一行\n第二行，有"引号"', "", "多,逗,号", "太差了"] * 30
+    source = tmp_path / "reviews.csv.gz"
+    with gzip.open(source, "wt", encoding="utf-8", newline="") as f:
+        csv.writer(f, lineterminator="\r\n").writerows([["id", "评论"], *enumerate(texts)])
+    io_utils.copy(str(source), f"{store}/in/reviews.csv.gz")
+    args = ("--text_column=评论", "--batch_size=16", "--noprogress")
+    local = io.StringIO()
+    predict.run(predict_config(f"--saved_model={tiny_training_run['export_dir']}",
+                               f"--input={source}", *args), stdout=local)
+
+    output = f"{store}/out/predictions.jsonl"
+    summary = predict.run(predict_config(f"--saved_model={store}/export",
+                                         f"--input={store}/in/reviews.csv.gz",
+                                         f"--output={output}", *args))
+    assert summary["saved_model"] == f"{store}/export/1" and summary["rows"] == len(texts)
+    with io_utils.open(output, encoding="utf-8") as f:
+        assert f.read() == local.getvalue()
+    assert io_utils.listdir(f"{store}/out") == ["predictions.jsonl"]  # no scratch sibling
+    with pytest.raises(cli.UserError, match="already exists; pass --overwrite"):
+        predict.run(predict_config(f"--saved_model={store}/export",
+                                   f"--input={store}/in/reviews.csv.gz", f"--output={output}",
+                                   *args))
+    with pytest.raises(cli.UserError, match="is the --input file"):
+        predict.run(predict_config(f"--saved_model={store}/export", f"--input={output}",
+                                   f"--output={output}", "--overwrite", *args))
+    assert os.listdir(tmp_path / "cwd") == []
