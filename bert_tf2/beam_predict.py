@@ -55,6 +55,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
@@ -95,6 +96,7 @@ from apache_beam.options import pipeline_options as beam_options
 from bert_tf2 import cli
 from bert_tf2 import config as config_lib
 from bert_tf2 import data
+from bert_tf2 import io_utils
 from bert_tf2 import predict
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -166,6 +168,102 @@ def open_raw(path: str):
 
 
 # ---------------------------------------------------------------------------------------------
+# Paths on Beam's file systems, and the export read through them
+# ---------------------------------------------------------------------------------------------
+
+def check_beam_path(path: str, flag: str) -> None:
+    """Refuses a URL that lost a slash (`gs:/b/x`) and a scheme no Beam file system serves
+    (gs:// without apache-beam[gcp]), in one line naming `flag`."""
+    io_utils.check_not_mangled(path, flag)
+    try:
+        FileSystems.get_filesystem(path)
+    except (ValueError, IOError) as error:  # IOError: Beam's BeamIOError
+        raise cli.UserError(f"{flag}={path}: {_beam_cause(path, error)}") from error
+
+
+def _beam_cause(path: str, error: BaseException) -> str:
+    """What a Beam file system error says, in one line; for a scheme without one, what to
+    install."""
+    details = getattr(error, "exception_details", None)  # BeamIOError's, by path
+    if isinstance(details, dict) and details:
+        error = next(iter(details.values()))
+    first_line = (str(error).splitlines() or [type(error).__name__])[0]
+    if "Unable to get filesystem" in first_line or "No filesystem found" in first_line:
+        scheme = io_utils.scheme(path)
+        return (f"Beam has no file system for {scheme}:// here"
+                + (" (it comes with apache-beam[gcp]: pip install 'bert_tf2[gcp]')"
+                   if scheme == "gs" else ""))
+    return first_line
+
+
+def _is_directory(path: str) -> bool:
+    """A local directory, or a URL with objects under `path/` (what a store calls one)."""
+    if not io_utils.is_remote(path):
+        return os.path.isdir(path)
+    (matched,) = FileSystems.match([path.rstrip("/") + "/**"], limits=[1])
+    return bool(matched.metadata_list)
+
+
+def load_export(saved_model: str) -> predict.Predictor:
+    """The export `saved_model` names (a version, or the export_dir: its highest), loaded.
+
+    A local path is loaded as predict loads it. A URL (gs://, any file system Beam has) is
+    read through Beam's FileSystems, never TensorFlow's own gs:// client, so a worker needs
+    Beam's credentials only: the version is copied into a local temporary directory, loaded,
+    and the copy deleted (TensorFlow then holds the model in memory; a worker killed later
+    leaves nothing on its disk). Beam calls this once per worker process
+    (`SavedModelHandler`)."""
+    if not io_utils.is_remote(saved_model):
+        return predict.Predictor(saved_model)
+    try:
+        version = _export_version(saved_model.rstrip("/"))
+        with tempfile.TemporaryDirectory(prefix="bert_tf2-export-") as local:
+            _copy_directory(version, local)
+            try:
+                model = predict.Predictor(local)
+            except predict.SavedModelError as error:
+                raise predict.SavedModelError(str(error).replace(local, version)) from error
+    except (cli.UserError, predict.SavedModelError):
+        raise
+    except Exception as error:  # pylint: disable=broad-except  (Beam's and its clients')
+        raise predict.SavedModelError(f"--saved_model={saved_model}: cannot be read: "
+                                      f"{_beam_cause(saved_model, error)}") from error
+    model.path = version  # for messages: where the model came from
+    return model
+
+
+def _export_version(url: str) -> str:
+    """`url` if it holds a saved_model.pb, else its highest numeric version that does."""
+    (here,) = FileSystems.match([FileSystems.join(url, "saved_model.pb")])
+    if here.metadata_list:
+        return url
+    (matched,) = FileSystems.match([FileSystems.join(url, "*", "saved_model.pb")])
+    versions = sorted(int(name) for name in (m.path[len(url):].strip("/").split("/")[0]
+                                             for m in matched.metadata_list)
+                      if name.isdigit())
+    if not versions:
+        raise predict.SavedModelError(
+            f"--saved_model={url}: no saved_model.pb there, nor in a numeric version "
+            "directory under it; pass an export_dir/<version> that bert_tf2.train wrote, or "
+            "the export_dir")
+    return FileSystems.join(url, str(versions[-1]))
+
+
+def _copy_directory(url: str, local: str) -> None:
+    """Copies every file under `url` into the local directory `local`, through Beam's
+    FileSystems."""
+    (matched,) = FileSystems.match([FileSystems.join(url, "**")])
+    for metadata in matched.metadata_list:
+        relative = metadata.path[len(url):].lstrip("/")
+        if not relative or relative.endswith("/"):  # a store's directory marker
+            continue
+        target = os.path.join(local, *relative.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open_raw(metadata.path) as source, open(target, "wb") as copy:
+            shutil.copyfileobj(source, copy, 1 << 20)
+
+
+# ---------------------------------------------------------------------------------------------
 # The model in RunInference
 # ---------------------------------------------------------------------------------------------
 
@@ -183,9 +281,9 @@ class SavedModelHandler(inference.ModelHandler):
     window, not one per row, and each window is predicted as predict predicts one
     (`predict.predict_in_batches`: sorted by length, --batch_size texts per call), each row
     answered with `predict.output_row`, "file" first. `load_model` is a `predict.Predictor`
-    (it registers the TF Text ops before loading); Beam loads it once per worker process and
-    shares it between the process's threads (in the launcher's process, the one check_model
-    loaded).
+    (it registers the TF Text ops before loading) that `load_export` loads (from gs://, a copy
+    staged through Beam's FileSystems); Beam loads it once per worker process and shares it
+    between the process's threads (in the launcher's process, the one check_model loaded).
     """
 
     def __init__(self, saved_model: str, batch_size: int, top_k: Optional[int] = None):
@@ -195,7 +293,7 @@ class SavedModelHandler(inference.ModelHandler):
         self.top_k = top_k
 
     def load_model(self) -> predict.Predictor:
-        return _CHECKED_MODELS.get(self.saved_model) or predict.Predictor(self.saved_model)
+        return _CHECKED_MODELS.get(self.saved_model) or load_export(self.saved_model)
 
     def run_inference(self, batch: Sequence[List[Row]], model: predict.Predictor,
                       inference_args=None) -> List[List[Dict[str, object]]]:
@@ -394,6 +492,24 @@ class ModelFacts(NamedTuple):
     pairs: bool
 
 
+def check_paths(config: config_lib.PredictConfig,
+                options: beam_options.PipelineOptions) -> None:
+    """Refuses a path flag that no Beam file system serves, a URL that lost a slash, and,
+    for Dataflow, whose workers share no disk with this machine, a local path."""
+    paths = [("--input", config.input), ("--output", config.output),
+             ("--saved_model", config.saved_model)]
+    for flag, path in paths:
+        if path != predict.STDIO:  # refused by input_files and existing_shards
+            check_beam_path(path, flag)
+    if options.view_as(beam_options.StandardOptions).runner == "DataflowRunner":
+        local = next(((flag, path) for flag, path in paths if not io_utils.is_remote(path)),
+                     None)
+        if local:
+            raise cli.UserError(f"{local[0]}={local[1]} is a local path, which Dataflow's "
+                                "workers cannot read or write: pass a gs:// one (copy the "
+                                "files there first, e.g. gcloud storage cp -r)")
+
+
 def check_model_elsewhere(config: config_lib.PredictConfig) -> ModelFacts:
     """`check_model` in a child process, so that this one, which only runs the pipeline for
     worker processes that load their own copy, never holds TensorFlow and the model (about
@@ -411,7 +527,7 @@ def _facts_of_checked_model(config: config_lib.PredictConfig) -> ModelFacts:
 def check_model(config: config_lib.PredictConfig) -> predict.Predictor:
     """The export, loaded here once so that a missing or broken one stops the run now."""
     try:
-        model = predict.Predictor(config.saved_model)
+        model = load_export(config.saved_model)
     except cli.UserError:
         raise
     except Exception as error:  # pylint: disable=broad-except
@@ -434,10 +550,8 @@ def input_files(config: config_lib.PredictConfig) -> List[str]:
     try:
         (matched,) = FileSystems.match([config.input])
     except Exception as error:  # pylint: disable=broad-except  (Beam's BeamIOError and others)
-        hint = ("; gs:// needs apache-beam[gcp] installed" if config.input.startswith("gs://")
-                else "")
         raise cli.UserError(f"--input={config.input}: cannot be listed: "
-                            f"{str(error).splitlines()[0]}{hint}") from error
+                            f"{_beam_cause(config.input, error)}") from error
     files = sorted(metadata.path for metadata in matched.metadata_list)
     if not files:
         raise cli.UserError(f"--input={config.input}: no file matches this pattern")
@@ -507,7 +621,7 @@ def existing_shards(config: config_lib.PredictConfig) -> List[str]:
         raise cli.UserError(f"--output={config.output}: pass a prefix for the output files, "
                             "e.g. out/predictions (they are written as "
                             f"out/predictions{SHARDS})")
-    if os.path.isdir(config.output):
+    if _is_directory(config.output):
         raise cli.UserError(f"--output={config.output} is a directory: pass a prefix inside "
                             f"it, e.g. {config.output.rstrip('/')}/predictions")
     (matched,) = FileSystems.match([f"{config.output}*-of-*"])
@@ -527,6 +641,7 @@ def run(config: config_lib.PredictConfig, pipeline_args: Sequence[str] = ()
         ) -> Dict[str, object]:
     """Runs the job over every file of --input; returns counts and timings."""
     options = pipeline_options(pipeline_args)
+    check_paths(config, options)
     files = input_files(config)
     read_options = ReadOptions.of(config)
     for path in files:

@@ -93,18 +93,24 @@ def abspath(path: str) -> str:
 
 
 def check_path(path: str, flag: str) -> None:
-    """Refuses a URL that lost a slash (`gs:/b/x`), which as a local path would make a
-    folder named `gs:`, and a scheme no TensorFlow file system serves."""
-    if not is_remote(path) and _MANGLED_URL.match(os.fspath(path)):
-        scheme_name = _MANGLED_URL.match(path).group(1)
-        raise OutputError(f"{flag}={path} looks like a {scheme_name}:// URL with a slash "
-                          f"missing; write {scheme_name}://{path.split(':', 1)[1].lstrip('/')}")
+    """Refuses a URL that lost a slash (`check_not_mangled`) and a scheme no TensorFlow file
+    system serves."""
+    check_not_mangled(path, flag)
     if is_remote(path):
         def probe():
             with _as_oserror(path, flag):
                 return _gfile().exists(path)
 
         _bounded(probe, flag, path)
+
+
+def check_not_mangled(path: str, flag: str) -> None:
+    """Refuses a URL that lost a slash (`gs:/b/x`, as os.path.normpath makes it), which as a
+    local path would make a folder named `gs:` (for any file layer: this one, or Beam's)."""
+    if not is_remote(path) and _MANGLED_URL.match(os.fspath(path)):
+        scheme_name = _MANGLED_URL.match(path).group(1)
+        raise OutputError(f"{flag}={path} looks like a {scheme_name}:// URL with a slash "
+                          f"missing; write {scheme_name}://{path.split(':', 1)[1].lstrip('/')}")
 
 
 # ---------------------------------------------------------------------------------------------

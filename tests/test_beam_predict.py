@@ -10,15 +10,19 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+import uuid
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from absl import flags
 import numpy as np
 import pytest
 
-from bert_tf2 import beam_predict, cli, config, predict
+from bert_tf2 import beam_predict, cli, config, io_utils, predict
 from tests import task_data
 from tests.conftest import REPO_ROOT
 from tests.tiny_fixtures import predict_config
@@ -259,6 +263,13 @@ def test_csv_output_has_a_header_in_every_shard(saved_model, two_files, tmp_path
     (("--input={tmp}/*", "--output={tmp}/p"),
      r"matches .*/p-00000-of-00001, an output shard or dead letter of beam_predict"),
     (("--input={a}", "--output={tmp}/p"), r"1 shards of it exist .*pass --overwrite"),
+    (("--input={a}", "--output=gs:/bucket/p"),
+     "--output=gs:/bucket/p looks like a gs:// URL with a slash missing; write gs://bucket/p"),
+    (("--input=foo://bucket/*.csv",), r"--input=foo://bucket/\*\.csv: Beam has no file system "
+                                      "for foo://"),
+    (("--input={a}", "--runner=DataflowRunner", "--project=p"),
+     "--input=.*a.csv is a local path, which Dataflow's workers cannot read or write: pass a "
+     "gs:// one"),
 ])
 def test_hurried_mistakes_are_refused_before_the_job(saved_model, two_files, tmp_path, args,
                                                      message):
@@ -332,3 +343,119 @@ def test_the_default_runner_is_the_fn_api_runner_and_flags_pass_through():
     assert options.view_as(DirectOptions).direct_num_workers == 2
     chosen = beam_predict.pipeline_options(["--runner=DataflowRunner", "--project=p"])
     assert chosen.view_as(StandardOptions).runner == "DataflowRunner"
+
+
+
+# ---------------------------------------------------------------------------------------------
+# gs:// through a local GCS API server
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gcs_emulator():
+    """The URL of a GCS API server, in memory, in its own process on a free loopback port
+    (gcp-storage-emulator); skipped where it, or Beam's gs:// (google-cloud-storage, which
+    apache-beam[gcp] brings), is not installed."""
+    pytest.importorskip("gcp_storage_emulator", reason="gcp-storage-emulator is not installed "
+                        "(requirements-test.txt)")
+    pytest.importorskip("google.cloud.storage", reason="Beam's gs:// needs apache-beam[gcp] "
+                        "(pip install '.[gcp]')")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start",
+                               "--host=127.0.0.1", f"--port={port}", "--in-memory", "--quiet"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"the GCS emulator did not start: {server.communicate()[1]}")
+            time.sleep(0.2)
+    yield f"http://127.0.0.1:{port}"
+    server.terminate()
+    server.communicate(timeout=30)
+
+
+@pytest.fixture
+def bucket(gcs_emulator, monkeypatch):
+    """A new bucket on the emulator, which Beam's GCS client (and the test's) reaches through
+    STORAGE_EMULATOR_HOST. TensorFlow's file systems are not used by anything under test."""
+    from apache_beam.internal.gcp import auth
+    from google.cloud import storage
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
+    # No Google credentials here: Beam's client connects anonymously, which the emulator takes
+    # (Beam would first retry finding credentials for about 30 s, then do the same).
+    monkeypatch.setattr(auth, "get_service_credentials", lambda options: None)
+
+    def no_tensorflow_file_system():
+        raise AssertionError("TensorFlow's file systems used for a URL")
+
+    monkeypatch.setattr(io_utils, "_gfile", no_tensorflow_file_system)
+    return storage.Client(project="test").create_bucket(f"bert-tf2-{uuid.uuid4().hex[:12]}")
+
+
+def upload(bucket, local, name) -> str:
+    """Uploads the file, or every file under the directory, `local` as `name`; its gs:// URL."""
+    paths = ([local] if os.path.isfile(local) else
+             [os.path.join(root, f) for root, _, files in os.walk(local) for f in files])
+    for path in paths:
+        relative = os.path.relpath(path, local).replace(os.sep, "/")
+        bucket.blob(name if relative == "." else f"{name}/{relative}").upload_from_filename(path)
+    return f"gs://{bucket.name}/{name}"
+
+
+def blob_lines(bucket, prefix) -> list:
+    return [json.loads(line) for blob in bucket.list_blobs(prefix=prefix)
+            for line in blob.download_as_text().splitlines()]
+
+
+@pytest.mark.slow  # starts a GCS API server
+def test_input_glob_output_dead_letter_and_export_on_gs(bucket, saved_model, two_files, tmp_path,
+                                                        monkeypatch):
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    temp_before = set(os.listdir(tempfile.gettempdir()))
+    bad, _ = bad_files(tmp_path)
+    local = {upload(bucket, two_files[0], "in/reviews.csv"): two_files[0],
+             upload(bucket, bad, "in/bad.csv"): bad}
+    export = upload(bucket, saved_model, "export/1").rsplit("/", 1)[0]
+    bucket.blob("export/2/variables/variables.index").upload_from_string(b"")  # half-copied
+    url = f"gs://{bucket.name}"
+    args = (f"--saved_model={export}", f"--input={url}/in/*", "--text_column=评论",
+            "--skip_bad_rows", "--batch_size=8")
+
+    summary = run_beam(*args, f"--output={url}/out/pred")
+    rows = blob_lines(bucket, "out/pred-")
+    check_same_as_predict([dict(row, file=local[row["file"]]) for row in rows], saved_model,
+                          sorted(local.values()), "--text_column=评论", "--skip_bad_rows")
+    assert summary["rows"] == len(rows) == 40 + 3 and summary["bad_rows"] == 2
+    letters = blob_lines(bucket, "out/pred.bad-rows-")
+    assert sorted((letter["file"], letter["line"]) for letter in letters) == [
+        (f"{url}/in/bad.csv", 4), (f"{url}/in/bad.csv", 6)]
+    assert sorted(blob.name for blob in bucket.list_blobs(prefix="out/")) == [
+        "out/pred-00000-of-00001", "out/pred.bad-rows-00000-of-00001"]  # no beam-temp-* left
+
+    with pytest.raises(cli.UserError, match=r"2 shards of it exist .*pass --overwrite"):
+        run_beam(*args, f"--output={url}/out/pred")
+    with pytest.raises(cli.UserError, match=rf"--output={url}/out is a directory"):
+        run_beam(*args, f"--output={url}/out")
+    with pytest.raises(cli.UserError, match=rf"--saved_model={url}/in: no saved_model.pb"):
+        run_beam(f"--saved_model={url}/in", *args[1:], f"--output={url}/other/pred")
+
+    # What a worker process does: stage the export from gs:// and load it.
+    handler = beam_predict.SavedModelHandler(export, batch_size=8)
+    model = handler.load_model()
+    assert model.path == f"{export}/1"
+    some = sorted(rows, key=lambda row: (row["file"], row["line"]))[:10]
+    (answers,) = handler.run_inference(
+        [[beam_predict.Row(row["file"], row["line"], row["text"]) for row in some]], model)
+    assert [answer["label"] for answer in answers] == [row["label"] for row in some]
+    np.testing.assert_allclose([answer["probability"] for answer in answers],
+                               [row["probability"] for row in some], atol=1e-6)
+    assert os.listdir(tmp_path / "cwd") == []  # nothing on the local disk ...
+    assert not [name for name in set(os.listdir(tempfile.gettempdir())) - temp_before
+                if name.startswith("bert_tf2-")]  # ... the staged export included
