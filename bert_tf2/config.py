@@ -102,6 +102,11 @@ class InputConfig:
     # Every batch full and padded to a bucket boundary (`input_pipeline.make_dataset`): what a
     # TPU compiles for, so the tpu strategy forces it.
     static_shapes: bool = _flag()
+    # Streamed training (`bert_tf2.prepared_data`): where the prepared shards are (None: the
+    # examples are held in memory), how many shards a split gets, the shuffle buffer.
+    data_cache: Optional[str] = _flag()
+    num_shards: int = _flag()
+    shuffle_buffer: int = _flag()
     # XLA compiles one program per input shape: under --jit_compile (and with static shapes)
     # a batch is padded to the next bucket boundary instead of its longest member.
     pad_to_bucket_boundary: bool = _derived()
@@ -297,7 +302,7 @@ def _with_implied_settings(config: TrainConfig) -> TrainConfig:
 RESUMABLE_CHANGES = frozenset({
     "model_dir", "export_dir", "keep_exports", "checkpoint_steps", "eval_batch_size",
     "test_data", "distribution_strategy", "num_gpus", "tpu", "jit_compile",
-    "steps_per_execution", "static_shapes"})
+    "steps_per_execution", "static_shapes", "data_cache"})
 # How the data is read: compared through the fingerprints of what was read, when both runs
 # have them, so a moved file or another spelling of the same columns may resume.
 _READING_FLAGS = frozenset(

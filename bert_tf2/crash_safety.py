@@ -24,6 +24,7 @@ from bert_tf2 import data
 from bert_tf2 import distribution
 from bert_tf2 import flags as project_flags
 from bert_tf2 import io_utils
+from bert_tf2 import prepared_data
 
 # model_dir/run_data.json: {split: data.fingerprint(...)} of the data a run trains on, written
 # beside run_config.json, so that a resume can tell it is given the same data.
@@ -365,8 +366,9 @@ def _data_differences(recorded: Mapping[str, Mapping[str, object]],
 
 
 def data_fingerprints(splits: Mapping[str, data.Examples]) -> Dict[str, Dict[str, object]]:
-    """`data.fingerprint` of the splits that make the model (train; dev picks the best epoch)."""
-    return {split: data.fingerprint(splits[split]) for split in FINGERPRINTED_SPLITS
+    """`data.fingerprint` of the splits that make the model (train; dev picks the best epoch),
+    held in memory or streamed (`prepared_data.fingerprint`: the same for the same data)."""
+    return {split: prepared_data.fingerprint(splits[split]) for split in FINGERPRINTED_SPLITS
             if split in splits}
 
 

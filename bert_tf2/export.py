@@ -55,6 +55,7 @@ from bert_tf2 import config
 from bert_tf2 import data
 from bert_tf2 import input_pipeline
 from bert_tf2 import io_utils
+from bert_tf2 import prepared_data
 
 # serving_default (Predict API).
 SERVING_SIGNATURE = "serving_default"
@@ -454,7 +455,8 @@ def test_data_record(data_config: config.DataConfig,
               if name not in ("train_data", "eval_data", "test_data")}
     source = (io_utils.abspath(data_config.test_data) if data_config.train_data
               else BUILTIN_TEST_DATA)
-    return {"source": source, "reader": reader, "fingerprint": data.fingerprint(test_split)}
+    return {"source": source, "reader": reader,
+            "fingerprint": prepared_data.fingerprint(test_split)}
 
 
 def read_test_data(saved_model_dir: str) -> Optional[Dict[str, object]]:

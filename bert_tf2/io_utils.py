@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from typing import IO, Iterator, List, Optional, TextIO
+from typing import IO, Iterator, List, Optional, TextIO, Tuple
 
 from bert_tf2 import cli
 
@@ -240,6 +240,16 @@ def isfile(path: str) -> bool:
     if not is_remote(path):
         return os.path.isfile(path)
     return exists(path) and not isdir(path)
+
+
+def stat(path: str) -> Tuple[int, int]:
+    """(size in bytes, modification time in ns) of file `path`, local or a URL."""
+    if not is_remote(path):
+        result = os.stat(path)
+        return result.st_size, result.st_mtime_ns
+    with _as_oserror(path):
+        result = _gfile().stat(path)
+    return result.length, result.mtime_nsec
 
 
 def listdir(path: str) -> List[str]:
