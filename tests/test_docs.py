@@ -30,7 +30,8 @@ FLAG_FILES = sorted((REPO_ROOT / "configs").glob("*.flags"))
 
 # The commands of bert_tf2 (`python -m bert_tf2.X`) whose flags come from `define_flags`.
 ABSL_COMMANDS = ("train", "distill", "pretrain", "hub_modules", "vocab", "evaluate", "predict",
-                 "export_lite", "beam_predict", "serving.client", "serving.config")
+                 "export_lite", "beam_predict", "serving.client", "serving.config",
+                 "prepare_data")
 # bert_tf2.serving.saved_model_cli is TensorFlow's saved_model_cli, whose flags its module
 # defines at import.
 SAVED_MODEL_CLI = "serving.saved_model_cli"
