@@ -90,6 +90,11 @@ class DataConfig:
     skip_bad_rows: bool = _flag()
     encoding: str = _flag()  # a Python codec name, or 'auto' (data.iter_lines)
 
+    @classmethod
+    def from_flags(cls, flag_values) -> "DataConfig":
+        """The data flags of a command that reads no other part of a TrainConfig."""
+        return _build(cls, lambda name: flag_values[name].value)
+
 
 @dataclasses.dataclass(frozen=True)
 class InputConfig:

@@ -134,6 +134,22 @@ def define_pretraining_flags(flag_values: flags.FlagValues = flags.FLAGS):
                    lower_bound=1)
 
 
+def define_data_cache_flags(flag_values: flags.FlagValues = flags.FLAGS):
+    """Streamed training data: prepared once as shards, then read (bert_tf2.prepared_data)."""
+    define = _Definer(flag_values)
+    define.string("data_cache", None, "Directory (local or gs://...) of prepared data: the "
+                  "--train_data/--eval_data/--test_data files are read once into TFRecord "
+                  "shards under it (bert_tf2.prepared_data) and training streams them, so "
+                  "memory stays flat whatever the data's size and each worker of a cluster "
+                  "reads its own shards. Reused while the files and the reading flags are "
+                  "unchanged; another run's preparation sits beside it. Unset: the examples "
+                  "are held in memory (fastest for small data).")
+    define.integer("num_shards", 8, "--data_cache: TFRecord shards per split; a run with more "
+                   "input pipelines (workers) than shards is refused.", lower_bound=1)
+    define.integer("shuffle_buffer", 100_000, "--data_cache: training (or pretraining) examples shuffled "
+                   "together (the in-memory path shuffles them all).", lower_bound=1)
+
+
 def define_pretrain_cli_flags(flag_values: flags.FlagValues = flags.FLAGS):
     """Where `python -m bert_tf2.pretrain` writes the encoder it pretrains."""
     define = _Definer(flag_values)
@@ -211,17 +227,6 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
                 "TPU needs (forced by --distribution_strategy=tpu): every batch padded to a "
                 "length-bucket boundary and full, the short last batch of dev/test filled with "
                 "examples of weight 0 that count in no metric and no loss.")
-    define.string("data_cache", None, "Directory (local or gs://...) of prepared data: the "
-                  "--train_data/--eval_data/--test_data files are read once into TFRecord "
-                  "shards under it (bert_tf2.prepared_data) and training streams them, so "
-                  "memory stays flat whatever the data's size and each worker of a cluster "
-                  "reads its own shards. Reused while the files and the reading flags are "
-                  "unchanged; another run's preparation sits beside it. Unset: the examples "
-                  "are held in memory (fastest for small data).")
-    define.integer("num_shards", 8, "--data_cache: TFRecord shards per split; a run with more "
-                   "input pipelines (workers) than shards is refused.", lower_bound=1)
-    define.integer("shuffle_buffer", 100_000, "--data_cache: training examples shuffled "
-                   "together (the in-memory path shuffles them all).", lower_bound=1)
     define.enum("mixed_precision", "float32", list(config.PRECISIONS),
                 "Keras dtype policy: mixed_float16 (with dynamic loss scaling) on GPUs, "
                 "mixed_bfloat16 on TPUs and CPUs with bfloat16 units. The classification head "
@@ -257,6 +262,7 @@ def define_train_command_flags(flag_values: flags.FlagValues = flags.FLAGS) -> N
     """Every flag `config.TrainConfig.from_flags` reads (what `bert_tf2.train` defines)."""
     define_module_flags(flag_values)
     define_data_flags(flag_values)
+    define_data_cache_flags(flag_values)
     define_pretraining_flags(flag_values)
     define_training_flags(flag_values)
 

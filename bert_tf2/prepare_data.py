@@ -26,7 +26,8 @@ def main(argv):
     if not config.input.data_cache:
         raise cli.UserError("--data_cache is required: the directory the shards go to")
     from bert_tf2 import prepared_data  # pylint: disable=g-import-not-at-top  (TensorFlow)
-    for name, split in prepared_data.load_splits(config.data, config.input).items():
+    for name, split in prepared_data.load_splits(
+            config.data, config.input.data_cache, config.input.num_shards).items():
         print(f"{name}: {len(split)} examples ({split.skipped_rows} bad rows skipped) in "
               f"{len(split.files)} shards under {io_utils.dirname(split.files[0])}")
 

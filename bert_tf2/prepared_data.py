@@ -78,25 +78,26 @@ def fingerprint(split) -> Dict[str, object]:
 # Finding or making the preparation
 # ---------------------------------------------------------------------------------------------
 
-def load_splits(data_config, input_config) -> Dict[str, StreamedSplit]:
-    """The train/dev/test splits of `data_config` as prepared under `input_config.data_cache`,
-    prepared first where no preparation of these files and flags is there."""
+def load_splits(data_config, data_cache: str, num_shards: int) -> Dict[str, StreamedSplit]:
+    """The train/dev/test splits of `data_config` (a `config.DataConfig`) as prepared in
+    `num_shards` shards under `data_cache`, prepared first where no preparation of these
+    files and flags is there."""
     if not data_config.train_data:
         raise cli.UserError("--data_cache prepares the --train_data/--eval_data/--test_data "
                             "files; the built-in corpus is held in memory: drop --data_cache "
                             "or pass --train_data")
-    io_utils.check_writable_dir(input_config.data_cache, "--data_cache")
+    io_utils.check_writable_dir(data_cache, "--data_cache")
     patterns = {split: getattr(data_config, flag) for split, flag in _SPLIT_FLAGS.items()
                 if getattr(data_config, flag)}
-    identity = cache_identity(data_config, patterns, input_config.num_shards)
-    directory = io_utils.join(input_config.data_cache, cache_key(identity))
+    identity = cache_identity(data_config, patterns, num_shards)
+    directory = io_utils.join(data_cache, cache_key(identity))
     manifest = io_utils.read_json(io_utils.join(directory, MANIFEST_FILE))
     if manifest is None:
         logging.info("Preparing %s into %s", ", ".join(patterns.values()), directory)
         try:
             with io_utils.atomic_directory(directory) as scratch:
-                prepare(patterns, data.reader_options(data_config), input_config.num_shards,
-                        scratch, identity)
+                prepare(patterns, data.reader_options(data_config), num_shards, scratch,
+                        identity)
         except FileExistsError:  # another run published the same preparation meanwhile
             pass
         manifest = io_utils.read_json(io_utils.join(directory, MANIFEST_FILE))
@@ -391,8 +392,9 @@ def make_dataset(split: StreamedSplit, *, batch_size: int, preprocessor, seq_len
         input_context=input_context, **batching)
 
 
-def read_texts(split: StreamedSplit) -> Tuple[str, ...]:
-    """The first texts of `split`, in order, all in memory (what masked-LM pretraining of
-    built modules takes)."""
-    return tuple(segments[0].decode("utf-8") for segments, _ in
-                 examples_dataset(split, training=False).as_numpy_iterator())
+def texts_dataset(split: StreamedSplit, *, seed: int, shuffle_buffer: int) -> tf.data.Dataset:
+    """The first texts of `split`, shuffled through `shuffle_buffer` and repeated: what
+    masked-LM pretraining (`bert_tf2.pretrain`) streams."""
+    texts = examples_dataset(split, training=True, seed=seed).map(
+        lambda segments, *_: segments[0])
+    return texts.shuffle(max(1, min(shuffle_buffer, len(split))), seed=seed).repeat()

@@ -209,7 +209,8 @@ def prepare(config: config_lib.TrainConfig, *, overwrite: bool = False,
 def load_splits(config: config_lib.TrainConfig) -> Dict[str, data.Examples]:
     """The splits, read into memory, or with --data_cache prepared once and streamed."""
     if config.input.data_cache:
-        return prepared_data.load_splits(config.data, config.input)
+        return prepared_data.load_splits(config.data, config.input.data_cache,
+                                         config.input.num_shards)
     splits = data.load_splits(config.data.train_data, config.data.eval_data,
                               config.data.test_data, **data.reader_options(config.data))
     data.warn_about_label_coverage(splits)
@@ -664,12 +665,11 @@ def build_missing_modules(config: config_lib.TrainConfig, train: data.Examples,
     def pretrain(preprocess_path, bert_config):
         return pretrain_lib.pretrain_encoder(
             bert_config, model_lib.load_preprocessor(preprocess_path),
-            prepared_data.read_texts(train) if isinstance(train, prepared_data.StreamedSplit)
-            else train.texts,
+            train if isinstance(train, prepared_data.StreamedSplit) else train.texts,
             output_prefix=io_utils.join(model_dir, "pretrain", "encoder"),
             epochs=pretraining.epochs, batch_size=pretraining.batch_size,
             seq_length=config.input.seq_length, learning_rate=pretraining.learning_rate,
-            seed=config.seed)
+            seed=config.seed, shuffle_buffer=config.input.shuffle_buffer)
 
     hub_modules.build_hub_modules(output_dir, vocab_file=modules.vocab_file,
                                   bert_config_file=modules.bert_config_file,

@@ -54,6 +54,11 @@ def _in_memory(config):
                             config.data.test_data, **data.reader_options(config.data))
 
 
+def _streamed(config):
+    return prepared_data.load_splits(config.data, config.input.data_cache,
+                                     config.input.num_shards)
+
+
 def _rows(dataset):
     """[((texts...), label)] of a dataset of single examples, as Python values."""
     return [(tuple(t.decode("utf-8") for t in segments),
@@ -66,7 +71,7 @@ def test_streamed_examples_are_the_in_memory_ones(task, tmp_path, corpus_splits)
     files, extra = _task_files(tmp_path / "data", corpus_splits, task)
     config = _config(files, extra, tmp_path / "cache")
     held = _in_memory(config)
-    streamed = prepared_data.load_splits(config.data, config.input)
+    streamed = _streamed(config)
     assert set(streamed) == set(held) == {"train", "dev", "test"}
     for split in held:
         assert len(streamed[split]) == len(held[split])
@@ -85,8 +90,7 @@ def test_streamed_examples_are_the_in_memory_ones(task, tmp_path, corpus_splits)
 def test_label_counts_and_class_weights_match_the_in_memory_split(tmp_path, corpus_splits):
     files, extra = _task_files(tmp_path / "data", corpus_splits, "multiclass")
     config = _config(files, extra, tmp_path / "cache")
-    held, streamed = _in_memory(config)["train"], prepared_data.load_splits(
-        config.data, config.input)["train"]
+    held, streamed = _in_memory(config)["train"], _streamed(config)["train"]
     counts = collections.Counter(held.labels)
     assert list(streamed.label_counts) == [counts[i] for i in range(3)]
     assert (train.balanced_class_weights(streamed, "multiclass", "balanced")
@@ -100,23 +104,21 @@ def _prepared_dirs(cache: pathlib.Path):
 def test_a_changed_file_or_reader_flag_is_not_served_from_the_cache(tmp_path, corpus_splits):
     files, extra = _task_files(tmp_path / "data", corpus_splits, "binary")
     cache = tmp_path / "cache"
-    first = prepared_data.load_splits(_config(files, extra, cache).data,
-                                      _config(files, extra, cache).input)
-    again = prepared_data.load_splits(_config(files, extra, cache).data,
-                                      _config(files, extra, cache).input)
+    first = _streamed(_config(files, extra, cache))
+    again = _streamed(_config(files, extra, cache))
     assert again["train"].files == first["train"].files
     assert len(_prepared_dirs(cache)) == 1
 
     with open(files["train"], "a", encoding="utf-8") as f:
         f.write("新加的一条好评\t正面\n")
     config = _config(files, extra, cache)
-    changed = prepared_data.load_splits(config.data, config.input)
+    changed = _streamed(config)
     assert len(changed["train"]) == len(first["train"]) + 1
     assert changed["train"].fingerprint == data.fingerprint(_in_memory(config)["train"])
     assert len(_prepared_dirs(cache)) == 2
 
     relabelled = _config(files, extra, cache, "--label_map=负面:1,正面:0")
-    flipped = prepared_data.load_splits(relabelled.data, relabelled.input)
+    flipped = _streamed(relabelled)
     assert flipped["train"].label_counts == changed["train"].label_counts[::-1]
     assert len(_prepared_dirs(cache)) == 3
 
@@ -124,7 +126,7 @@ def test_a_changed_file_or_reader_flag_is_not_served_from_the_cache(tmp_path, co
 def test_two_workers_read_disjoint_shards_that_add_up_to_the_data(tmp_path, corpus_splits):
     files, extra = _task_files(tmp_path / "data", corpus_splits, "binary")
     config = _config(files, extra, tmp_path / "cache", "--num_shards=4")
-    split = prepared_data.load_splits(config.data, config.input)["train"]
+    split = _streamed(config)["train"]
     read = [_rows(prepared_data.examples_dataset(
                 split, training=False,
                 input_context=tf.distribute.InputContext(num_input_pipelines=2,
@@ -140,7 +142,7 @@ def test_two_workers_read_disjoint_shards_that_add_up_to_the_data(tmp_path, corp
 def test_more_workers_than_shards_is_refused(tmp_path, corpus_splits):
     files, extra = _task_files(tmp_path / "data", corpus_splits, "binary")
     config = _config(files, extra, tmp_path / "cache", "--num_shards=1")
-    split = prepared_data.load_splits(config.data, config.input)["train"]
+    split = _streamed(config)["train"]
     with pytest.raises(prepared_data.cli.UserError, match="--num_shards=2 or more"):
         prepared_data.examples_dataset(split, training=True, input_context=(
             tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1,
@@ -154,11 +156,11 @@ def test_a_bad_row_is_named_by_file_and_line_and_nothing_is_prepared(tmp_path, c
     config = _config(files, extra, tmp_path / "cache")
     with pytest.raises(data.DataError, match=rf"{files['train']}:52: label '好吧'.*"
                                              "--skip_bad_rows"):
-        prepared_data.load_splits(config.data, config.input)
+        _streamed(config)
     assert not (tmp_path / "cache").exists() or not os.listdir(tmp_path / "cache")
 
     skipping = _config(files, extra, tmp_path / "cache", "--skip_bad_rows")
-    split = prepared_data.load_splits(skipping.data, skipping.input)["train"]
+    split = _streamed(skipping)["train"]
     assert (len(split), split.skipped_rows) == (50, 1)
     (directory,) = _prepared_dirs(tmp_path / "cache")
     manifest = json.loads((tmp_path / "cache" / directory / "manifest.json").read_text())
@@ -175,7 +177,7 @@ def test_a_dev_label_training_never_shows_names_its_row(tmp_path, corpus_splits)
     with pytest.raises(data.DataError) as in_memory:
         _in_memory(config)
     with pytest.raises(data.DataError) as streamed:
-        prepared_data.load_splits(config.data, config.input)
+        _streamed(config)
     assert str(streamed.value) == str(in_memory.value)
     assert f"{files['dev']}:21" in str(streamed.value)
 
@@ -183,7 +185,7 @@ def test_a_dev_label_training_never_shows_names_its_row(tmp_path, corpus_splits)
 def test_the_built_in_corpus_is_not_prepared(tmp_path):
     config = tiny_fixtures.train_config("--model_dir=unused", f"--data_cache={tmp_path}")
     with pytest.raises(prepared_data.cli.UserError, match="drop --data_cache"):
-        prepared_data.load_splits(config.data, config.input)
+        _streamed(config)
 
 
 def test_streamed_training_scores_dev_and_test_as_the_in_memory_data(
@@ -212,3 +214,12 @@ def test_streamed_training_scores_dev_and_test_as_the_in_memory_data(
 def tiny_hub_modules_preprocessor(modules):
     from bert_tf2 import model  # pylint: disable=g-import-not-at-top
     return model.load_preprocessor(modules.preprocess)
+
+
+def test_pretraining_streams_each_training_text_once_an_epoch(tmp_path, corpus_splits):
+    files, extra = _task_files(tmp_path / "data", corpus_splits, "pairs")
+    config = _config(files, extra, tmp_path / "cache")
+    split = _streamed(config)["train"]
+    epoch = [text.decode("utf-8") for text in prepared_data.texts_dataset(
+        split, seed=1, shuffle_buffer=8).take(len(split)).as_numpy_iterator()]
+    assert sorted(epoch) == sorted(_in_memory(config)["train"].texts)
