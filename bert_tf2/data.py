@@ -885,10 +885,14 @@ def class_counts(examples: Examples) -> str:
     labels = [label if isinstance(label, tuple) else
               tuple(int(i == label) for i in range(len(examples.class_names)))
               for label in examples.labels]
-    counts = [sum(column) for column in zip(*labels)]
-    if examples.class_names == config.BINARY_CLASS_NAMES:
+    return described_counts(examples.class_names, [sum(column) for column in zip(*labels)])
+
+
+def described_counts(class_names: Sequence[str], counts: Sequence[int]) -> str:
+    """`class_counts`' words for the examples of each class, `counts` in class order."""
+    if tuple(class_names) == config.BINARY_CLASS_NAMES:
         return f"{counts[1]} positive, {counts[0]} negative"
-    return ", ".join(f"{name} {count}" for name, count in zip(examples.class_names, counts))
+    return ", ".join(f"{name} {count}" for name, count in zip(class_names, counts))
 
 
 def warn_about_label_coverage(splits: Mapping[str, Examples]) -> None:

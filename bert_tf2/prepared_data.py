@@ -107,8 +107,7 @@ def load_splits(data_config, data_cache: str, num_shards: int) -> Dict[str, Stre
     data.warn_about_label_coverage({name: _summary(split) for name, split in splits.items()})
     for name, split in splits.items():
         logging.info("%s split: %d rows (%s) from %s, streamed from %d shards", name,
-                     len(split), ", ".join(f"{c} {n}" for c, n in zip(split.class_names,
-                                                                       split.label_counts)),
+                     len(split), data.described_counts(split.class_names, split.label_counts),
                      split.source, len(split.files))
     return splits
 

@@ -223,3 +223,13 @@ def test_pretraining_streams_each_training_text_once_an_epoch(tmp_path, corpus_s
     epoch = [text.decode("utf-8") for text in prepared_data.texts_dataset(
         split, seed=1, shuffle_buffer=8).take(len(split)).as_numpy_iterator()]
     assert sorted(epoch) == sorted(_in_memory(config)["train"].texts)
+
+
+def test_a_run_resumes_with_or_without_the_cache_on_the_same_data(tmp_path, corpus_splits):
+    from bert_tf2 import config as config_lib, crash_safety  # pylint: disable=g-import-not-at-top
+    files, extra = _task_files(tmp_path / "data", corpus_splits, "multilabel")
+    streamed_config = _config(files, extra, tmp_path / "cache")
+    held_config = streamed_config.replace(**{"input.data_cache": None})
+    assert config_lib.resume_differences(streamed_config, held_config) == {}
+    assert (crash_safety.data_fingerprints(_streamed(streamed_config))
+            == crash_safety.data_fingerprints(_in_memory(held_config)))
