@@ -35,12 +35,7 @@ flags.DEFINE_string("output", str(report.BENCHMARKS_MD),
 TITLE = "## Training data of any size: held in memory against streamed (--data_cache)"
 OUTPUT_ROOT = "runs/data_cache_benchmark"
 HUB = f"{OUTPUT_ROOT}/hub"
-# The quickstart's hub modules (configs/quickstart.flags builds the same).
-BUILD_MODULES = [
-    "-m", "bert_tf2.hub_modules", "--vocab_file=configs/vocab_snownlp.txt",
-    "--bert_config_file=configs/bert_tiny_zh.json",
-    "--init_checkpoint=configs/bert_tiny_zh_snownlp/encoder", "--normalization=bert_original",
-    "--seq_length=128", f"--output_dir={HUB}"]
+BUILD_MODULES = report.quickstart_hub_modules_args(HUB)
 FINISHED = re.compile(r"Finished after (\d+) optimizer steps in ([\d.]+) s")
 PREPARED = re.compile(r"train: (\d+) examples")
 
@@ -111,16 +106,12 @@ def markdown_section(by_size: Dict[int, Dict[str, Dict[str, float]]]) -> str:
             "corpus's training reviews repeated), with its dev reviews; peak memory: the "
             "process's maximum resident set size; training: as the run logs it; preparation: "
             "rows over the wall time of `bert_tf2.prepare_data`, TensorFlow's start "
-            "included.\n\n" + "\n".join(lines)
-            + "\n\nThe commands, from the repository root:\n\n```sh\n"
-            + "\n".join(commands) + "\n```\n")
+            "included.\n\n" + "\n".join(lines) + report.commands_block(commands))
 
 
 def main(argv):
     del argv
-    shutil.rmtree(report.REPO_ROOT / HUB, ignore_errors=True)
-    (report.REPO_ROOT / OUTPUT_ROOT).mkdir(parents=True, exist_ok=True)
-    report.run_measured(BUILD_MODULES, str(report.REPO_ROOT / OUTPUT_ROOT / "hub_modules.log"))
+    report.build_hub_modules(OUTPUT_ROOT, BUILD_MODULES, HUB)
     by_size = {int(rows): measure_size(int(rows)) for rows in FLAGS.rows}
     report.publish(markdown_section(by_size), FLAGS.output, TITLE)
 
