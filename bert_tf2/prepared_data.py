@@ -24,7 +24,6 @@ Tokenization stays in the graph, after streaming (`input_pipeline.batch_examples
 import dataclasses
 import hashlib
 import json
-import os
 import tempfile
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -101,6 +100,10 @@ def load_splits(data_config, data_cache: str, num_shards: int) -> Dict[str, Stre
         except FileExistsError:  # another run published the same preparation meanwhile
             pass
         manifest = io_utils.read_json(io_utils.join(directory, MANIFEST_FILE))
+        if manifest is None:
+            raise cli.UserError(f"{directory} holds no {MANIFEST_FILE}: another run is still "
+                                f"copying it there, or stopped doing so; wait for that run, "
+                                f"or delete {directory} to prepare the data again")
     else:
         logging.info("Using the data prepared in %s", directory)
     splits = splits_of(manifest, directory)
@@ -192,7 +195,7 @@ def prepare(patterns: Mapping[str, str], reader: Mapping[str, object], num_shard
     spec = reader["labels"]
     with tempfile.TemporaryDirectory(prefix="bert_tf2-prepare-") as spool:
         written = {split: _write_split(split, pattern, reader, num_shards, directory,
-                                       os.path.join(spool, split))
+                                       io_utils.join(spool, split))
                    for split, pattern in patterns.items()}
         # encode_labels on one row per label value: its checks and messages (the first row
         # of a label training never shows, fewer than two classes) are those of the data.
@@ -205,11 +208,11 @@ def prepare(patterns: Mapping[str, str], reader: Mapping[str, object], num_shard
         for split, w in written.items():
             table = encoded[split].labels
             manifest["splits"][split] = {
-                "source": w.source, "files": [os.path.basename(f) for f in w.files],
+                "source": w.source, "files": [io_utils.basename(f) for f in w.files],
                 "shard_counts": w.shard_counts, "skipped_rows": w.skipped_rows,
                 "label_table": table,
                 "label_counts": _class_counts(table, w.value_counts, len(class_names)),
-                "fingerprint": _fingerprint(os.path.join(spool, split), class_names, table,
+                "fingerprint": _fingerprint(io_utils.join(spool, split), class_names, table,
                                             sum(w.shard_counts),
                                             pairs=bool(reader["text_b_column"]))}
     io_utils.write_json(manifest, io_utils.join(directory, MANIFEST_FILE))
@@ -220,14 +223,13 @@ def _write_split(split: str, pattern: str, reader: Mapping[str, object], num_sha
                  directory: str, spool: str) -> _Written:
     """Streams `pattern`'s examples into `num_shards` TFRecord files (example j into shard
     j % num_shards) and spools their texts and label value ids for the fingerprint."""
-    files = [os.path.join(directory, f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord")
+    files = [io_utils.join(directory, f"{split}-{i:05d}-of-{num_shards:05d}.tfrecord")
              for i in range(num_shards)]
     w = _Written(source=pattern, files=files, shard_counts=[0] * num_shards)
     bad_row = data.BadRows(skip=reader["skip_bad_rows"])
     options = {key: value for key, value in reader.items() if key != "skip_bad_rows"}
     writers = [tf.io.TFRecordWriter(path) for path in files]
-    os.makedirs(spool)
-    spooled = [io_utils.open(os.path.join(spool, name), "w", encoding="utf-8")
+    spooled = [io_utils.open(io_utils.join(spool, name), "w", encoding="utf-8")
                for name in ("texts", "texts_b", "values")]
     try:
         for j, (text, text_b, label, origin) in enumerate(
@@ -296,10 +298,10 @@ def _fingerprint(spool: str, class_names: Sequence[str], table: Sequence[object]
         digest.update(b"\0")
 
     part([json.dumps(tuple(class_names), ensure_ascii=False)])
-    part(["[", *_chunks(os.path.join(spool, "texts")), "]"])
-    part(["[", *_chunks(os.path.join(spool, "texts_b")), "]"] if pairs else ["null"])
+    part(["[", *_chunks(io_utils.join(spool, "texts")), "]"])
+    part(["[", *_chunks(io_utils.join(spool, "texts_b")), "]"] if pairs else ["null"])
     labels = [json.dumps(label, ensure_ascii=False) for label in table]
-    with io_utils.open(os.path.join(spool, "values"), encoding="utf-8") as values:
+    with io_utils.open(io_utils.join(spool, "values"), encoding="utf-8") as values:
         part(["[", *_joined(labels[int(v)] for v in values), "]"])
     return {"examples": count, "sha256": digest.hexdigest()}
 
