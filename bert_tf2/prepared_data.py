@@ -90,22 +90,8 @@ def load_splits(data_config, data_cache: str, num_shards: int) -> Dict[str, Stre
                 if getattr(data_config, flag)}
     identity = cache_identity(data_config, patterns, num_shards)
     directory = io_utils.join(data_cache, cache_key(identity))
-    manifest = io_utils.read_json(io_utils.join(directory, MANIFEST_FILE))
-    if manifest is None:
-        logging.info("Preparing %s into %s", ", ".join(patterns.values()), directory)
-        try:
-            with io_utils.atomic_directory(directory) as scratch:
-                prepare(patterns, data.reader_options(data_config), num_shards, scratch,
-                        identity)
-        except FileExistsError:  # another run published the same preparation meanwhile
-            pass
-        manifest = io_utils.read_json(io_utils.join(directory, MANIFEST_FILE))
-        if manifest is None:
-            raise cli.UserError(f"{directory} holds no {MANIFEST_FILE}: another run is still "
-                                f"copying it there, or stopped doing so; wait for that run, "
-                                f"or delete {directory} to prepare the data again")
-    else:
-        logging.info("Using the data prepared in %s", directory)
+    manifest = _find_or_prepare(directory, identity, patterns,
+                                data.reader_options(data_config), num_shards)
     splits = splits_of(manifest, directory)
     data.warn_about_label_coverage({name: _summary(split) for name, split in splits.items()})
     for name, split in splits.items():
@@ -113,6 +99,27 @@ def load_splits(data_config, data_cache: str, num_shards: int) -> Dict[str, Stre
                      len(split), data.described_counts(split.class_names, split.label_counts),
                      split.source, len(split.files))
     return splits
+
+
+def _find_or_prepare(directory: str, identity: Mapping[str, object],
+                     patterns: Mapping[str, str], reader: Mapping[str, object],
+                     num_shards: int) -> Dict[str, object]:
+    """The manifest of the preparation in `directory`, made first where there is none."""
+    manifest = io_utils.read_json(io_utils.join(directory, MANIFEST_FILE))
+    if manifest is not None:
+        logging.info("Using the data prepared in %s", directory)
+        return manifest
+    logging.info("Preparing %s into %s", ", ".join(patterns.values()), directory)
+    try:
+        with io_utils.atomic_directory(directory) as scratch:
+            return prepare(patterns, reader, num_shards, scratch, identity)
+    except FileExistsError:  # another run published the same preparation meanwhile
+        manifest = io_utils.read_json(io_utils.join(directory, MANIFEST_FILE))
+    if manifest is None:
+        raise cli.UserError(f"{directory} holds no {MANIFEST_FILE}: another run is still "
+                            f"copying it there, or stopped doing so; wait for that run, or "
+                            f"delete {directory} to prepare the data again")
+    return manifest
 
 
 def cache_identity(data_config, patterns: Mapping[str, str],
