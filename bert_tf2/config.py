@@ -58,6 +58,9 @@ BINARY_CLASS_NAMES = ("0", "1")
 # the same whatever a run's --seed: the shipped quickstart encoder was pretrained on its
 # training texts, so any other split would put reviews it has seen into dev and test.
 BUILTIN_SPLIT_SALT = 42
+# --num_shards and --shuffle_buffer by default: they shape only streamed data (--data_cache).
+DEFAULT_NUM_SHARDS = 8
+DEFAULT_SHUFFLE_BUFFER = 100_000
 
 
 def _flag(name: Optional[str] = None) -> dataclasses.Field:
@@ -355,7 +358,18 @@ def _checked(config: TrainConfig) -> TrainConfig:
     for flag, value, valid, in_words in ranges:
         if not valid(value):
             raise cli.UserError(f"--{flag}={value} is out of range: it must be {in_words}")
+    _check_streaming_flags(config.input)
     return config
+
+
+def _check_streaming_flags(input_config: InputConfig) -> None:
+    """Refuses --num_shards or --shuffle_buffer without --data_cache: they would do nothing."""
+    for flag, value, default in (
+            ("num_shards", input_config.num_shards, DEFAULT_NUM_SHARDS),
+            ("shuffle_buffer", input_config.shuffle_buffer, DEFAULT_SHUFFLE_BUFFER)):
+        if value != default and not input_config.data_cache:
+            raise cli.UserError(f"--{flag}={value} shapes streamed data only: pass "
+                                "--data_cache=DIR too, or drop it")
 
 
 def _replace_path(obj, path, value):

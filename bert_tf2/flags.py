@@ -144,10 +144,12 @@ def define_data_cache_flags(flag_values: flags.FlagValues = flags.FLAGS):
                   "reads its own shards. Reused while the files and the reading flags are "
                   "unchanged; another run's preparation sits beside it. Unset: the examples "
                   "are held in memory (fastest for small data).")
-    define.integer("num_shards", 8, "--data_cache: TFRecord shards per split; a run with more "
-                   "input pipelines (workers) than shards is refused.", lower_bound=1)
-    define.integer("shuffle_buffer", 100_000, "--data_cache: training (or pretraining) examples shuffled "
-                   "together (the in-memory path shuffles them all).", lower_bound=1)
+    define.integer("num_shards", config.DEFAULT_NUM_SHARDS, "--data_cache: TFRecord shards "
+                   "per split; a run with more input pipelines (workers) than shards is "
+                   "refused.", lower_bound=1)
+    define.integer("shuffle_buffer", config.DEFAULT_SHUFFLE_BUFFER, "--data_cache: training "
+                   "(or pretraining) examples shuffled together (the in-memory path shuffles "
+                   "them all).", lower_bound=1)
 
 
 def define_pretrain_cli_flags(flag_values: flags.FlagValues = flags.FLAGS):

@@ -32,6 +32,7 @@ from absl import logging
 import tensorflow as tf
 
 from bert_tf2 import cli
+from bert_tf2 import config as config_lib
 from bert_tf2 import data
 from bert_tf2 import input_pipeline
 from bert_tf2 import io_utils
@@ -386,8 +387,9 @@ def _parser(split: StreamedSplit, class_weights: Optional[Sequence[float]]):
 
 
 def make_dataset(split: StreamedSplit, *, batch_size: int, preprocessor, seq_length: int,
-                 training: bool, seed: int = 0, shuffle_buffer: int = 100_000,
-                 input_context=None, class_weights: Optional[Sequence[float]] = None,
+                 training: bool, seed: int = 0,
+                 shuffle_buffer: int = config_lib.DEFAULT_SHUFFLE_BUFFER, input_context=None,
+                 class_weights: Optional[Sequence[float]] = None,
                  **batching) -> tf.data.Dataset:
     """`input_pipeline.make_dataset`'s batches of a streamed split (`batching`: its padding,
     bucketing, truncation, static shapes and skip_batches), shuffled for `training`

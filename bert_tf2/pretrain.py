@@ -50,7 +50,7 @@ MAX_PREDICTIONS_PER_SEQUENCE = 20
 
 def make_mlm_dataset(texts: Union[Sequence[str], prepared_data.StreamedSplit], preprocessor, *,
                      batch_size: int, seq_length: int, seed: int,
-                     shuffle_buffer: int = 100_000) -> tf.data.Dataset:
+                     shuffle_buffer: int = config_lib.DEFAULT_SHUFFLE_BUFFER) -> tf.data.Dataset:
     """Endless shuffled batches of (pretrainer inputs, masked token ids, weights).
 
     `texts` are held in memory (shuffled all together), or a split streamed from prepared
@@ -109,7 +109,7 @@ def pretrain_encoder(bert_config: configs.BertConfig, preprocessor,
                      output_prefix: str, epochs: int, batch_size: int, seq_length: int,
                      learning_rate: float, seed: int,
                      init_checkpoint: Optional[str] = None,
-                     shuffle_buffer: int = 100_000) -> str:
+                     shuffle_buffer: int = config_lib.DEFAULT_SHUFFLE_BUFFER) -> str:
     """Trains a `BertEncoder` with masked LM on `texts`; returns its checkpoint path.
 
     `texts` are held in memory, or streamed from prepared shards (`make_mlm_dataset`).

@@ -233,3 +233,9 @@ def test_a_run_resumes_with_or_without_the_cache_on_the_same_data(tmp_path, corp
     assert config_lib.resume_differences(streamed_config, held_config) == {}
     assert (crash_safety.data_fingerprints(_streamed(streamed_config))
             == crash_safety.data_fingerprints(_in_memory(held_config)))
+
+
+@pytest.mark.parametrize("flag", ["--num_shards=4", "--shuffle_buffer=10"])
+def test_a_streaming_flag_without_data_cache_is_refused(flag):
+    with pytest.raises(prepared_data.cli.UserError, match=rf"{flag} shapes streamed data only"):
+        tiny_fixtures.train_config("--model_dir=unused", flag)
