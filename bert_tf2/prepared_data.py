@@ -3,7 +3,7 @@
 With --data_cache=DIR, `bert_tf2.train` does not hold its examples in memory. The
 --train_data/--eval_data/--test_data files are read once, by `data.iter_examples` (the one
 reader: header checks, label validation, bad rows named by file:line or skipped and counted,
-encodings, every task), in constant memory, into DIR/<key>/:
+encodings, every task), in constant memory, into DIR/prepared-<key>/:
 
   manifest.json                 counts per split and class, the fingerprint a resumed run
                                 compares (equal to `data.fingerprint` of the same data held
@@ -13,7 +13,10 @@ encodings, every task), in constant memory, into DIR/<key>/:
 `<key>` is a hash of the files' paths, sizes and modification times, the reading flags and
 --num_shards: a changed file or flag makes another key, so a stale preparation is never
 served (several preparations sit side by side; delete DIR to reclaim them). A preparation
-is written to a scratch directory and published whole (`io_utils.atomic_directory`).
+is written to a scratch directory and published whole (`io_utils.atomic_directory`). The
+fingerprint hashes all texts before all labels, with class names known only at the end, so
+the texts and label ids are spooled to a local temporary directory (about the size of the
+data) and hashed from there once the split is read.
 
 Example j of a split goes to shard j % N, so reading the N shards round-robin
 (`tf.data` interleave, block length 1) gives the examples in the order they were read, and
