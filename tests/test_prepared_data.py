@@ -239,3 +239,14 @@ def test_a_run_resumes_with_or_without_the_cache_on_the_same_data(tmp_path, corp
 def test_a_streaming_flag_without_data_cache_is_refused(flag):
     with pytest.raises(prepared_data.cli.UserError, match=rf"{flag} shapes streamed data only"):
         tiny_fixtures.train_config("--model_dir=unused", flag)
+
+
+def test_a_compressed_training_file_is_prepared_as_read(tmp_path, corpus_splits):
+    import gzip  # pylint: disable=g-import-not-at-top
+    files, extra = _task_files(tmp_path / "data", corpus_splits, "binary")
+    compressed = files["train"] + ".gz"
+    with open(files["train"], "rb") as plain, gzip.open(compressed, "wb") as packed:
+        packed.write(plain.read())
+    config = _config({"train": compressed}, extra, tmp_path / "cache")
+    split = _streamed(config)["train"]
+    assert (len(split), split.fingerprint) == (50, data.fingerprint(_in_memory(config)["train"]))
