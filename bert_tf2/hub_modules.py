@@ -38,6 +38,7 @@ from official.nlp.tools import export_tfhub_lib
 
 from bert_tf2 import checkpoints
 from bert_tf2 import cli
+from bert_tf2 import compat
 from bert_tf2 import distribution
 from bert_tf2 import flags as project_flags
 from bert_tf2 import io_utils
@@ -190,7 +191,8 @@ def dense_einsums_as_matmuls(network: tf_keras.Model) -> None:
         if isinstance(layer, tf_keras.layers.EinsumDense):
             contracted = _contracted_trailing_axes(layer.equation)
             if contracted:
-                layer.call = functools.partial(_dense_as_matmul, layer, contracted)
+                compat.replace_layer_call(
+                    layer, functools.partial(_dense_as_matmul, layer, contracted))
 
 
 def _contracted_trailing_axes(equation: str) -> int:
