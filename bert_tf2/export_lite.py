@@ -31,7 +31,7 @@ import sys
 from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import app, flags, logging
+from absl import flags, logging
 
 from bert_tf2 import cli
 from bert_tf2 import compat
@@ -274,7 +274,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 def main(argv):
     from bert_tf2 import predict  # pylint: disable=g-import-not-at-top
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = config_lib.LiteExportConfig.from_flags(FLAGS)
     saved_model = predict.resolve_saved_model(config.saved_model)
     io_utils.check_writable_file(config.output, "--output", overwrite=config.overwrite)

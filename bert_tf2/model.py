@@ -122,7 +122,8 @@ def _classifier_encoder(model_config: config_lib.ModelConfig, encoder_handle: st
                                       pooled_only=True, assume_bert_dropout=needed)
         except ValueError as error:
             if needed:
-                raise ValueError(f"{error}; {_why_rebuilt(model_config, policy.name)}") from error
+                raise EncoderRebuildError(
+                    f"{error}; {_why_rebuilt(model_config, policy.name)}") from error
             logging.info("%s: the encoder runs as its module was saved", error)
         else:
             freeze_encoder(encoder, model_config.trainable_encoder_layers, source=encoder_handle)
@@ -137,6 +138,11 @@ def _classifier_encoder(model_config: config_lib.ModelConfig, encoder_handle: st
                         "changes nothing", policy.name)
     return hub.KerasLayer(encoder_handle, name="encoder",
                           trainable=model_config.trainable_encoder_layers != 0)
+
+
+class EncoderRebuildError(cli.UserError, ValueError):
+    """The encoder module cannot be rebuilt, and a flag needs it rebuilt; the message says
+    which flag and how to train without it."""
 
 
 def _why_rebuilt(model_config: config_lib.ModelConfig, policy: str) -> str:
