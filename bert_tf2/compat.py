@@ -12,6 +12,9 @@ module costs nothing.
 
 from typing import List, Sequence, Tuple
 
+# What this module is for: every protected access of TensorFlow, tf_keras and Beam is here.
+# pylint: disable=protected-access
+
 
 # ---------------------------------------------------------------------------------------------
 # tf_keras' BackupAndRestore (bert_tf2.crash_safety.Backup)
@@ -25,39 +28,45 @@ def always_call_train_batch_hooks(callback_class):
     """Class decorator: Keras calls the callback's on_train_batch_* after every call into the
     train function, whatever the callback's save_freq (BackupAndRestore's own
     `_implements_train_batch_hooks` says no for save_freq='epoch')."""
-    callback_class._implements_train_batch_hooks = lambda self: True  # pylint: disable=protected-access
+    callback_class._implements_train_batch_hooks = lambda self: True
     return callback_class
 
 
 def backup_state(callback):
     """The WorkerTrainingState of a BackupAndRestore callback (set by on_train_begin)."""
-    return callback._training_state  # pylint: disable=protected-access
+    return callback._training_state
 
 
 def record_backed_up_batch(callback, batch: int) -> None:
     """Makes the next backup record `batch` as the last one run (what `fit` resumes after)."""
-    backup_state(callback)._ckpt_saved_batch.assign(batch)  # pylint: disable=protected-access
+    backup_state(callback)._ckpt_saved_batch.assign(batch)
 
 
 def current_epoch(callback) -> int:
     """The epoch BackupAndRestore is in (it records it in on_epoch_begin)."""
-    return callback._current_epoch  # pylint: disable=protected-access
+    return callback._current_epoch
 
 
 def write_backup(callback, epoch: int) -> None:
     """Writes a BackupAndRestore backup of the training state now, as of `epoch`."""
-    callback._backup(epoch=epoch)  # pylint: disable=protected-access
+    callback._backup(epoch=epoch)
+
+
+def backup_write_manager(callback):
+    """The tf.train.CheckpointManager this worker writes its backups with."""
+    return backup_state(callback).write_checkpoint_manager
 
 
 def backup_write_directory(callback) -> str:
     """The directory this worker writes its backups to (a non-chief's is a temporary copy)."""
-    return backup_state(callback).write_checkpoint_manager.directory
+    return backup_write_manager(callback).directory
 
 
 def remove_temp_backup_directory(directory: str, strategy) -> None:
     """Removes a non-chief worker's temporary backup copy (a no-op on the chief)."""
     # Public replacement: none (tf_keras.src is tf_keras' implementation package).
-    from tf_keras.src.distribute import distributed_file_utils  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from tf_keras.src.distribute import distributed_file_utils
     distributed_file_utils.remove_temp_dirpath(directory, strategy)
 
 
@@ -77,10 +86,10 @@ def let_handler_drive_backups(callback, handler) -> None:
     every worker alike (the backup is already restored; what each worker restored may differ).
     """
     state = backup_state(callback)
-    handler._run_counter = 0  # pylint: disable=protected-access
+    handler._run_counter = 0
     # `fit` runs each step inside the handler's watch_preemption_scope through this attribute.
-    state.preemption_handler = callback.model._preemption_handler = handler  # pylint: disable=protected-access
-    state._enable_save_before_preemption = True  # pylint: disable=protected-access
+    state.preemption_handler = callback.model._preemption_handler = handler
+    state._enable_save_before_preemption = True
 
 
 def back_up_if_preempted(callback) -> None:
@@ -96,7 +105,7 @@ def mask_for_metrics(y_pred, mask) -> None:
     """Makes compiled metrics (`Model.compute_metrics`) count only the rows where `mask` is
     True: Keras' metrics container reads a prediction's Keras mask."""
     # Public replacement: a `sample_weight`-like `mask` argument of compute_metrics.
-    y_pred._keras_mask = mask  # pylint: disable=protected-access
+    y_pred._keras_mask = mask
 
 
 def steps_per_execution_variable(model):
@@ -129,7 +138,7 @@ def set_tflite_custom_op_registerers(converter, registerers: Sequence[object]) -
     """Registers custom ops (e.g. TF Text's) in the interpreter that a TFLiteConverter runs
     the model in to calibrate int8 quantization."""
     # Public replacement: a public TargetSpec field (the name says it is experimental).
-    converter.target_spec._experimental_custom_op_registerers = list(registerers)  # pylint: disable=protected-access
+    converter.target_spec._experimental_custom_op_registerers = list(registerers)
 
 
 def tflite_schema():
@@ -164,9 +173,9 @@ def parse_pipeline_options(args: Sequence[str]) -> Tuple[object, List[str]]:
     # Public replacement: PipelineOptions.get_all_options returning the unknown options (it
     # logs and drops them, or keeps them without saying which they are).
     from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
-    parser = pipeline_options._BeamArgumentParser(allow_abbrev=False)  # pylint: disable=protected-access
+    parser = pipeline_options._BeamArgumentParser(allow_abbrev=False)
     for options_class in {str(c): c for c in
                           pipeline_options.PipelineOptions.__subclasses__()}.values():
-        options_class._add_argparse_args(parser)  # pylint: disable=protected-access
+        options_class._add_argparse_args(parser)
     known, unknown = parser.parse_known_args(list(args))
     return known, unknown

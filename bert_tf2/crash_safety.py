@@ -192,8 +192,7 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
         """Has TensorFlow's handler back up every worker at one step when one gets SIGTERM."""
         self._previous_sigterm_handler = signal.getsignal(signal.SIGTERM) or signal.SIG_DFL
         handler = tf.distribute.experimental.PreemptionCheckpointHandler(
-            self.model.distribute_strategy.cluster_resolver,
-            compat.backup_state(self).write_checkpoint_manager,
+            self.model.distribute_strategy.cluster_resolver, compat.backup_write_manager(self),
             termination_config=tf.distribute.experimental.TerminationConfig(
                 exit_fn=self._preempted, grace_period=0))
         if not compat.handler_watches_preemption(handler):

@@ -60,6 +60,7 @@ def test_a_backup_written_mid_epoch_is_resumed_after_the_recorded_batch(tmp_path
             compat.back_up_if_preempted(self)  # no handler: a no-op
             if compat.current_epoch(self) == 1 and batch == 1:
                 seen["directory"] = compat.backup_write_directory(self)
+                assert isinstance(compat.backup_write_manager(self), tf.train.CheckpointManager)
                 compat.write_backup(self, compat.current_epoch(self))
                 raise _Killed()
 
@@ -154,7 +155,8 @@ def test_set_tflite_custom_op_registerers_is_what_calibration_reads():
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [tf.function(lambda x: x, input_signature=[tf.TensorSpec([1])]).get_concrete_function()])
     compat.set_tflite_custom_op_registerers(converter, ("Registerer",))
-    assert converter.target_spec._experimental_custom_op_registerers == ["Registerer"]  # pylint: disable=protected-access
+    # pylint: disable-next=protected-access
+    assert converter.target_spec._experimental_custom_op_registerers == ["Registerer"]
     from tensorflow.lite.python import lite as lite_converter  # pylint: disable=g-import-not-at-top
     assert ("self.target_spec._experimental_custom_op_registerers"
             in inspect.getsource(lite_converter))
