@@ -254,7 +254,8 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
 
 
 def define_train_command_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Every flag `config.TrainConfig.from_flags` reads (what `bert_tf2.train` defines)."""
+    """Every flag `config.TrainConfig.from_flags` and `config.RunOptions.from_flags` read
+    (what `bert_tf2.train` defines)."""
     define_module_flags(flag_values)
     define_data_flags(flag_values)
     define_pretraining_flags(flag_values)
