@@ -30,7 +30,6 @@ import json
 import typing
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from absl import app
 from absl import logging
 
 from bert_tf2 import cli
@@ -275,6 +274,22 @@ class DistillationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How one invocation of bert_tf2.train or bert_tf2.distill treats what earlier ones left.
+
+    Not part of the run (`TrainConfig`): a run_config.json holding --overwrite would wipe the
+    run it is meant to resume.
+    """
+
+    overwrite: bool = _flag()  # start afresh in a --model_dir holding another run
+    export_new_task: bool = _flag()  # export another contract over the served one
+
+    @classmethod
+    def from_flags(cls, flag_values) -> "RunOptions":
+        return _build(cls, lambda name: flag_values[name].value)
+
+
+@dataclasses.dataclass(frozen=True)
 class DistillConfig(TrainConfig):
     """A training run whose student learns the outputs of `distill.teacher`.
 
@@ -476,6 +491,28 @@ def load(path: str, cls: type = TrainConfig,
 # ---------------------------------------------------------------------------------------------
 
 _TRAINING_DATA_FLAGS = ("train_data", "eval_data", "test_data")
+_LABEL_FLAGS = ("task", "label_map", "class_names", "label_column", "label_separator",
+                "allow_single_label_rows")
+
+# Flags of other commands that a user may give predict/beam_predict or evaluate by mistake,
+# and what to do instead (`cli.run`'s other_commands_flags): those commands do not define them.
+PREDICT_OTHER_FLAGS = {
+    **{name: "it is a training flag; predict reads --input" for name in _TRAINING_DATA_FLAGS},
+    **{name: "predict reads no labels; the task and classes are the model's (its export)"
+       for name in _LABEL_FLAGS},
+}
+EVALUATE_OTHER_FLAGS = {
+    **{name: "it is a training flag; evaluate reads --data" for name in _TRAINING_DATA_FLAGS},
+    **{name: "evaluate reads the task and classes off the model; --label_map, "
+       "--label_separator and --label_column say how --data's labels are written"
+       for name in ("task", "class_names")},
+    "seed": "the built-in corpus's split is fixed whatever the seed, so evaluate has no "
+            "other test split to pick; drop --seed, or pass --data (docs/evaluate_predict.md)",
+}
+# The fields of evaluate's reader (a DataConfig) that it defines no flag for: the task and
+# classes come from the model (`bert_tf2.evaluate`), and it reads no training splits.
+_EVALUATE_READER_UNSET = {"train_data": None, "eval_data": None, "test_data": None,
+                          "task": None, "class_names": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -500,7 +537,6 @@ class PredictConfig:
     @classmethod
     def from_flags(cls, flag_values) -> "PredictConfig":
         """The run the parsed flags of `bert_tf2.predict` describe."""
-        _reject_training_data_flags(flag_values, "predict reads --input")
         return _with_model_checked(_build(cls, lambda name: flag_values[name].value))
 
 
@@ -522,10 +558,9 @@ class EvaluateConfig:
     @classmethod
     def from_flags(cls, flag_values) -> "EvaluateConfig":
         """The run the parsed flags of `bert_tf2.evaluate` describe."""
-        _reject_training_data_flags(flag_values, "evaluate reads --data")
-        _reject_split_seed(flag_values)
         _reject_reading_flags_without_data(flag_values)
-        config = _build(cls, lambda name: flag_values[name].value)
+        config = _build(cls, lambda name: _EVALUATE_READER_UNSET[name]
+                        if name in _EVALUATE_READER_UNSET else flag_values[name].value)
         if not config.saved_model and config.history:
             return config  # only plots the training curves
         return _with_model_checked(config)
@@ -569,26 +604,6 @@ class LiteExportConfig:
         return config
 
 
-def _reject_training_data_flags(flag_values, what_instead: str) -> None:
-    for name in _TRAINING_DATA_FLAGS:
-        if flag_values[name].value:
-            raise app.UsageError(f"--{name} is a training flag; {what_instead}")
-
-
-def _reject_split_seed(flag_values) -> None:
-    """Refuses an evaluate --seed that asks for another built-in split than the fixed one.
-
-    The seed does not choose the split; a caller who passes another one expects a test split
-    they would not get, so it is an error rather than ignored.
-    """
-    seed = flag_values["seed"]
-    if seed.present and seed.value != BUILTIN_SPLIT_SALT and not flag_values["data"].value:
-        raise app.UsageError(
-            f"--seed={seed.value}: the built-in corpus's split is fixed whatever the seed, "
-            f"so evaluate has no other test split to pick; drop --seed, or pass --data "
-            f"(docs/evaluate_predict.md)")
-
-
 def _reject_reading_flags_without_data(flag_values) -> None:
     """Refuses evaluate flags that say how --data is read when there is no --data: the test
     split the model records is read as its training run read it, so they would be ignored."""
@@ -596,7 +611,7 @@ def _reject_reading_flags_without_data(flag_values) -> None:
         return
     given = [f"--{field.metadata.get('flag') or field.name}" for field in
              dataclasses.fields(DataConfig)
-             if (field.metadata.get("flag") or field.name) not in _TRAINING_DATA_FLAGS
+             if (field.metadata.get("flag") or field.name) not in _EVALUATE_READER_UNSET
              and flag_values[field.metadata.get("flag") or field.name].present]
     if given:
         raise cli.UserError(
@@ -608,8 +623,10 @@ def _reject_reading_flags_without_data(flag_values) -> None:
 def _with_model_checked(config):
     """`config`, once its --saved_model and --batch_size are checked."""
     if not config.saved_model:
-        raise app.UsageError("--saved_model is required"
-                             + (" (or --history)" if hasattr(config, "history") else ""))
+        raise cli.UserError("--saved_model is required: the export (export_dir, or "
+                            "export_dir/VERSION) or .tflite file to run"
+                            + (" (or --history, to plot training curves only)"
+                               if hasattr(config, "history") else ""))
     if config.batch_size < 1:
-        raise app.UsageError(f"--batch_size must be at least 1, got {config.batch_size}")
+        raise cli.UserError(f"--batch_size must be at least 1, got {config.batch_size}")
     return config

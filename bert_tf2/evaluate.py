@@ -32,7 +32,7 @@ import time
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import app, flags, logging
+from absl import flags, logging
 import numpy as np
 from sklearn import metrics as sk_metrics
 
@@ -468,7 +468,7 @@ def run(config: config_lib.EvaluateConfig) -> Dict[str, object]:
                    else predict.resolve_saved_model(config.saved_model))
     output_dir = config.output_dir or default_output_dir(saved_model)
     if _inside(output_dir, saved_model):
-        raise app.UsageError(f"--output_dir={output_dir} is inside the SavedModel "
+        raise cli.UserError(f"--output_dir={output_dir} is inside the SavedModel "
                              f"{saved_model}; TF Serving loads that directory")
     io_utils.check_writable_dir(output_dir, "--output_dir")  # before the model loads
     predictor = predict.load_predictor(saved_model)
@@ -581,16 +581,17 @@ def _recorded_test_split(config: config_lib.EvaluateConfig,
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Defines every flag `run` reads: model, data and evaluation flags."""
     project_flags.define_inference_flags(flag_values)
-    project_flags.define_data_flags(flag_values)
+    project_flags.define_labelled_reading_flags(flag_values)
     project_flags.define_evaluation_flags(flag_values)
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     sys.stdout.reconfigure(encoding="utf-8", errors="backslashreplace")
     run(config_lib.EvaluateConfig.from_flags(FLAGS))
 
 
 if __name__ == "__main__":
-    cli.run("evaluate", main, define_flags)
+    cli.run("evaluate", main, define_flags,
+            other_commands_flags=config_lib.EVALUATE_OTHER_FLAGS)

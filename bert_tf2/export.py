@@ -51,6 +51,7 @@ import tensorflow as tf
 import tf_keras
 
 from bert_tf2 import cli
+from bert_tf2 import compat
 from bert_tf2 import config
 from bert_tf2 import data
 from bert_tf2 import input_pipeline
@@ -319,9 +320,7 @@ def _rewrite_fingerprint(saved_model_dir: str) -> None:
     if not io_utils.exists(fingerprint):
         return
     try:
-        # pylint: disable-next=g-import-not-at-top
-        from tensorflow.python.saved_model import fingerprinting_utils
-        fingerprinting_utils.write_fingerprint(saved_model_dir)
+        compat.write_saved_model_fingerprint(saved_model_dir)
     except (ImportError, AttributeError, ValueError):
         io_utils.remove(fingerprint)  # optional file; a stale checksum would be worse than none
 

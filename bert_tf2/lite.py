@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from bert_tf2 import cli
+from bert_tf2 import compat
 
 LITE_SUFFIX = ".tflite"
 SIGNATURE = "serving_default"
@@ -109,8 +110,7 @@ def read_metadata(flatbuffer: bytes, source: str = "the flatbuffer") -> Dict[str
     if not isinstance(flatbuffer, (bytes, bytearray, memoryview)):
         raise TypeError(f"read_metadata takes the file's content (bytes: open(path, 'rb')"
                         f".read()), not a {type(flatbuffer).__name__} {_short(flatbuffer)}")
-    # pylint: disable-next=g-import-not-at-top
-    from tensorflow.lite.python import schema_py_generated as schema
+    schema = compat.tflite_schema()
     try:
         model = schema.Model.GetRootAsModel(flatbuffer, 0)
         for i in range(model.MetadataLength()):

@@ -25,7 +25,7 @@ import math
 from typing import Optional, Sequence, Union
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import app, flags, logging
+from absl import flags, logging
 import tensorflow as tf
 import tensorflow_text as text
 import tf_keras
@@ -168,7 +168,7 @@ def main(argv):
     del argv
     flags_ = flags.FLAGS
     if not flags_.pretrain_epochs:
-        raise app.UsageError("--pretrain_epochs must be at least 1")
+        raise cli.UserError("--pretrain_epochs must be at least 1: the epochs to pretrain")
     tf_keras.utils.set_random_seed(flags_.seed)
     texts = training_texts(flags_)
     bert_config = hub_modules.read_bert_config(flags_.bert_config_file)

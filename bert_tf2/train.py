@@ -24,7 +24,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import app, flags, logging
+from absl import flags, logging
 import tensorflow as tf
 import tf_keras
 from official.nlp import optimization
@@ -692,11 +692,14 @@ def run_command(config_class, run_config: Callable[..., TrainResult]) -> None:
     """The run the parsed flags describe (`config_class.from_flags`), by `run_config` (`run`,
     or `bert_tf2.distill.run`); a Ctrl-C ends in the line that says how to resume."""
     config = config_class.from_flags(FLAGS)
+    options = config_lib.RunOptions.from_flags(FLAGS)
     if not config.model_dir:
-        raise app.UsageError("--model_dir is required")
+        raise cli.UserError("--model_dir is required: where the run keeps its checkpoints, "
+                            "backup and metrics")
     start = time.time()
     try:
-        run_config(config, overwrite=FLAGS.overwrite, export_new_task=FLAGS.export_new_task)
+        run_config(config, overwrite=options.overwrite,
+                   export_new_task=options.export_new_task)
     except KeyboardInterrupt:
         raise interrupted(config) from None
     logging.info("Done in %.1f s", time.time() - start)
@@ -714,7 +717,7 @@ def interrupted(config: config_lib.TrainConfig) -> cli.Interrupted:
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
-    """Defines every flag `TrainConfig.from_flags` reads."""
+    """Defines every flag `TrainConfig.from_flags` and `RunOptions.from_flags` read."""
     project_flags.define_train_command_flags(flag_values)
 
 
