@@ -392,8 +392,10 @@ def test_evaluate_writes_its_report_and_plots_to_a_store(tiny_training_run, tmp_
     history = f"{store}/model/history.csv"
     io_utils.copy(f"{tiny_training_run['model_dir']}/history.csv", history)
     output_dir = f"{store}/eval"
+    test_data = io_utils.join(io_utils.dirname(tiny_training_run["model_dir"]), "test.jsonl")
     with _local_disk_watched(tmp_path / "cwd", tmp_path / "temp"):
         report = evaluate.run(evaluate_config(f"--saved_model={tiny_training_run['saved_model']}",
+                                              f"--data={test_data}",
                                               f"--output_dir={output_dir}",
                                               f"--history={history}"))
         curves_only = evaluate.run(evaluate_config(f"--history={history}"))
