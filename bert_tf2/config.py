@@ -353,14 +353,14 @@ def _checked(config: TrainConfig) -> TrainConfig:
 
 # Flags that name files or directories (local, or URLs of a TensorFlow file system), by the
 # command's config class; *_data values may be globs, --unlabeled_data's a comma-separated
-# list of them. Hub handles (https:// URLs of TF Hub and Kaggle too) are checked where the
-# modules resolve.
+# list of them; the hub module handles may also be https:// URLs (TF Hub, Kaggle), which
+# TF Hub downloads and which are not checked here.
+_TRAINING_PATH_FLAGS = ("model_dir", "export_dir", "train_data", "eval_data", "test_data",
+                        "preprocess_handle", "encoder_handle", "vocab_file",
+                        "bert_config_file", "init_checkpoint")
 _PATH_FLAGS = {
-    "TrainConfig": ("model_dir", "export_dir", "train_data", "eval_data", "test_data",
-                    "vocab_file", "bert_config_file", "init_checkpoint"),
-    "DistillConfig": ("model_dir", "export_dir", "train_data", "eval_data", "test_data",
-                      "vocab_file", "bert_config_file", "init_checkpoint", "teacher",
-                      "unlabeled_data", "student_encoder"),
+    "TrainConfig": _TRAINING_PATH_FLAGS,
+    "DistillConfig": _TRAINING_PATH_FLAGS + ("teacher", "unlabeled_data", "student_encoder"),
     "PredictConfig": ("saved_model", "input", "output"),
     "EvaluateConfig": ("saved_model", "data", "output_dir", "history"),
     "LiteExportConfig": ("saved_model", "output", "representative_data"),
@@ -379,7 +379,7 @@ def check_paths(config) -> None:
         if not value:
             continue
         for path in (value.split(",") if name in _LISTS_OF_PATHS else [value]):
-            if path.strip():
+            if path.strip() and io_utils.scheme(path.strip()) not in ("http", "https"):
                 io_utils.check_path(path.strip(), f"--{name}")
 
 

@@ -216,6 +216,7 @@ def test_a_url_missing_a_slash_is_refused_not_made_a_local_folder(path, tmp_path
 @pytest.mark.parametrize("make_config, args, flag", [
     (train_config, ["--model_dir=m", "--export_dir=gs:/b/export"], "--export_dir"),
     (train_config, ["--model_dir=m", "--train_data=gs:/b/train.csv"], "--train_data"),
+    (train_config, ["--model_dir=m", "--encoder_handle=gs:/b/hub/encoder"], "--encoder_handle"),
     (distill_config, ["--model_dir=m", "--teacher=gs:/b/export"], "--teacher"),
     (distill_config, ["--model_dir=m", "--teacher=e", "--unlabeled_data=a.txt, s3:b/u.txt"],
      "--unlabeled_data"),
@@ -244,6 +245,9 @@ def test_every_command_refuses_a_scheme_without_a_file_system_when_parsed(tmp_pa
         evaluate_config("--saved_model=e", "--output_dir=s3://b/eval")
     with pytest.raises(io_utils.NoFileSystemError, match=r"^--saved_model=hdfs://n/e: "):
         lite_export_config("--saved_model=hdfs://n/e", "--output=m.tflite")
+    handle = "https://tfhub.dev/tensorflow/bert_zh_preprocess/3"  # TF Hub's: not probed
+    assert train_config("--model_dir=m", f"--preprocess_handle={handle}"
+                        ).modules.preprocess_handle == handle
     assert os.listdir(tmp_path) == []
     store = f"ram://{uuid.uuid4().hex}/export"  # a store that answers: taken
     assert evaluate_config(f"--saved_model={store}").saved_model == store
