@@ -224,6 +224,7 @@ class TrainConfig:
         """
         base = {}
         if flag_values.run_config:
+            io_utils.check_path(flag_values.run_config, "--run_config")
             base = flag_values_of(load(flag_values.run_config, cls,
                                        defaults=lambda name: flag_values[name].default))
 
@@ -231,7 +232,9 @@ class TrainConfig:
             flag = flag_values[name]
             return flag.value if flag.present or name not in base else base[name]
 
-        return _checked(_with_implied_settings(_build(cls, value)))
+        config = _checked(_with_implied_settings(_build(cls, value)))
+        check_paths(config)
+        return config
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with `changes` ("runtime.jit_compile": True, "seed": 1, ...) and the
@@ -387,6 +390,38 @@ def _check_streaming_flags(input_config: InputConfig) -> None:
                                 "--data_cache=DIR too, or drop it")
 
 
+# Flags that name files or directories (local, or URLs of a TensorFlow file system), by the
+# command's config class; *_data values may be globs, --unlabeled_data's a comma-separated
+# list of them; the hub module handles may also be https:// URLs (TF Hub, Kaggle), which
+# TF Hub downloads and which are not checked here.
+_TRAINING_PATH_FLAGS = ("model_dir", "export_dir", "train_data", "eval_data", "test_data",
+                        "preprocess_handle", "encoder_handle", "vocab_file",
+                        "bert_config_file", "init_checkpoint", "data_cache")
+_PATH_FLAGS = {
+    "TrainConfig": _TRAINING_PATH_FLAGS,
+    "DistillConfig": _TRAINING_PATH_FLAGS + ("teacher", "unlabeled_data", "student_encoder"),
+    "PredictConfig": ("saved_model", "input", "output"),
+    "EvaluateConfig": ("saved_model", "data", "output_dir", "history"),
+    "LiteExportConfig": ("saved_model", "output", "representative_data"),
+}
+_LISTS_OF_PATHS = ("unlabeled_data",)
+
+
+def check_paths(config) -> None:
+    """Refuses a path flag of `config` that is a URL missing a slash (`gs:/b/x`, which would
+    become a local folder named `gs:`), or whose scheme has no file system, or whose store
+    does not answer (`io_utils.check_path`): one line naming the flag, before anything is
+    read or written."""
+    values = flag_values_of(config)
+    for name in _PATH_FLAGS[type(config).__name__]:
+        value = values.get(name)
+        if not value:
+            continue
+        for path in (value.split(",") if name in _LISTS_OF_PATHS else [value]):
+            if path.strip() and io_utils.scheme(path.strip()) not in ("http", "https"):
+                io_utils.check_path(path.strip(), f"--{name}")
+
+
 def _replace_path(obj, path, value):
     if len(path) == 1:
         return dataclasses.replace(obj, **{path[0]: value})
@@ -537,7 +572,9 @@ class PredictConfig:
     @classmethod
     def from_flags(cls, flag_values) -> "PredictConfig":
         """The run the parsed flags of `bert_tf2.predict` describe."""
-        return _with_model_checked(_build(cls, lambda name: flag_values[name].value))
+        config = _with_model_checked(_build(cls, lambda name: flag_values[name].value))
+        check_paths(config)
+        return config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -561,9 +598,10 @@ class EvaluateConfig:
         _reject_reading_flags_without_data(flag_values)
         config = _build(cls, lambda name: _EVALUATE_READER_UNSET[name]
                         if name in _EVALUATE_READER_UNSET else flag_values[name].value)
-        if not config.saved_model and config.history:
-            return config  # only plots the training curves
-        return _with_model_checked(config)
+        if config.saved_model or not config.history:  # else it only plots the training curves
+            config = _with_model_checked(config)
+        check_paths(config)
+        return config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -601,6 +639,7 @@ class LiteExportConfig:
             raise cli.UserError(f"--{reading[0]} says how --representative_data is read, "
                                 "and there is none: drop it, or pass --representative_data "
                                 "with --quantization=int8")
+        check_paths(config)
         return config
 
 

@@ -26,7 +26,6 @@ int8 kernel), `none` (float32).
 import dataclasses
 import itertools
 import json
-import os
 import sys
 from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
@@ -212,11 +211,12 @@ def calibration_data(texts: Sequence[object], pairs: bool) -> Callable[[], Itera
 
 def write_lite(module, spec: LiteSpec, output: str, quantization: str,
                calibration: Optional[Callable[[], Iterator]] = None) -> None:
-    """Converts `module` (checked) with `quantization` and writes it to `output` atomically."""
+    """Converts `module` (checked) with `quantization` and writes it to `output` atomically
+    (a local file or a URL: written to a local file, then copied, `io_utils.atomic_file`)."""
     flatbuffer = with_metadata(convert(module, quantization, calibration), spec.metadata())
     with io_utils.atomic_file(output, newline="") as f:
         f.buffer.write(flatbuffer)
-    logging.info("Wrote %s (%s, %.1f MB)", output, quantization, os.path.getsize(output) / 1e6)
+    logging.info("Wrote %s (%s, %.1f MB)", output, quantization, len(flatbuffer) / 1e6)
 
 
 def with_metadata(flatbuffer: bytes, metadata: Dict[str, object]) -> bytes:
@@ -284,7 +284,7 @@ def main(argv):
                        column_names=data.parse_names(config.column_names, "--column_names"),
                        encoding=config.encoding)
     print(f"export_lite: {config.output} ({config.quantization}, "
-          f"{os.path.getsize(config.output) / 1e6:.1f} MB): {spec.task} "
+          f"{io_utils.getsize(config.output) / 1e6:.1f} MB): {spec.task} "
           f"{'pairs' if spec.pairs else 'texts'}, classes {','.join(spec.class_names)}",
           file=sys.stderr)
 

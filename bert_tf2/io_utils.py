@@ -92,6 +92,34 @@ def abspath(path: str) -> str:
     return path if is_remote(path) else os.path.abspath(path)
 
 
+def resolved(path: str) -> str:
+    """`path` in one spelling per file: a local path absolute with its links resolved
+    (os.path.realpath); a URL with its scheme in lower case and `.`, `..`, doubled and
+    trailing slashes resolved (`GS://b/x/../y/` -> `gs://b/y`)."""
+    if not is_remote(path):
+        return os.path.realpath(path)
+    name, rest = path.split("://", 1)
+    return f"{name.lower()}://{posixpath.normpath('/' + rest).lstrip('/')}"
+
+
+def same_path(a: str, b: str) -> bool:
+    """Whether `a` and `b` name one file or directory (local: os.path.samefile where both
+    exist, so hard links count; else `resolved` spellings)."""
+    if not is_remote(a) and not is_remote(b) and os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return resolved(a) == resolved(b)
+
+
+def is_inside(path: str, directory: str) -> bool:
+    """Whether `path` is `directory` or under it (both `resolved`; a URL is never inside a
+    local directory, nor the reverse)."""
+    if is_remote(path) != is_remote(directory):
+        return False
+    path, directory = resolved(path), resolved(directory)
+    separator = "/" if is_remote(path) else os.sep
+    return path == directory or path.startswith(directory.rstrip(separator) + separator)
+
+
 def check_path(path: str, flag: str) -> None:
     """Refuses a URL that lost a slash (`gs:/b/x`), which as a local path would make a
     folder named `gs:`, and a scheme no TensorFlow file system serves."""
@@ -250,6 +278,14 @@ def stat(path: str) -> Tuple[int, int]:
     with _as_oserror(path):
         result = _gfile().stat(path)
     return result.length, result.mtime_nsec
+
+
+def getsize(path: str) -> int:
+    """The size of file `path` in bytes."""
+    if not is_remote(path):
+        return os.path.getsize(path)
+    with _as_oserror(path):
+        return _gfile().stat(path).length
 
 
 def listdir(path: str) -> List[str]:

@@ -52,7 +52,8 @@ TEST_TOOL_FLAGS = frozenset({
     "override_repository", "sandbox_debug", "local_test_jobs", "nocache_test_results",
     "incompatible_strict_action_env", "basetemp", "dist", "tiny_fixtures"})
 # Tools whose flags are their own (checked by nobody here): a flag after one of them is skipped.
-FOREIGN_TOOLS = r"bazel|pytest|pip3?|docker|curl|git|apt-get|saved_model_cli|uv|bash|python3?"
+FOREIGN_TOOLS = (r"bazel|pytest|pip3?|docker|curl|git|apt-get|saved_model_cli|uv|bash|python3?"
+                 r"|gcloud|kubectl")
 # A flag: `--` and an absl name; a hyphenated one (pip's --no-cache-dir) is another tool's.
 _FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9_]*)(?![\w-])")
 _COMMAND = re.compile(

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from bert_tf2 import cli, data, evaluate, plots, predict
+from bert_tf2 import cli, data, evaluate, io_utils, plots, predict
 from bert_tf2 import config as config_lib
 from tests.tiny_fixtures import evaluate_config
 
@@ -185,8 +185,17 @@ def test_training_curves_from_history_csv(tmp_path):
 
 def test_default_output_dir_is_beside_the_saved_model():
     assert evaluate.default_output_dir("/e/export/3/") == "/e/export/eval-3"
-    assert evaluate._inside("/e/export/3/eval", "/e/export/3")
-    assert not evaluate._inside("/e/export/eval-3", "/e/export/3")
+    assert io_utils.is_inside("/e/export/3/eval", "/e/export/3")
+    assert not io_utils.is_inside("/e/export/eval-3", "/e/export/3")
+
+
+def test_default_output_dir_on_a_store_is_beside_the_saved_model_there():
+    assert evaluate.default_output_dir("gs://b/e/export/3/") == "gs://b/e/export/eval-3"
+    assert evaluate.default_output_dir("ram://b/m.tflite") == "ram://b/eval-m"
+    assert io_utils.is_inside("gs://b/e/export/3//eval/", "gs://b/e/export/3")
+    assert io_utils.is_inside("GS://b/e/export/x/../3/eval", "gs://b/e/export/3/")
+    assert not io_utils.is_inside("gs://b/e/export/eval-3", "gs://b/e/export/3")
+    assert not io_utils.is_inside("/b/e/export/3/eval", "gs://b/e/export/3")
 
 
 def _evaluate_command_line_error(capsys, *args: str) -> str:
