@@ -37,11 +37,7 @@ CASES = {
     "0: the head only, 20 epochs (quickstart_frozen.flags)": [
         "--flagfile=configs/quickstart_frozen.flags"],
 }
-BUILD_MODULES = [
-    "-m", "bert_tf2.hub_modules", "--vocab_file=configs/vocab_snownlp.txt",
-    "--bert_config_file=configs/bert_tiny_zh.json",
-    "--init_checkpoint=configs/bert_tiny_zh_snownlp/encoder", "--normalization=bert_original",
-    "--seq_length=128", f"--output_dir={HUB}"]
+BUILD_MODULES = report.quickstart_hub_modules_args(HUB)
 PARAMETERS = re.compile(r"trainable: [\d,]+ variables, ([\d,]+) parameters; "
                         r"frozen: [\d,]+ variables, ([\d,]+) parameters")
 FINISHED = re.compile(r"Finished after (\d+) optimizer steps in ([\d.]+) s")
@@ -90,16 +86,12 @@ def markdown_section(rows: Dict[str, Dict[str, object]]) -> str:
             "Training: from the start of training to its end, as the run logs it (with the "
             "encoder frozen, computing the pooled outputs included); whole run: the command, "
             "TensorFlow's start, evaluation and export included; peak memory: the process's "
-            "maximum resident set size.\n\n" + "\n".join(lines)
-            + "\n\nThe commands, from the repository root:\n\n```sh\n"
-            + "\n".join(commands) + "\n```\n")
+            "maximum resident set size.\n\n" + "\n".join(lines) + report.commands_block(commands))
 
 
 def main(argv):
     del argv
-    shutil.rmtree(report.REPO_ROOT / HUB, ignore_errors=True)
-    (report.REPO_ROOT / OUTPUT_ROOT).mkdir(parents=True, exist_ok=True)
-    report.run_measured(BUILD_MODULES, str(report.REPO_ROOT / OUTPUT_ROOT / "hub_modules.log"))
+    report.build_hub_modules(OUTPUT_ROOT, BUILD_MODULES, HUB)
     rows = {}
     for index, (name, case_flags) in enumerate(CASES.items()):
         rows[name] = measure_case(index, case_flags)

@@ -11,10 +11,11 @@ import pathlib
 import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 from absl import logging
 
@@ -79,6 +80,29 @@ def publish(section: str, output: str, title: str) -> None:
     if output:
         write_section(output, title, section)
         logging.info("Wrote %s", output)
+
+
+def quickstart_hub_modules_args(output_dir: str) -> List[str]:
+    """`python ARGS` that builds the quickstart's hub modules (as configs/quickstart.flags
+    does) into `output_dir`."""
+    return ["-m", "bert_tf2.hub_modules", "--vocab_file=configs/vocab_snownlp.txt",
+            "--bert_config_file=configs/bert_tiny_zh.json",
+            "--init_checkpoint=configs/bert_tiny_zh_snownlp/encoder",
+            "--normalization=bert_original", "--seq_length=128", f"--output_dir={output_dir}"]
+
+
+def build_hub_modules(output_root: str, build_args: Sequence[str], hub: str) -> None:
+    """Runs `python BUILD_ARGS` afresh (untimed), which builds hub modules into `hub`; its log
+    goes to `output_root`/hub_modules.log (paths relative to the repository root)."""
+    shutil.rmtree(REPO_ROOT / hub, ignore_errors=True)
+    (REPO_ROOT / output_root).mkdir(parents=True, exist_ok=True)
+    run_measured(build_args, str(REPO_ROOT / output_root / "hub_modules.log"))
+
+
+def commands_block(commands: Sequence[str]) -> str:
+    """The closing paragraph of a section: its `commands`, run from the repository root."""
+    return ("\n\nThe commands, from the repository root:\n\n```sh\n" + "\n".join(commands)
+            + "\n```\n")
 
 
 def run_measured(args: Sequence[str], log_path: str) -> Dict[str, float]:

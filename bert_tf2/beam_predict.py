@@ -94,6 +94,7 @@ from apache_beam.ml.inference import base as inference
 from apache_beam.options import pipeline_options as beam_options
 
 from bert_tf2 import cli
+from bert_tf2 import compat
 from bert_tf2 import config as config_lib
 from bert_tf2 import data
 from bert_tf2 import io_utils
@@ -466,13 +467,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: config_lib.PredictConfig,
 def pipeline_options(args: Sequence[str]) -> beam_options.PipelineOptions:
     """Beam's options from the flags that are not beam_predict's; an unknown one is refused,
     and without --runner the runner is DEFAULT_RUNNER."""
-    # As Beam's PipelineOptions.get_all_options parses them, keeping the unknown ones.
-    parser = beam_options._BeamArgumentParser(  # pylint: disable=protected-access
-        allow_abbrev=False)
-    for options_class in {str(c): c for c in beam_options.PipelineOptions.__subclasses__()
-                          }.values():
-        options_class._add_argparse_args(parser)  # pylint: disable=protected-access
-    known, unknown = parser.parse_known_args(list(args))
+    known, unknown = compat.parse_pipeline_options(args)
     if unknown:
         raise cli.UserError(f"{unknown[0]}: neither a beam_predict flag nor a Beam pipeline "
                             "option (see --helpfull, and Beam's pipeline options)")

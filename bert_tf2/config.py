@@ -30,7 +30,6 @@ import json
 import typing
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-from absl import app
 from absl import logging
 
 from bert_tf2 import cli
@@ -58,6 +57,9 @@ BINARY_CLASS_NAMES = ("0", "1")
 # the same whatever a run's --seed: the shipped quickstart encoder was pretrained on its
 # training texts, so any other split would put reviews it has seen into dev and test.
 BUILTIN_SPLIT_SALT = 42
+# --num_shards and --shuffle_buffer by default: they shape only streamed data (--data_cache).
+DEFAULT_NUM_SHARDS = 8
+DEFAULT_SHUFFLE_BUFFER = 100_000
 
 
 def _flag(name: Optional[str] = None) -> dataclasses.Field:
@@ -90,6 +92,11 @@ class DataConfig:
     skip_bad_rows: bool = _flag()
     encoding: str = _flag()  # a Python codec name, or 'auto' (data.iter_lines)
 
+    @classmethod
+    def from_flags(cls, flag_values) -> "DataConfig":
+        """The data flags of a command that reads no other part of a TrainConfig."""
+        return _build(cls, lambda name: flag_values[name].value)
+
 
 @dataclasses.dataclass(frozen=True)
 class InputConfig:
@@ -102,6 +109,11 @@ class InputConfig:
     # Every batch full and padded to a bucket boundary (`input_pipeline.make_dataset`): what a
     # TPU compiles for, so the tpu strategy forces it.
     static_shapes: bool = _flag()
+    # Streamed training (`bert_tf2.prepared_data`): where the prepared shards are (None: the
+    # examples are held in memory), how many shards a split gets, the shuffle buffer.
+    data_cache: Optional[str] = _flag()
+    num_shards: int = _flag()
+    shuffle_buffer: int = _flag()
     # XLA compiles one program per input shape: under --jit_compile (and with static shapes)
     # a batch is padded to the next bucket boundary instead of its longest member.
     pad_to_bucket_boundary: bool = _derived()
@@ -212,6 +224,7 @@ class TrainConfig:
         """
         base = {}
         if flag_values.run_config:
+            io_utils.check_path(flag_values.run_config, "--run_config")
             base = flag_values_of(load(flag_values.run_config, cls,
                                        defaults=lambda name: flag_values[name].default))
 
@@ -219,7 +232,9 @@ class TrainConfig:
             flag = flag_values[name]
             return flag.value if flag.present or name not in base else base[name]
 
-        return _checked(_with_implied_settings(_build(cls, value)))
+        config = _checked(_with_implied_settings(_build(cls, value)))
+        check_paths(config)
+        return config
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with `changes` ("runtime.jit_compile": True, "seed": 1, ...) and the
@@ -262,6 +277,22 @@ class DistillationConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How one invocation of bert_tf2.train or bert_tf2.distill treats what earlier ones left.
+
+    Not part of the run (`TrainConfig`): a run_config.json holding --overwrite would wipe the
+    run it is meant to resume.
+    """
+
+    overwrite: bool = _flag()  # start afresh in a --model_dir holding another run
+    export_new_task: bool = _flag()  # export another contract over the served one
+
+    @classmethod
+    def from_flags(cls, flag_values) -> "RunOptions":
+        return _build(cls, lambda name: flag_values[name].value)
+
+
+@dataclasses.dataclass(frozen=True)
 class DistillConfig(TrainConfig):
     """A training run whose student learns the outputs of `distill.teacher`.
 
@@ -297,7 +328,7 @@ def _with_implied_settings(config: TrainConfig) -> TrainConfig:
 RESUMABLE_CHANGES = frozenset({
     "model_dir", "export_dir", "keep_exports", "checkpoint_steps", "eval_batch_size",
     "test_data", "distribution_strategy", "num_gpus", "tpu", "jit_compile",
-    "steps_per_execution", "static_shapes"})
+    "steps_per_execution", "static_shapes", "data_cache"})
 # How the data is read: compared through the fingerprints of what was read, when both runs
 # have them, so a moved file or another spelling of the same columns may resume.
 _READING_FLAGS = frozenset(
@@ -345,7 +376,50 @@ def _checked(config: TrainConfig) -> TrainConfig:
     for flag, value, valid, in_words in ranges:
         if not valid(value):
             raise cli.UserError(f"--{flag}={value} is out of range: it must be {in_words}")
+    _check_streaming_flags(config.input)
     return config
+
+
+def _check_streaming_flags(input_config: InputConfig) -> None:
+    """Refuses --num_shards or --shuffle_buffer without --data_cache: they would do nothing."""
+    for flag, value, default in (
+            ("num_shards", input_config.num_shards, DEFAULT_NUM_SHARDS),
+            ("shuffle_buffer", input_config.shuffle_buffer, DEFAULT_SHUFFLE_BUFFER)):
+        if value != default and not input_config.data_cache:
+            raise cli.UserError(f"--{flag}={value} shapes streamed data only: pass "
+                                "--data_cache=DIR too, or drop it")
+
+
+# Flags that name files or directories (local, or URLs of a TensorFlow file system), by the
+# command's config class; *_data values may be globs, --unlabeled_data's a comma-separated
+# list of them; the hub module handles may also be https:// URLs (TF Hub, Kaggle), which
+# TF Hub downloads and which are not checked here.
+_TRAINING_PATH_FLAGS = ("model_dir", "export_dir", "train_data", "eval_data", "test_data",
+                        "preprocess_handle", "encoder_handle", "vocab_file",
+                        "bert_config_file", "init_checkpoint", "data_cache")
+_PATH_FLAGS = {
+    "TrainConfig": _TRAINING_PATH_FLAGS,
+    "DistillConfig": _TRAINING_PATH_FLAGS + ("teacher", "unlabeled_data", "student_encoder"),
+    "PredictConfig": ("saved_model", "input", "output"),
+    "EvaluateConfig": ("saved_model", "data", "output_dir", "history"),
+    "LiteExportConfig": ("saved_model", "output", "representative_data"),
+}
+_LISTS_OF_PATHS = ("unlabeled_data",)
+
+
+def check_paths(config) -> None:
+    """Refuses a path flag of `config` that is a URL missing a slash (`gs:/b/x`, which would
+    become a local folder named `gs:`), or whose scheme has no file system, or whose store
+    does not answer (`io_utils.check_path`): one line naming the flag, before anything is
+    read or written."""
+    values = flag_values_of(config)
+    for name in _PATH_FLAGS[type(config).__name__]:
+        value = values.get(name)
+        if not value:
+            continue
+        for path in (value.split(",") if name in _LISTS_OF_PATHS else [value]):
+            if path.strip() and io_utils.scheme(path.strip()) not in ("http", "https"):
+                io_utils.check_path(path.strip(), f"--{name}")
 
 
 def _replace_path(obj, path, value):
@@ -452,6 +526,28 @@ def load(path: str, cls: type = TrainConfig,
 # ---------------------------------------------------------------------------------------------
 
 _TRAINING_DATA_FLAGS = ("train_data", "eval_data", "test_data")
+_LABEL_FLAGS = ("task", "label_map", "class_names", "label_column", "label_separator",
+                "allow_single_label_rows")
+
+# Flags of other commands that a user may give predict/beam_predict or evaluate by mistake,
+# and what to do instead (`cli.run`'s other_commands_flags): those commands do not define them.
+PREDICT_OTHER_FLAGS = {
+    **{name: "it is a training flag; predict reads --input" for name in _TRAINING_DATA_FLAGS},
+    **{name: "predict reads no labels; the task and classes are the model's (its export)"
+       for name in _LABEL_FLAGS},
+}
+EVALUATE_OTHER_FLAGS = {
+    **{name: "it is a training flag; evaluate reads --data" for name in _TRAINING_DATA_FLAGS},
+    **{name: "evaluate reads the task and classes off the model; --label_map, "
+       "--label_separator and --label_column say how --data's labels are written"
+       for name in ("task", "class_names")},
+    "seed": "the built-in corpus's split is fixed whatever the seed, so evaluate has no "
+            "other test split to pick; drop --seed, or pass --data (docs/evaluate_predict.md)",
+}
+# The fields of evaluate's reader (a DataConfig) that it defines no flag for: the task and
+# classes come from the model (`bert_tf2.evaluate`), and it reads no training splits.
+_EVALUATE_READER_UNSET = {"train_data": None, "eval_data": None, "test_data": None,
+                          "task": None, "class_names": None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -476,8 +572,9 @@ class PredictConfig:
     @classmethod
     def from_flags(cls, flag_values) -> "PredictConfig":
         """The run the parsed flags of `bert_tf2.predict` describe."""
-        _reject_training_data_flags(flag_values, "predict reads --input")
-        return _with_model_checked(_build(cls, lambda name: flag_values[name].value))
+        config = _with_model_checked(_build(cls, lambda name: flag_values[name].value))
+        check_paths(config)
+        return config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -498,13 +595,13 @@ class EvaluateConfig:
     @classmethod
     def from_flags(cls, flag_values) -> "EvaluateConfig":
         """The run the parsed flags of `bert_tf2.evaluate` describe."""
-        _reject_training_data_flags(flag_values, "evaluate reads --data")
-        _reject_split_seed(flag_values)
         _reject_reading_flags_without_data(flag_values)
-        config = _build(cls, lambda name: flag_values[name].value)
-        if not config.saved_model and config.history:
-            return config  # only plots the training curves
-        return _with_model_checked(config)
+        config = _build(cls, lambda name: _EVALUATE_READER_UNSET[name]
+                        if name in _EVALUATE_READER_UNSET else flag_values[name].value)
+        if config.saved_model or not config.history:  # else it only plots the training curves
+            config = _with_model_checked(config)
+        check_paths(config)
+        return config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -542,27 +639,8 @@ class LiteExportConfig:
             raise cli.UserError(f"--{reading[0]} says how --representative_data is read, "
                                 "and there is none: drop it, or pass --representative_data "
                                 "with --quantization=int8")
+        check_paths(config)
         return config
-
-
-def _reject_training_data_flags(flag_values, what_instead: str) -> None:
-    for name in _TRAINING_DATA_FLAGS:
-        if flag_values[name].value:
-            raise app.UsageError(f"--{name} is a training flag; {what_instead}")
-
-
-def _reject_split_seed(flag_values) -> None:
-    """Refuses an evaluate --seed that asks for another built-in split than the fixed one.
-
-    The seed does not choose the split; a caller who passes another one expects a test split
-    they would not get, so it is an error rather than ignored.
-    """
-    seed = flag_values["seed"]
-    if seed.present and seed.value != BUILTIN_SPLIT_SALT and not flag_values["data"].value:
-        raise app.UsageError(
-            f"--seed={seed.value}: the built-in corpus's split is fixed whatever the seed, "
-            f"so evaluate has no other test split to pick; drop --seed, or pass --data "
-            f"(docs/evaluate_predict.md)")
 
 
 def _reject_reading_flags_without_data(flag_values) -> None:
@@ -572,7 +650,7 @@ def _reject_reading_flags_without_data(flag_values) -> None:
         return
     given = [f"--{field.metadata.get('flag') or field.name}" for field in
              dataclasses.fields(DataConfig)
-             if (field.metadata.get("flag") or field.name) not in _TRAINING_DATA_FLAGS
+             if (field.metadata.get("flag") or field.name) not in _EVALUATE_READER_UNSET
              and flag_values[field.metadata.get("flag") or field.name].present]
     if given:
         raise cli.UserError(
@@ -584,8 +662,10 @@ def _reject_reading_flags_without_data(flag_values) -> None:
 def _with_model_checked(config):
     """`config`, once its --saved_model and --batch_size are checked."""
     if not config.saved_model:
-        raise app.UsageError("--saved_model is required"
-                             + (" (or --history)" if hasattr(config, "history") else ""))
+        raise cli.UserError("--saved_model is required: the export (export_dir, or "
+                            "export_dir/VERSION) or .tflite file to run"
+                            + (" (or --history, to plot training curves only)"
+                               if hasattr(config, "history") else ""))
     if config.batch_size < 1:
-        raise app.UsageError(f"--batch_size must be at least 1, got {config.batch_size}")
+        raise cli.UserError(f"--batch_size must be at least 1, got {config.batch_size}")
     return config

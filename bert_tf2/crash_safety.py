@@ -15,15 +15,16 @@ from typing import Dict, List, Mapping, Optional
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf
 import tf_keras
-from tf_keras.src.distribute import distributed_file_utils
 
 from bert_tf2 import checkpoints
 from bert_tf2 import cli
+from bert_tf2 import compat
 from bert_tf2 import config as config_lib
 from bert_tf2 import data
 from bert_tf2 import distribution
 from bert_tf2 import flags as project_flags
 from bert_tf2 import io_utils
+from bert_tf2 import prepared_data
 
 # model_dir/run_data.json: {split: data.fingerprint(...)} of the data a run trains on, written
 # beside run_config.json, so that a resume can tell it is given the same data.
@@ -157,6 +158,7 @@ class Preempted(cli.UserError):
     exit_status = PREEMPTED_EXIT_STATUS
 
 
+@compat.always_call_train_batch_hooks  # records the batch, checks for preemption
 class Backup(tf_keras.callbacks.BackupAndRestore):
     """Backs up at every epoch end and, with `checkpoint_steps`, every N optimizer steps.
 
@@ -180,9 +182,6 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
         self._last_step = self._backed_up_step = None
         self._previous_sigterm_handler = None
 
-    def _implements_train_batch_hooks(self):
-        return True  # records the batch (and checks for preemption) after every call
-
     def on_train_begin(self, logs=None):
         check_backup_fits(self.backup_dir, self.model)
         super().on_train_begin(logs)  # restores the backup, if any
@@ -192,36 +191,30 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
 
     def _catch_preemption(self) -> None:
         """Has TensorFlow's handler back up every worker at one step when one gets SIGTERM."""
-        state = self._training_state
         self._previous_sigterm_handler = signal.getsignal(signal.SIGTERM) or signal.SIG_DFL
         handler = tf.distribute.experimental.PreemptionCheckpointHandler(
-            self.model.distribute_strategy.cluster_resolver, state.write_checkpoint_manager,
+            self.model.distribute_strategy.cluster_resolver, compat.backup_write_manager(self),
             termination_config=tf.distribute.experimental.TerminationConfig(
                 exit_fn=self._preempted, grace_period=0))
-        if not hasattr(handler, "_received_checkpoint_step"):
+        if not compat.handler_watches_preemption(handler):
             return  # not on a CPU VM of GCP, which TensorFlow's handler declines (and says so)
-        # It counts the calls it is told of from 0 on every worker alike (what it restored from
-        # the backup may differ between workers), and the backup is already restored.
-        handler._run_counter = 0  # pylint: disable=protected-access
-        state.preemption_handler = self.model._preemption_handler = handler
-        state._enable_save_before_preemption = True  # makes `fit` resume mid-epoch from it
+        compat.let_handler_drive_backups(self, handler)  # and `fit` resume mid-epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        self._training_state._ckpt_saved_batch.assign(batch)  # the call's last batch
+        compat.record_backed_up_batch(self, batch)  # the call's last batch
         if not self.model.stop_training:  # `fit` cannot resume from its last step
-            self._training_state.backup_if_preempted()  # may end the run: `_preempted`
+            compat.back_up_if_preempted(self)  # may end the run: `_preempted`
         step = int(self.model.optimizer.iterations.numpy())
         if (self.checkpoint_steps
                 and step // self.checkpoint_steps > self._last_step // self.checkpoint_steps):
-            self.back_up(step, self._current_epoch)
+            self.back_up(step, compat.current_epoch(self))
         self._last_step = step
 
     def _preempted(self) -> None:
         """The handler's exit: every worker has just backed up the same step."""
         signal.signal(signal.SIGTERM, self._previous_sigterm_handler)
-        distributed_file_utils.remove_temp_dirpath(  # a non-chief's copy of the backup
-            self._training_state.write_checkpoint_manager.directory,
-            self.model.distribute_strategy)
+        compat.remove_temp_backup_directory(  # a non-chief's copy of the backup
+            compat.backup_write_directory(self), self.model.distribute_strategy)
         step = int(self.model.optimizer.iterations.numpy())
         raise Preempted(
             f"preempted (a worker got SIGTERM): every worker backed up step {step} in "
@@ -252,7 +245,7 @@ class Backup(tf_keras.callbacks.BackupAndRestore):
                                 for weight in self.model.trainable_weights])
         if not bool(finite):
             raise non_finite_error("the weights hold NaN or Inf", step, epoch, self.backup_dir)
-        self._backup(epoch=epoch)
+        compat.write_backup(self, epoch)
         self._backed_up_step = step
         self.steps.append(step)
 
@@ -365,8 +358,9 @@ def _data_differences(recorded: Mapping[str, Mapping[str, object]],
 
 
 def data_fingerprints(splits: Mapping[str, data.Examples]) -> Dict[str, Dict[str, object]]:
-    """`data.fingerprint` of the splits that make the model (train; dev picks the best epoch)."""
-    return {split: data.fingerprint(splits[split]) for split in FINGERPRINTED_SPLITS
+    """`data.fingerprint` of the splits that make the model (train; dev picks the best epoch),
+    held in memory or streamed (`prepared_data.fingerprint`: the same for the same data)."""
+    return {split: prepared_data.fingerprint(splits[split]) for split in FINGERPRINTED_SPLITS
             if split in splits}
 
 

@@ -220,35 +220,53 @@ def read_examples(pattern: str, *, text_column: str = "text", label_column: str 
     (default: binary through `label_map`); `text_b_column` names a second text, for pairs;
     `encoding` is `iter_lines`'.
     """
+    bad_row = BadRows(skip=skip_bad_rows)
+    rows = list(iter_examples(pattern, text_column=text_column, label_column=label_column,
+                              label_map=label_map, labels=labels, text_b_column=text_b_column,
+                              column_names=column_names, bad_row=bad_row, encoding=encoding))
+    texts, texts_b, label_values, origins = zip(*rows)
+    return Examples(texts, label_values, source=pattern, skipped_rows=bad_row.count,
+                    texts_b=texts_b if text_b_column else None, origins=origins)
+
+
+def iter_examples(pattern: str, *, text_column: str = "text", label_column: str = "label",
+                  label_map: Optional[Mapping[str, int]] = None,
+                  labels: Optional[LabelSpec] = None, text_b_column: Optional[str] = None,
+                  column_names: Optional[Sequence[str]] = None,
+                  bad_row: Optional["BadRows"] = None, encoding: str = "utf-8",
+                  ) -> Iterator[Tuple[str, Optional[str], object, str]]:
+    """Yields (text, text_b or None, label, "file:line") for each usable row of the files
+    `pattern` matches, reading as it goes: `read_examples`' rows (see it for the formats and
+    labels), for a caller that streams them (`bert_tf2.prepared_data`). `bad_row` (default:
+    BadRows(skip=False)) is given each bad row and keeps their count."""
     paths = matching_files(pattern)
     if not paths:
         raise DataError(f"{pattern}: no file matches this pattern")
     labels = labels or LabelSpec(label_map=label_map or DEFAULT_LABEL_MAP)
-    rows = []  # (text, text_b, label, origin)
-    bad_row = BadRows(skip=skip_bad_rows)
+    bad_row = bad_row or BadRows(skip=False)
+    yielded = 0
     for path in paths:
         # Rows that do not parse (malformed CSV, wrong field count, bad JSON) go to bad_row too.
         for line, row in iter_rows(path, on_bad_row=bad_row, column_names=column_names,
                                    encoding=encoding):
             try:
-                rows.append((
-                    _text_field(row, text_column, path, line, "--text_column"),
-                    _text_field(row, text_b_column, path, line, "--text_b_column")
-                    if text_b_column else None,
-                    _label_field(row, label_column, labels, path, line), f"{path}:{line}"))
+                example = (_text_field(row, text_column, path, line, "--text_column"),
+                           _text_field(row, text_b_column, path, line, "--text_b_column")
+                           if text_b_column else None,
+                           _label_field(row, label_column, labels, path, line), f"{path}:{line}")
             except DataError as error:
                 bad_row(error)
+                continue
+            yielded += 1
+            yield example
     skipped = bad_row.count
-    if not rows:
+    if not yielded:
         raise DataError(f"{pattern}: no usable rows"
                         + (f" ({skipped} bad rows skipped)" if skipped else "")
                         + f"; expected at least one row with a text in {text_column!r} and a "
                         f"label in {label_column!r}")
     if skipped:
         logging.warning("%s: skipped %d bad rows (--skip_bad_rows)", pattern, skipped)
-    texts, texts_b, label_values, origins = zip(*rows)
-    return Examples(texts, label_values, source=pattern, skipped_rows=skipped,
-                    texts_b=texts_b if text_b_column else None, origins=origins)
 
 
 class SchemaError(DataError):
@@ -877,10 +895,14 @@ def class_counts(examples: Examples) -> str:
     labels = [label if isinstance(label, tuple) else
               tuple(int(i == label) for i in range(len(examples.class_names)))
               for label in examples.labels]
-    counts = [sum(column) for column in zip(*labels)]
-    if examples.class_names == config.BINARY_CLASS_NAMES:
+    return described_counts(examples.class_names, [sum(column) for column in zip(*labels)])
+
+
+def described_counts(class_names: Sequence[str], counts: Sequence[int]) -> str:
+    """`class_counts`' words for the examples of each class, `counts` in class order."""
+    if tuple(class_names) == config.BINARY_CLASS_NAMES:
         return f"{counts[1]} positive, {counts[0]} negative"
-    return ", ".join(f"{name} {count}" for name, count in zip(examples.class_names, counts))
+    return ", ".join(f"{name} {count}" for name, count in zip(class_names, counts))
 
 
 def warn_about_label_coverage(splits: Mapping[str, Examples]) -> None:

@@ -32,8 +32,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
-import shutil
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -58,7 +56,8 @@ from bert_tf2 import train
 
 FLAGS = flags.FLAGS
 # model_dir/...: the student's encoder module and the teacher's probabilities.
-STUDENT_ENCODER = os.path.join("student", "encoder")
+STUDENT_DIR = "student"
+STUDENT_ENCODER = f"{STUDENT_DIR}/encoder"
 TEACHER_LABELS_FILE = "teacher_labels.json"
 # metrics.json's entry for --unlabeled_data: {"texts": the texts the teacher labelled,
 # "dropped_dev_test_texts": those left out for being dev or test texts}.
@@ -95,7 +94,7 @@ def run(config: config_lib.DistillConfig,
         return result
     metrics = {**result.metrics, UNLABELED_METRICS: {"texts": len(unlabeled),
                                                      "dropped_dev_test_texts": dropped}}
-    io_utils.write_json(metrics, os.path.join(prepared.model_dir, "metrics.json"),
+    io_utils.write_json(metrics, io_utils.join(prepared.model_dir, "metrics.json"),
                         sort_keys=True)
     return dataclasses.replace(result, metrics=metrics)
 
@@ -130,9 +129,8 @@ def load_teacher(config: config_lib.DistillConfig) -> predict.Predictor:
         raise cli.UserError(f"--teacher={teacher.path} classifies "
                             + ("pairs of texts: pass --text_b_column" if teacher.pairs else
                                "single texts: leave --text_b_column unset"))
-    teacher_dir = os.path.dirname(os.path.abspath(teacher.path))
     if (config.export.export_dir
-            and os.path.abspath(config.export.export_dir) == teacher_dir):
+            and io_utils.same_path(config.export.export_dir, io_utils.dirname(teacher.path))):
         # The student would become the newest version there: the one TF Serving serves and
         # that --teacher=export_dir names on the next run.
         raise cli.UserError(f"--export_dir={config.export.export_dir} holds the teacher "
@@ -153,7 +151,7 @@ def read_unlabeled(config: config_lib.DistillConfig) -> Tuple[data.Examples, int
     held_out = held_out_texts(config) if patterns else {}
     for pattern in patterns:
         paths = data.matching_files(pattern)
-        if not paths or not all(os.path.isfile(path) for path in paths):
+        if not paths or not all(io_utils.isfile(path) for path in paths):
             raise data.DataError(f"--unlabeled_data: {pattern}: no such file; pass files or "
                                  "globs of texts, separated by commas")
         for path in paths:
@@ -220,7 +218,7 @@ def check_not_held_out_file(config: config_lib.DistillConfig, path: str) -> None
     """Refuses an --unlabeled_data file that is the --eval_data or --test_data file."""
     for flag, pattern in (("--eval_data", config.data.eval_data),
                           ("--test_data", config.data.test_data)):
-        if pattern and any(os.path.exists(held) and os.path.samefile(path, held)
+        if pattern and any(io_utils.exists(held) and io_utils.same_path(path, held)
                            for held in data.matching_files(pattern)):
             raise cli.UserError(
                 f"--unlabeled_data: {path} is the {flag} file: the student would learn the "
@@ -249,17 +247,16 @@ def prepare_model_dir(config: config_lib.DistillConfig, *, overwrite: bool) -> N
     run there now, before the student's module is written (`train.prepare` checks again)."""
     if overwrite:
         if distribution.is_chief():
-            shutil.rmtree(os.path.join(config.model_dir, os.path.dirname(STUDENT_ENCODER)),
-                          ignore_errors=True)
-            with_labels = os.path.join(config.model_dir, TEACHER_LABELS_FILE)
-            if os.path.exists(with_labels):
-                os.remove(with_labels)
+            io_utils.rmtree(io_utils.join(config.model_dir, STUDENT_DIR), ignore_errors=True)
+            with_labels = io_utils.join(config.model_dir, TEACHER_LABELS_FILE)
+            if io_utils.exists(with_labels):
+                io_utils.remove(with_labels)
     elif not _resuming(config):
         crash_safety.check_model_dir(config, {})
 
 
 def _resuming(config: config_lib.TrainConfig) -> bool:
-    return crash_safety.backed_up_step(os.path.join(config.model_dir, "backup")) is not None
+    return crash_safety.backed_up_step(io_utils.join(config.model_dir, "backup")) is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +266,7 @@ def _resuming(config: config_lib.TrainConfig) -> bool:
 def with_student_encoder(config: config_lib.DistillConfig) -> config_lib.DistillConfig:
     """`config` training the student's encoder module: --student_encoder, else the one this
     run builds in model_dir (nothing else is built: the preprocess module must exist)."""
-    handle = config.distill.student_encoder or os.path.join(config.model_dir, STUDENT_ENCODER)
+    handle = config.distill.student_encoder or io_utils.join(config.model_dir, STUDENT_ENCODER)
     return config.replace(**{"modules.encoder_handle": handle,
                              "modules.build_missing": False})
 
@@ -301,7 +298,7 @@ def build_student(config: config_lib.DistillConfig, teacher_model: predict.Predi
                                   distill.student_hidden_size)
     head = head if student.hidden_size == teacher.hidden_size else None
     path = config.modules.encoder_handle
-    if os.path.isdir(path) and _resuming(config):
+    if io_utils.isdir(path) and _resuming(config):
         logging.info("Student encoder: %s, as the interrupted run built it", path)
         return head
     with distribution.dtype_policy("float32"):
@@ -316,10 +313,10 @@ def build_student(config: config_lib.DistillConfig, teacher_model: predict.Predi
         logging.info("Student encoder: %d layers, hidden %d (the teacher's is %d): random "
                      "weights; pass --student_encoder to start from a module",
                      student.num_hidden_layers, student.hidden_size, teacher.hidden_size)
-    if os.path.isdir(path):  # built by a run that stopped before its first backup
-        shutil.rmtree(path)
+    if io_utils.isdir(path):  # built by a run that stopped before its first backup
+        io_utils.rmtree(path)
     hub_modules.save_encoder(encoder, path,
-                             vocab_file=os.path.join(teacher_path, "assets", "vocab.txt"))
+                             vocab_file=io_utils.join(teacher_path, "assets", "vocab.txt"))
     return head
 
 
@@ -410,11 +407,11 @@ def check_vocab(config: config_lib.TrainConfig, teacher_path: str) -> None:
         module_dir = hub.resolve(config.modules.preprocess_handle)
     except Exception:  # pylint: disable=broad-except
         return
-    ours = os.path.join(module_dir, "assets", "vocab.txt")
-    theirs = os.path.join(teacher_path, "assets", "vocab.txt")
-    if not (os.path.isfile(ours) and os.path.isfile(theirs)):
+    ours = io_utils.join(module_dir, "assets", "vocab.txt")
+    theirs = io_utils.join(teacher_path, "assets", "vocab.txt")
+    if not (io_utils.isfile(ours) and io_utils.isfile(theirs)):
         return
-    with open(ours, "rb") as a, open(theirs, "rb") as b:
+    with io_utils.open(ours, "rb") as a, io_utils.open(theirs, "rb") as b:
         if a.read() != b.read():
             raise cli.UserError(f"--preprocess_handle={config.modules.preprocess_handle} has "
                                 f"another vocab than --teacher={teacher_path}: pass the "
@@ -436,7 +433,7 @@ class TeacherLabels:
     def __init__(self, config: config_lib.DistillConfig, teacher: predict.Predictor,
                  unlabeled: data.Examples):
         self.config, self.teacher, self.unlabeled = config, teacher, unlabeled
-        self.path = os.path.join(config.model_dir, TEACHER_LABELS_FILE)
+        self.path = io_utils.join(config.model_dir, TEACHER_LABELS_FILE)
         self._new: Optional[Dict[str, object]] = None
 
     def training_split(self, train_split: data.Examples) -> data.Examples:

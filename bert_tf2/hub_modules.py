@@ -38,6 +38,7 @@ from official.nlp.tools import export_tfhub_lib
 
 from bert_tf2 import checkpoints
 from bert_tf2 import cli
+from bert_tf2 import compat
 from bert_tf2 import distribution
 from bert_tf2 import flags as project_flags
 from bert_tf2 import io_utils
@@ -190,7 +191,8 @@ def dense_einsums_as_matmuls(network: tf_keras.Model) -> None:
         if isinstance(layer, tf_keras.layers.EinsumDense):
             contracted = _contracted_trailing_axes(layer.equation)
             if contracted:
-                layer.call = functools.partial(_dense_as_matmul, layer, contracted)
+                compat.replace_layer_call(
+                    layer, functools.partial(_dense_as_matmul, layer, contracted))
 
 
 def _contracted_trailing_axes(equation: str) -> int:
@@ -271,16 +273,16 @@ def bert_config_from_variables(variables: Sequence[tf.Variable], *,
         found = [shape for name, shape in shapes.items()
                  if name == suffix or name.endswith("/" + suffix)]
         if len(found) != 1:
-            raise ValueError(f"{source}: cannot read a BERT config off its variables: "
-                             f"{'no' if not found else 'several'} variable(s) named "
-                             f"*{suffix} (variables: {', '.join(sorted(shapes)[:8])}, ...)")
+            raise ModuleInputError(f"{source}: cannot read a BERT config off its variables: "
+                                   f"{'no' if not found else 'several'} variable(s) named "
+                                   f"*{suffix} (variables: {', '.join(sorted(shapes)[:8])}, ...)")
         return found[0]
 
     vocab_size, embedding_width = shape_of("word_embeddings/embeddings")
     layers_found = {int(m.group(1)) for name in shapes
                     for m in [re.search(r"transformer/layer_(\d+)/", name)] if m}
     if not layers_found or layers_found != set(range(len(layers_found))):
-        raise ValueError(f"{source}: no transformer/layer_N variables numbered from 0")
+        raise ModuleInputError(f"{source}: no transformer/layer_N variables numbered from 0")
     hidden_size, num_heads, _ = shape_of("transformer/layer_0/self_attention/query/kernel")
     embedding_size = None
     if embedding_width != hidden_size:

@@ -144,16 +144,35 @@ def make_dataset(examples: data.Examples, *, batch_size: int, preprocessor, seq_
     of weight 0 (`full_batches`), so its batches are (inputs, labels, weights), and the steps
     of this pipeline are whole (`whole_steps`, for the replicas `input_context` gives it).
     """
-    packer = Packer(preprocessor, seq_length, truncation=truncation,
-                    dynamic_padding=dynamic_padding,
-                    length_boundaries=length_buckets(seq_length)
-                    if pad_to_bucket_boundary or static_shapes else None)
     dataset = tf.data.Dataset.from_tensor_slices(_tensors(examples, class_weights))
     if input_context is not None and input_context.num_input_pipelines > 1:
         dataset = dataset.shard(input_context.num_input_pipelines,
                                 input_context.input_pipeline_id)
+    return batch_examples(
+        dataset, shuffle_buffer=len(examples), batch_size=batch_size,
+        preprocessor=preprocessor, seq_length=seq_length, training=training, seed=seed,
+        dynamic_padding=dynamic_padding, input_context=input_context,
+        skip_batches=skip_batches, bucket_by_length=bucket_by_length,
+        pad_to_bucket_boundary=pad_to_bucket_boundary, truncation=truncation,
+        static_shapes=static_shapes)
+
+
+def batch_examples(dataset: tf.data.Dataset, *, shuffle_buffer: int, batch_size: int,
+                   preprocessor, seq_length: int, training: bool, seed: int = 0,
+                   dynamic_padding: bool = True, input_context=None, skip_batches: int = 0,
+                   bucket_by_length: bool = False, pad_to_bucket_boundary: bool = False,
+                   truncation: str = "head", static_shapes: bool = False):
+    """`make_dataset`'s batches from `dataset`, this input pipeline's single examples
+    ((texts[, texts_b]), label[, weight]): shuffled through `shuffle_buffer` examples and
+    repeated for `training`, then tokenized, bucketed, padded and batched (see
+    `make_dataset` for the arguments). The streamed splits of `bert_tf2.prepared_data` are
+    batched here too."""
+    packer = Packer(preprocessor, seq_length, truncation=truncation,
+                    dynamic_padding=dynamic_padding,
+                    length_boundaries=length_buckets(seq_length)
+                    if pad_to_bucket_boundary or static_shapes else None)
     if training:
-        dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         dataset = dataset.repeat()
     if not bucket_by_length:
         dataset = dataset.batch(batch_size, drop_remainder=training)

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import threading
 import uuid
-from typing import IO, Iterator, List, Optional, TextIO
+from typing import IO, Iterator, List, Optional, TextIO, Tuple
 
 from bert_tf2 import cli
 
@@ -90,6 +90,34 @@ def basename(path: str) -> str:
 def abspath(path: str) -> str:
     """os.path.abspath for a local path; a URL as it is."""
     return path if is_remote(path) else os.path.abspath(path)
+
+
+def resolved(path: str) -> str:
+    """`path` in one spelling per file: a local path absolute with its links resolved
+    (os.path.realpath); a URL with its scheme in lower case and `.`, `..`, doubled and
+    trailing slashes resolved (`GS://b/x/../y/` -> `gs://b/y`)."""
+    if not is_remote(path):
+        return os.path.realpath(path)
+    name, rest = path.split("://", 1)
+    return f"{name.lower()}://{posixpath.normpath('/' + rest).lstrip('/')}"
+
+
+def same_path(a: str, b: str) -> bool:
+    """Whether `a` and `b` name one file or directory (local: os.path.samefile where both
+    exist, so hard links count; else `resolved` spellings)."""
+    if not is_remote(a) and not is_remote(b) and os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return resolved(a) == resolved(b)
+
+
+def is_inside(path: str, directory: str) -> bool:
+    """Whether `path` is `directory` or under it (both `resolved`; a URL is never inside a
+    local directory, nor the reverse)."""
+    if is_remote(path) != is_remote(directory):
+        return False
+    path, directory = resolved(path), resolved(directory)
+    separator = "/" if is_remote(path) else os.sep
+    return path == directory or path.startswith(directory.rstrip(separator) + separator)
 
 
 def check_path(path: str, flag: str) -> None:
@@ -246,6 +274,24 @@ def isfile(path: str) -> bool:
     if not is_remote(path):
         return os.path.isfile(path)
     return exists(path) and not isdir(path)
+
+
+def stat(path: str) -> Tuple[int, int]:
+    """(size in bytes, modification time in ns) of file `path`, local or a URL."""
+    if not is_remote(path):
+        result = os.stat(path)
+        return result.st_size, result.st_mtime_ns
+    with _as_oserror(path):
+        result = _gfile().stat(path)
+    return result.length, result.mtime_nsec
+
+
+def getsize(path: str) -> int:
+    """The size of file `path` in bytes."""
+    if not is_remote(path):
+        return os.path.getsize(path)
+    with _as_oserror(path):
+        return _gfile().stat(path).length
 
 
 def listdir(path: str) -> List[str]:

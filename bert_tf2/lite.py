@@ -13,12 +13,13 @@ tokenizer uses (ByteSplit, FastWordpieceDetokenize, FastWordpieceTokenize).
 """
 
 import json
-import os
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from bert_tf2 import cli
+from bert_tf2 import compat
+from bert_tf2 import io_utils
 
 LITE_SUFFIX = ".tflite"
 SIGNATURE = "serving_default"
@@ -75,11 +76,11 @@ class LiteClassifier:
 
     def __init__(self, path: str, num_threads: Optional[int] = None):
         self.path = path
-        if os.path.isdir(path):
+        if io_utils.isdir(path):
             raise LiteModelError(f"{path} is a directory: LiteClassifier takes the .tflite "
                                  "file that bert_tf2.export_lite wrote (its --output); an "
                                  "export directory is run by bert_tf2.predict.Predictor")
-        with open(path, "rb") as f:
+        with io_utils.open(path, "rb") as f:  # a local path or a URL (gs://, ram://)
             content = f.read()
         metadata = read_metadata(content, source=path)
         self.task, self.pairs = metadata["task"], metadata["pairs"]
@@ -109,8 +110,7 @@ def read_metadata(flatbuffer: bytes, source: str = "the flatbuffer") -> Dict[str
     if not isinstance(flatbuffer, (bytes, bytearray, memoryview)):
         raise TypeError(f"read_metadata takes the file's content (bytes: open(path, 'rb')"
                         f".read()), not a {type(flatbuffer).__name__} {_short(flatbuffer)}")
-    # pylint: disable-next=g-import-not-at-top
-    from tensorflow.lite.python import schema_py_generated as schema
+    schema = compat.tflite_schema()
     try:
         model = schema.Model.GetRootAsModel(flatbuffer, 0)
         for i in range(model.MetadataLength()):

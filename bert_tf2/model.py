@@ -52,6 +52,7 @@ from absl import logging
 
 from bert_tf2 import checkpoints
 from bert_tf2 import cli
+from bert_tf2 import compat
 from bert_tf2 import config as config_lib
 from bert_tf2 import hub_modules
 from bert_tf2 import input_pipeline
@@ -121,7 +122,8 @@ def _classifier_encoder(model_config: config_lib.ModelConfig, encoder_handle: st
                                       pooled_only=True, assume_bert_dropout=needed)
         except ValueError as error:
             if needed:
-                raise ValueError(f"{error}; {_why_rebuilt(model_config, policy.name)}") from error
+                raise EncoderRebuildError(
+                    f"{error}; {_why_rebuilt(model_config, policy.name)}") from error
             logging.info("%s: the encoder runs as its module was saved", error)
         else:
             freeze_encoder(encoder, model_config.trainable_encoder_layers, source=encoder_handle)
@@ -136,6 +138,11 @@ def _classifier_encoder(model_config: config_lib.ModelConfig, encoder_handle: st
                         "changes nothing", policy.name)
     return hub.KerasLayer(encoder_handle, name="encoder",
                           trainable=model_config.trainable_encoder_layers != 0)
+
+
+class EncoderRebuildError(cli.UserError, ValueError):
+    """The encoder module cannot be rebuilt, and a flag needs it rebuilt; the message says
+    which flag and how to train without it."""
 
 
 def _why_rebuilt(model_config: config_lib.ModelConfig, policy: str) -> str:
@@ -375,14 +382,14 @@ class Classifier(tf_keras.Model):
         y_pred = self(x, training=False)
         self.compute_loss(x, y, y_pred, sample_weight)
         if sample_weight is not None:  # the metrics (unweighted in Keras) see only these
-            y_pred._keras_mask = sample_weight > 0  # pylint: disable=protected-access
+            compat.mask_for_metrics(y_pred, sample_weight > 0)
         return self.compute_metrics(x, y, y_pred, sample_weight)
 
     # pylint: disable-next=arguments-differ
     def evaluate(self, x=None, *args, **kwargs):
         if kwargs.get("steps") is None and isinstance(x, tf.distribute.DistributedDataset):
             kwargs["steps"] = count_steps(x)
-        variable = getattr(self, "_steps_per_execution", None)
+        variable = compat.steps_per_execution_variable(self)
         saved = 1 if variable is None else int(variable.numpy())
         if saved != 1:
             variable.assign(1)

@@ -65,7 +65,7 @@ from typing import (BinaryIO, Callable, Dict, Iterable, Iterator, List, Optional
                     TextIO, Tuple, TypeVar)
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import app, flags, logging
+from absl import flags, logging
 import numpy as np
 
 from bert_tf2 import cli
@@ -594,16 +594,17 @@ def run(config: config_lib.PredictConfig, *, stdin: Optional[BinaryIO] = None,
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Defines every flag `PredictConfig.from_flags` reads."""
     project_flags.define_inference_flags(flag_values)
-    project_flags.define_data_flags(flag_values)
+    project_flags.define_row_reading_flags(flag_values)
     project_flags.define_prediction_flags(flag_values)
 
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise cli.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
     sys.stdout.reconfigure(encoding="utf-8", errors="backslashreplace")
     run(config_lib.PredictConfig.from_flags(FLAGS))
 
 
 if __name__ == "__main__":
-    cli.run("predict", main, define_flags)
+    cli.run("predict", main, define_flags,
+            other_commands_flags=config_lib.PREDICT_OTHER_FLAGS)

@@ -22,10 +22,10 @@ tokenizing with the very preprocessing module that fine-tuning and serving use.
 """
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import app, flags, logging
+from absl import flags, logging
 import tensorflow as tf
 import tensorflow_text as text
 import tf_keras
@@ -36,22 +36,26 @@ from official.nlp.modeling import models
 
 from bert_tf2 import checkpoints
 from bert_tf2 import cli
+from bert_tf2 import config as config_lib
 from bert_tf2 import data
 from bert_tf2 import flags as project_flags
 from bert_tf2 import hub_modules
 from bert_tf2 import input_pipeline
 from bert_tf2 import io_utils
+from bert_tf2 import prepared_data
 
 MASK_RATE = 0.15
 MAX_PREDICTIONS_PER_SEQUENCE = 20
 
 
-def make_mlm_dataset(texts: Sequence[str], preprocessor, *, batch_size: int, seq_length: int,
-                     seed: int) -> tf.data.Dataset:
+def make_mlm_dataset(texts: Union[Sequence[str], prepared_data.StreamedSplit], preprocessor, *,
+                     batch_size: int, seq_length: int, seed: int,
+                     shuffle_buffer: int = config_lib.DEFAULT_SHUFFLE_BUFFER) -> tf.data.Dataset:
     """Endless shuffled batches of (pretrainer inputs, masked token ids, weights).
 
-    Batched by token length (`input_pipeline.bucket_by_token_length`), each batch padded to its
-    longest member.
+    `texts` are held in memory (shuffled all together), or a split streamed from prepared
+    shards (`prepared_data.texts_dataset`: through `shuffle_buffer`). Batched by token length
+    (`input_pipeline.bucket_by_token_length`), each batch padded to its longest member.
     """
     special = {k: int(v) for k, v in preprocessor.tokenize.get_special_tokens_dict().items()}
     max_predictions = min(MAX_PREDICTIONS_PER_SEQUENCE,
@@ -85,8 +89,11 @@ def make_mlm_dataset(texts: Sequence[str], preprocessor, *, batch_size: int, seq
                       masked_lm_positions=positions)
         return inputs, originals, weights
 
-    dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(texts), tf.string))
-    dataset = dataset.shuffle(len(texts), seed=seed).repeat()
+    if isinstance(texts, prepared_data.StreamedSplit):
+        dataset = prepared_data.texts_dataset(texts, seed=seed, shuffle_buffer=shuffle_buffer)
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices(tf.constant(list(texts), tf.string))
+        dataset = dataset.shuffle(len(texts), seed=seed).repeat()
     # Batches of similar length, each padded to its longest member: reviews are short on
     # average but long-tailed, and a random batch is padded to its longest review.
     dataset = input_pipeline.bucket_by_token_length(
@@ -97,11 +104,15 @@ def make_mlm_dataset(texts: Sequence[str], preprocessor, *, batch_size: int, seq
         tf.data.AUTOTUNE)
 
 
-def pretrain_encoder(bert_config: configs.BertConfig, preprocessor, texts: Sequence[str], *,
+def pretrain_encoder(bert_config: configs.BertConfig, preprocessor,
+                     texts: Union[Sequence[str], prepared_data.StreamedSplit], *,
                      output_prefix: str, epochs: int, batch_size: int, seq_length: int,
                      learning_rate: float, seed: int,
-                     init_checkpoint: Optional[str] = None) -> str:
+                     init_checkpoint: Optional[str] = None,
+                     shuffle_buffer: int = config_lib.DEFAULT_SHUFFLE_BUFFER) -> str:
     """Trains a `BertEncoder` with masked LM on `texts`; returns its checkpoint path.
+
+    `texts` are held in memory, or streamed from prepared shards (`make_mlm_dataset`).
 
     The encoder starts from random init, or from `init_checkpoint` (any kind
     `bert_tf2.checkpoints` reads) when given.
@@ -141,7 +152,8 @@ def pretrain_encoder(bert_config: configs.BertConfig, preprocessor, texts: Seque
                  len(texts), total_steps)
     backup_dir = output_prefix + "-backup"
     mlm_model.fit(make_mlm_dataset(texts, preprocessor, batch_size=batch_size,
-                                   seq_length=seq_length, seed=seed),
+                                   seq_length=seq_length, seed=seed,
+                                   shuffle_buffer=shuffle_buffer),
                   epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=2,
                   callbacks=[tf_keras.callbacks.BackupAndRestore(backup_dir,
                                                                  delete_checkpoint=False)])
@@ -156,10 +168,9 @@ def main(argv):
     del argv
     flags_ = flags.FLAGS
     if not flags_.pretrain_epochs:
-        raise app.UsageError("--pretrain_epochs must be at least 1")
+        raise cli.UserError("--pretrain_epochs must be at least 1: the epochs to pretrain")
     tf_keras.utils.set_random_seed(flags_.seed)
-    texts = data.load_splits(flags_.train_data, None, None,
-                             **data.reader_options(flags_))["train"].texts
+    texts = training_texts(flags_)
     bert_config = hub_modules.read_bert_config(flags_.bert_config_file)
     # Tokenized by the preprocessing that the same vocab and --normalization give fine-tuning
     # (the model the preprocess module saves, used unsaved): the encoder learns the very token
@@ -173,14 +184,26 @@ def main(argv):
                             batch_size=flags_.pretrain_batch_size,
                             seq_length=flags_.seq_length,
                             learning_rate=flags_.pretrain_learning_rate, seed=flags_.seed,
-                            init_checkpoint=flags_.init_checkpoint)
+                            init_checkpoint=flags_.init_checkpoint,
+                            shuffle_buffer=flags_.shuffle_buffer)
     logging.info("Pretrained encoder written to %s", path)
+
+
+def training_texts(flags_) -> Union[Sequence[str], prepared_data.StreamedSplit]:
+    """The texts of the training split: held in memory, or with --data_cache its split
+    prepared once and streamed (the built-in corpus is always held in memory)."""
+    if flags_.data_cache and flags_.train_data:
+        return prepared_data.load_splits(config_lib.DataConfig.from_flags(flags_),
+                                         flags_.data_cache, flags_.num_shards)["train"]
+    return data.load_splits(flags_.train_data, None, None,
+                            **data.reader_options(flags_))["train"].texts
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Defines every flag `main` reads: module, data and pretraining flags, and the output."""
     project_flags.define_module_flags(flag_values)
     project_flags.define_data_flags(flag_values)
+    project_flags.define_data_cache_flags(flag_values)
     project_flags.define_pretraining_flags(flag_values)
     project_flags.define_pretrain_cli_flags(flag_values)
 

@@ -14,7 +14,6 @@ refused and left as it is. Flags that would put its outputs elsewhere are refuse
 
 import hashlib
 import os
-import shutil
 import sys
 from typing import Dict, List, Optional, Sequence
 
@@ -29,7 +28,7 @@ from bert_tf2 import train
 
 FLAGS = flags.FLAGS
 FLAG_FILE = "quickstart.flags"
-RUN_DIR = os.path.join("runs", "quickstart")
+RUN_DIR = io_utils.join("runs", "quickstart")
 # RUN_DIR/quickstart.json: written by this command into a directory it makes, with the sha256 of
 # the run_config.json its run wrote (null until the run ends, or where it was killed): a RUN_DIR
 # without it, or whose model_dir holds another run_config.json, is not the quickstart's to
@@ -47,11 +46,11 @@ _SHIPPED_PREFIX = "configs/"
 def configs_dir() -> str:
     """The shipped configs: bert_tf2/configs in an installed package (pyproject.toml maps the
     checkout's top-level configs/ there), the top-level configs/ in a checkout."""
-    package_dir = os.path.dirname(os.path.abspath(__file__))
-    candidates = (os.path.join(package_dir, "configs"),
-                  os.path.join(os.path.dirname(package_dir), "configs"))
+    package_dir = io_utils.dirname(__file__)
+    candidates = (io_utils.join(package_dir, "configs"),
+                  io_utils.join(io_utils.dirname(package_dir), "configs"))
     for candidate in candidates:
-        if os.path.isfile(os.path.join(candidate, FLAG_FILE)):
+        if io_utils.isfile(io_utils.join(candidate, FLAG_FILE)):
             return candidate
     raise cli.UserError(f"the shipped configs ({FLAG_FILE}) are in neither {candidates[0]} nor "
                         f"{candidates[1]}: install the bert_tf2 package again, from its wheel "
@@ -64,7 +63,7 @@ def shipped_flags(name: str) -> List[str]:
     it includes (--flagfile=configs/...) are read the same way, in place."""
     shipped = configs_dir()
     args: List[str] = []
-    with open(os.path.join(shipped, name), encoding="utf-8") as f:
+    with io_utils.open(io_utils.join(shipped, name), encoding="utf-8") as f:
         for line in f:
             line = line.strip()
             if not line or line.startswith("#"):
@@ -74,7 +73,7 @@ def shipped_flags(name: str) -> List[str]:
                 if flag == "--flagfile":
                     args += shipped_flags(value[len(_SHIPPED_PREFIX):])
                     continue
-                value = os.path.join(shipped, value[len(_SHIPPED_PREFIX):])
+                value = io_utils.join(shipped, value[len(_SHIPPED_PREFIX):])
             args.append(flag + separator + value)
     return args
 
@@ -100,33 +99,33 @@ def prepare_run_dir(outputs: Sequence[str], model_dir: str, *, overwrite: bool) 
     """Makes RUN_DIR the quickstart's (its marker) or checks that it is, then removes the
     earlier demo run's `outputs` there, unless that run, in `model_dir`, was interrupted and is
     resumed (not with `overwrite`). One log line says which."""
-    marker_path = os.path.join(RUN_DIR, MARKER_FILE)
-    if os.path.lexists(RUN_DIR) and not os.path.isdir(RUN_DIR):
+    marker_path = io_utils.join(RUN_DIR, MARKER_FILE)
+    if io_utils.exists(RUN_DIR) and not io_utils.isdir(RUN_DIR):
         raise cli.UserError(f"./{RUN_DIR} exists and is not a directory: move it away, or run "
                             "the quickstart from another directory")
-    if not os.path.isdir(RUN_DIR) or not os.listdir(RUN_DIR):
+    if not io_utils.isdir(RUN_DIR) or not io_utils.listdir(RUN_DIR):
         try:
-            os.makedirs(RUN_DIR, exist_ok=True)
+            io_utils.makedirs(RUN_DIR)
         except OSError as error:
             raise cli.UserError(f"cannot create ./{RUN_DIR}: {error.strerror or error}; run the "
                                 "quickstart from a directory you can write") from error
         write_marker(model_dir)
         return
     check_own_run_dir(marker_path, model_dir)
-    backed_up = crash_safety.backed_up_step(os.path.join(model_dir, "backup"))
+    backed_up = crash_safety.backed_up_step(io_utils.join(model_dir, "backup"))
     if backed_up is not None and not overwrite:
         logging.info("Resuming the interrupted quickstart run in %s from its backup of step %d",
                      model_dir, backed_up)
         return
-    existing = [path for path in outputs if os.path.lexists(path)]
+    existing = [path for path in outputs if io_utils.exists(path)]
     if existing:
         logging.info("Replacing the earlier quickstart run in %s (removing %s)", RUN_DIR,
                      ", ".join(existing))
     for path in existing:
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
+        if io_utils.isdir(path) and not os.path.islink(path):  # RUN_DIR is local
+            io_utils.rmtree(path)
         else:  # a file, or a link (removed, not followed)
-            os.remove(path)
+            io_utils.remove(path)
 
 
 def check_own_run_dir(marker_path: str, model_dir: str) -> None:
@@ -139,7 +138,7 @@ def check_own_run_dir(marker_path: str, model_dir: str) -> None:
             "own); the quickstart replaces only its own runs: move it away (or delete it), or "
             "run the quickstart from another directory")
     recorded = marker.get("run_config_sha256")
-    current = _sha256_or_none(os.path.join(model_dir, config_lib.RUN_CONFIG_FILE))
+    current = _sha256_or_none(io_utils.join(model_dir, config_lib.RUN_CONFIG_FILE))
     if recorded and current != recorded:
         raise cli.UserError(
             f"{model_dir} holds a run that the quickstart did not make (its "
@@ -151,13 +150,13 @@ def check_own_run_dir(marker_path: str, model_dir: str) -> None:
 def write_marker(model_dir: str) -> None:
     """RUN_DIR/quickstart.json, recording the run_config.json in `model_dir` (if any)."""
     io_utils.write_json({"made_by": MADE_BY, "run_config_sha256": _sha256_or_none(
-        os.path.join(model_dir, config_lib.RUN_CONFIG_FILE))},
-        os.path.join(RUN_DIR, MARKER_FILE))
+        io_utils.join(model_dir, config_lib.RUN_CONFIG_FILE))},
+        io_utils.join(RUN_DIR, MARKER_FILE))
 
 
 def _sha256_or_none(path: str) -> Optional[str]:
     try:
-        with open(path, "rb") as f:
+        with io_utils.open(path, "rb") as f:
             return hashlib.sha256(f.read()).hexdigest()
     except FileNotFoundError:
         return None

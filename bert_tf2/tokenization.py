@@ -54,6 +54,7 @@ import tf_keras
 from absl import logging
 from official.nlp.modeling import layers
 
+from bert_tf2 import cli
 from bert_tf2 import io_utils
 from bert_tf2.config import NORMALIZATIONS
 
@@ -73,6 +74,10 @@ _SURROGATES = (0xD800, 0xDFFF)  # Never characters of a decoded UTF-8 string.
 # SplitMergeTokenizer labels: a character starts a word, or continues the one before it.
 _SPLIT, _MERGE = 0, 1
 _SPLIT_MERGE = tf_text.SplitMergeTokenizer()
+
+
+class VocabError(cli.UserError, ValueError):
+    """A vocab.txt the tokenizer cannot use; the message names the file (and line)."""
 
 
 def make_tokenizer(vocab_file: str, normalization: str = "bert_original") -> tf_keras.layers.Layer:
@@ -110,7 +115,8 @@ def read_vocab(vocab_file: str) -> List[str]:
     seen = set()
     for line_number, token in enumerate(tokens, start=1):
         if token in seen:
-            raise ValueError(f"{vocab_file}:{line_number}: token {token!r} occurs twice")
+            raise VocabError(f"{vocab_file}:{line_number}: token {token!r} occurs twice: "
+                             "a vocab lists each token once (its id is its line)")
         seen.add(token)
     return tokens
 
@@ -138,7 +144,8 @@ class OriginalBertTokenizer(tf_keras.layers.Layer):
         super().__init__(**kwargs)
         tokens = read_vocab(vocab_file)
         if UNKNOWN_TOKEN not in tokens:
-            raise ValueError(f"{vocab_file} lacks the unknown token {UNKNOWN_TOKEN}")
+            raise VocabError(f"{vocab_file} lacks the unknown token {UNKNOWN_TOKEN}: add it "
+                             "on a line of its own")
         self._vocab_path = vocab_file
         self._special_tokens_dict = special_tokens_dict(tokens, vocab_file)
         self.vocab_file = tf.saved_model.Asset(vocab_file)

@@ -24,7 +24,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import app, flags, logging
+from absl import flags, logging
 import tensorflow as tf
 import tf_keras
 from official.nlp import optimization
@@ -42,6 +42,7 @@ from bert_tf2 import input_pipeline
 from bert_tf2 import io_utils
 from bert_tf2 import model as model_lib
 from bert_tf2 import plots
+from bert_tf2 import prepared_data
 from bert_tf2 import pretrain as pretrain_lib
 
 FLAGS = flags.FLAGS
@@ -79,7 +80,9 @@ class Prepared:
     strategy: tf.distribute.Strategy
     model_dir: str     # where this process writes: model_dir, or a scratch dir on non-chiefs
     backup_dir: str    # the shared backup every worker restores from
-    splits: Dict[str, data.Examples]  # labels encoded; each knows its class names
+    # Labels encoded; each knows its class names. Held in memory, or with --data_cache
+    # streamed from prepared shards (`prepared_data.StreamedSplit`).
+    splits: Dict[str, data.Examples]
     preprocessor: object
     plan: StepPlan
     # (task, classes) -> (loss, metrics) the classifier is compiled with; None:
@@ -178,11 +181,11 @@ def prepare(config: config_lib.TrainConfig, *, overwrite: bool = False,
     for path in outputs.values():  # all checked first: a refused run creates nothing
         io_utils.makedirs(path)
 
-    splits = data.load_splits(config.data.train_data, config.data.eval_data,
-                              config.data.test_data,
-                              **data.reader_options(config.data))
-    data.warn_about_label_coverage(splits)
+    splits = load_splits(config)
     if training_split:
+        if isinstance(splits["train"], prepared_data.StreamedSplit):
+            raise cli.UserError("--data_cache streams the training split, which this command "
+                                "rewrites in memory: drop --data_cache")
         splits = {**splits, "train": training_split(splits["train"])}
     if config.export.export_best and "dev" not in splits:
         raise cli.UserError("--export_best picks the epoch with the best dev score: pass "
@@ -193,7 +196,7 @@ def prepare(config: config_lib.TrainConfig, *, overwrite: bool = False,
             task=config.data.task, pairs=bool(config.data.text_b_column),
             class_names=splits["train"].class_names))
     if config.modules.build_missing:
-        build_missing_modules(config, splits["train"].texts, model_dir)
+        build_missing_modules(config, splits["train"], model_dir)
     check_seq_length(config.input.seq_length, config.modules.encoder_handle)
     # Every worker restores the chief's backup (Keras writes only the chief's copy there).
     backup_dir = io_utils.join(config.model_dir, "backup")
@@ -201,6 +204,17 @@ def prepare(config: config_lib.TrainConfig, *, overwrite: bool = False,
                     splits=splits,
                     preprocessor=model_lib.load_preprocessor(config.modules.preprocess_handle),
                     plan=plan_steps(config.trainer, len(splits["train"]), backup_dir))
+
+
+def load_splits(config: config_lib.TrainConfig) -> Dict[str, data.Examples]:
+    """The splits, read into memory, or with --data_cache prepared once and streamed."""
+    if config.input.data_cache:
+        return prepared_data.load_splits(config.data, config.input.data_cache,
+                                         config.input.num_shards)
+    splits = data.load_splits(config.data.train_data, config.data.eval_data,
+                              config.data.test_data, **data.reader_options(config.data))
+    data.warn_about_label_coverage(splits)
+    return splits
 
 
 def fit(config: config_lib.TrainConfig, prepared: Prepared,
@@ -411,7 +425,8 @@ def balanced_class_weights(train: data.Examples, task: str,
     if task == "multilabel":
         raise cli.UserError("--class_weights=balanced weighs an example by its one class; "
                             "for --task=multilabel leave it at none")
-    counts = collections.Counter(train.labels)
+    counts = (train.label_counts if isinstance(train, prepared_data.StreamedSplit)
+              else collections.Counter(train.labels))
     names = train.class_names
     weights = [len(train) / (len(names) * max(counts[i], 1)) for i in range(len(names))]
     logging.info("Class weights: %s", ", ".join(f"{name} {weight:.3g}"
@@ -565,10 +580,15 @@ def distributed_dataset(strategy: tf.distribute.Strategy, preprocessor,
 
     `batch_size` is global (`input_pipeline.make_dataset` gets the per-replica share).
     `skip_steps` optimizer steps' worth of batches are skipped, for a resumed run.
-    `class_weights` (by class id) weigh the training examples.
+    `class_weights` (by class id) weigh the training examples. A streamed split
+    (`prepared_data.StreamedSplit`) is read from its shards, each pipeline its own.
     """
+    make_dataset, streaming = input_pipeline.make_dataset, {}
+    if isinstance(examples, prepared_data.StreamedSplit):
+        make_dataset = prepared_data.make_dataset
+        streaming = {"shuffle_buffer": input_config.shuffle_buffer}
     return _distribute(strategy, batch_size, skip_steps, lambda context, size, skip: (
-        input_pipeline.make_dataset(
+        make_dataset(
             examples, batch_size=size, preprocessor=preprocessor,
             seq_length=input_config.seq_length, training=training, seed=seed,
             dynamic_padding=input_config.dynamic_padding,
@@ -576,7 +596,7 @@ def distributed_dataset(strategy: tf.distribute.Strategy, preprocessor,
             pad_to_bucket_boundary=input_config.pad_to_bucket_boundary,
             truncation=input_config.truncation, class_weights=class_weights,
             static_shapes=input_config.static_shapes, input_context=context,
-            skip_batches=skip)))
+            skip_batches=skip, **streaming)))
 
 
 def _distribute(strategy: tf.distribute.Strategy, batch_size: int, skip_steps: int, make
@@ -617,7 +637,7 @@ def export_copy(config: config_lib.TrainConfig, classifier: tf_keras.Model,
     return copy
 
 
-def build_missing_modules(config: config_lib.TrainConfig, train_texts: Sequence[str],
+def build_missing_modules(config: config_lib.TrainConfig, train: data.Examples,
                           model_dir: str) -> None:
     """Builds the hub modules at the local handle paths if they are not there yet.
 
@@ -644,11 +664,12 @@ def build_missing_modules(config: config_lib.TrainConfig, train_texts: Sequence[
 
     def pretrain(preprocess_path, bert_config):
         return pretrain_lib.pretrain_encoder(
-            bert_config, model_lib.load_preprocessor(preprocess_path), train_texts,
+            bert_config, model_lib.load_preprocessor(preprocess_path),
+            train if isinstance(train, prepared_data.StreamedSplit) else train.texts,
             output_prefix=io_utils.join(model_dir, "pretrain", "encoder"),
             epochs=pretraining.epochs, batch_size=pretraining.batch_size,
             seq_length=config.input.seq_length, learning_rate=pretraining.learning_rate,
-            seed=config.seed)
+            seed=config.seed, shuffle_buffer=config.input.shuffle_buffer)
 
     hub_modules.build_hub_modules(output_dir, vocab_file=modules.vocab_file,
                                   bert_config_file=modules.bert_config_file,
@@ -671,11 +692,14 @@ def run_command(config_class, run_config: Callable[..., TrainResult]) -> None:
     """The run the parsed flags describe (`config_class.from_flags`), by `run_config` (`run`,
     or `bert_tf2.distill.run`); a Ctrl-C ends in the line that says how to resume."""
     config = config_class.from_flags(FLAGS)
+    options = config_lib.RunOptions.from_flags(FLAGS)
     if not config.model_dir:
-        raise app.UsageError("--model_dir is required")
+        raise cli.UserError("--model_dir is required: where the run keeps its checkpoints, "
+                            "backup and metrics")
     start = time.time()
     try:
-        run_config(config, overwrite=FLAGS.overwrite, export_new_task=FLAGS.export_new_task)
+        run_config(config, overwrite=options.overwrite,
+                   export_new_task=options.export_new_task)
     except KeyboardInterrupt:
         raise interrupted(config) from None
     logging.info("Done in %.1f s", time.time() - start)
@@ -693,7 +717,7 @@ def interrupted(config: config_lib.TrainConfig) -> cli.Interrupted:
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
-    """Defines every flag `TrainConfig.from_flags` reads."""
+    """Defines every flag `TrainConfig.from_flags` and `RunOptions.from_flags` read."""
     project_flags.define_train_command_flags(flag_values)
 
 

@@ -415,7 +415,9 @@ def test_tpu_cli_fails_at_once_with_a_one_line_error(tmp_path):
 # Multi-worker: two processes on loopback ports
 # ---------------------------------------------------------------------------------------------
 
-def test_multi_worker_trains_and_only_the_chief_writes(tiny_hub_modules, small_data, tmp_path):
+@pytest.mark.parametrize("streamed", [False, True], ids=["in_memory", "data_cache"])
+def test_multi_worker_trains_and_only_the_chief_writes(streamed, tiny_hub_modules, small_data,
+                                                       tmp_path):
     cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
     model_dir, export_dir = tmp_path / "model", tmp_path / "export"
     # Dev data, not test data: one collective evaluation shows it as well as two. Its 64 rows,
@@ -423,7 +425,10 @@ def test_multi_worker_trains_and_only_the_chief_writes(tiny_hub_modules, small_d
     # differ, and one of them gets none.
     args = tiny_train_args(tiny_hub_modules, model_dir, export_dir,
                            *[flag for flag in small_data if not flag.startswith("--test_data=")],
-                           "--distribution_strategy=multi_worker_mirrored", "--eval_batch_size=20")
+                           "--distribution_strategy=multi_worker_mirrored", "--eval_batch_size=20",
+                           # Both workers prepare the same shards; one preparation is kept,
+                           # and each worker streams its own 4 of the 8 shards.
+                           *([f"--data_cache={tmp_path / 'cache'}"] if streamed else []))
     workers = [start_train(args,
                            TF_CONFIG=json.dumps({"cluster": cluster,
                                                  "task": {"type": "worker", "index": index}}))
@@ -438,6 +443,7 @@ def test_multi_worker_trains_and_only_the_chief_writes(tiny_hub_modules, small_d
     metrics = read_metrics(model_dir)
     assert 0.0 <= metrics["dev"]["accuracy"] <= 1.0 and np.isfinite(metrics["dev"]["loss"])
     assert metrics["dev"]["examples"] == 64 and all("dev: 64 examples" in log for log in logs)
+    assert all(("streamed from 8 shards" in log) == streamed for log in logs)
 
 
 def _start_worker(args, cluster, index, log_prefix: pathlib.Path) -> subprocess.Popen:

@@ -30,7 +30,8 @@ FLAG_FILES = sorted((REPO_ROOT / "configs").glob("*.flags"))
 
 # The commands of bert_tf2 (`python -m bert_tf2.X`) whose flags come from `define_flags`.
 ABSL_COMMANDS = ("train", "distill", "pretrain", "hub_modules", "vocab", "evaluate", "predict",
-                 "export_lite", "beam_predict", "serving.client", "serving.config")
+                 "export_lite", "beam_predict", "serving.client", "serving.config",
+                 "prepare_data")
 # bert_tf2.serving.saved_model_cli is TensorFlow's saved_model_cli, whose flags its module
 # defines at import.
 SAVED_MODEL_CLI = "serving.saved_model_cli"
@@ -51,7 +52,8 @@ TEST_TOOL_FLAGS = frozenset({
     "override_repository", "sandbox_debug", "local_test_jobs", "nocache_test_results",
     "incompatible_strict_action_env", "basetemp", "dist", "tiny_fixtures"})
 # Tools whose flags are their own (checked by nobody here): a flag after one of them is skipped.
-FOREIGN_TOOLS = r"bazel|pytest|pip3?|docker|curl|git|apt-get|saved_model_cli|uv|bash|python3?"
+FOREIGN_TOOLS = (r"bazel|pytest|pip3?|docker|curl|git|apt-get|saved_model_cli|uv|bash|python3?"
+                 r"|gcloud|kubectl")
 # A flag: `--` and an absl name; a hyphenated one (pip's --no-cache-dir) is another tool's.
 _FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9_]*)(?![\w-])")
 _COMMAND = re.compile(

@@ -8,12 +8,13 @@ import re
 import shutil
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import app
+from absl import flags
 import numpy as np
 from PIL import Image
 import pytest
 
-from bert_tf2 import cli, data, evaluate, plots, predict
+from bert_tf2 import cli, data, evaluate, io_utils, plots, predict
+from bert_tf2 import config as config_lib
 from tests.tiny_fixtures import evaluate_config
 
 # The hand-worked fixture. Sorted by probability:
@@ -184,15 +185,42 @@ def test_training_curves_from_history_csv(tmp_path):
 
 def test_default_output_dir_is_beside_the_saved_model():
     assert evaluate.default_output_dir("/e/export/3/") == "/e/export/eval-3"
-    assert evaluate._inside("/e/export/3/eval", "/e/export/3")
-    assert not evaluate._inside("/e/export/eval-3", "/e/export/3")
+    assert io_utils.is_inside("/e/export/3/eval", "/e/export/3")
+    assert not io_utils.is_inside("/e/export/eval-3", "/e/export/3")
 
 
-def test_a_seed_cannot_ask_for_another_builtin_split():
-    with pytest.raises(app.UsageError, match="--seed=7: the built-in corpus's split is fixed"):
-        evaluate_config("--saved_model=x", "--seed=7")
-    assert evaluate_config("--saved_model=x", "--seed=42").saved_model == "x"
-    assert evaluate_config("--saved_model=x", "--seed=7", "--data=d.csv").data == "d.csv"
+def test_default_output_dir_on_a_store_is_beside_the_saved_model_there():
+    assert evaluate.default_output_dir("gs://b/e/export/3/") == "gs://b/e/export/eval-3"
+    assert evaluate.default_output_dir("ram://b/m.tflite") == "ram://b/eval-m"
+    assert io_utils.is_inside("gs://b/e/export/3//eval/", "gs://b/e/export/3")
+    assert io_utils.is_inside("GS://b/e/export/x/../3/eval", "gs://b/e/export/3/")
+    assert not io_utils.is_inside("gs://b/e/export/eval-3", "gs://b/e/export/3")
+    assert not io_utils.is_inside("/b/e/export/3/eval", "gs://b/e/export/3")
+
+
+def _evaluate_command_line_error(capsys, *args: str) -> str:
+    """What `python -m bert_tf2.evaluate ARGS` says when it refuses its flags (one line)."""
+    flag_values = flags.FlagValues()
+    evaluate.define_flags(flag_values)
+    with pytest.raises(SystemExit) as exited:
+        cli.parse_flags("evaluate", ["evaluate", *args], flag_values,
+                        other_commands_flags=config_lib.EVALUATE_OTHER_FLAGS)
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+def test_a_seed_or_a_training_split_is_not_a_flag_of_evaluate(capsys):
+    assert _evaluate_command_line_error(capsys, "--saved_model=x", "--seed=7") == (
+        "evaluate: --seed is not a flag of evaluate: the built-in corpus's split is fixed "
+        "whatever the seed, so evaluate has no other test split to pick; drop --seed, or pass "
+        "--data (docs/evaluate_predict.md)\n")
+    assert _evaluate_command_line_error(capsys, "--saved_model=x", "--test_data=t.csv") == (
+        "evaluate: --test_data is not a flag of evaluate: it is a training flag; evaluate "
+        "reads --data\n")
+    assert "--task is not a flag of evaluate: evaluate reads the task and classes off the " \
+        "model" in _evaluate_command_line_error(capsys, "--task=multiclass")
 
 
 def test_history_alone_only_plots_curves(tmp_path, capsys):
@@ -202,10 +230,8 @@ def test_history_alone_only_plots_curves(tmp_path, capsys):
     result = evaluate.run(evaluate_config(f"--history={history}"))
     assert result["training_curves"] == str(tmp_path / "model" / "training_curves.png")
     _assert_png(result["training_curves"])
-    with pytest.raises(app.UsageError, match="--saved_model"):
+    with pytest.raises(cli.UserError, match=r"--saved_model is required.* \(or --history"):
         evaluate.run(evaluate_config())
-    with pytest.raises(app.UsageError, match="evaluate reads --data"):
-        evaluate.run(evaluate_config("--saved_model=x", "--test_data=t.csv"))
 
 
 def test_a_missing_model_or_an_unusable_output_dir_fails_before_the_model_loads(tmp_path):
@@ -273,7 +299,7 @@ def test_evaluate_cli_on_the_tiny_model(tiny_training_run, tmp_path, capsys):
     assert "precision" in printed and "ROC-AUC" in printed and "best threshold" in printed
     assert str(output_dir) in printed
 
-    with pytest.raises(app.UsageError, match="inside the SavedModel"):
+    with pytest.raises(cli.UserError, match="inside the SavedModel"):
         evaluate.run(evaluate_config(f"--saved_model={export_dir}/1",
                                           f"--output_dir={export_dir}/1/eval"))
 

@@ -185,7 +185,7 @@ def test_a_rebuild_that_fails_names_the_flag_that_needs_it(tiny_hub_modules, tmp
     not_bert = not_a_bert_encoder_module(tmp_path / "not_bert")
     args = tiny_train_args(tiny_hub_modules, "/tmp/unused", "")
     partly = train_config(*args, "--trainable_encoder_layers=1").model
-    with pytest.raises(ValueError, match=r"cannot read a BERT config.*; "
+    with pytest.raises(model_lib.EncoderRebuildError, match=r"cannot read a BERT config.*; "
                        r"--trainable_encoder_layers=1 trains only its top layers.*pass "
                        r"--trainable_encoder_layers=-1 \(all of it\) or 0"):
         model_lib.build_classifier_for(partly, not_bert)

@@ -114,14 +114,13 @@ def test_the_client_sends_pairs_and_reads_class_names(pair_topics_served, protoc
 
 
 def test_the_client_reads_pairs_from_text_b_flags_and_tab_separated_lines(tmp_path):
-    from absl import app
     from bert_tf2.serving import client as client_lib
     path = tmp_path / "pairs.txt"
     path.write_text("好\t不错\n\n坏\t\n", encoding="utf-8")
     assert client_lib.read_texts(["甲"], str(path), texts_b=["乙"]) == [
         ("甲", "乙"), ("好", "不错"), ("坏", "")]
     assert client_lib.read_texts([], str(path)) == ["好\t不错", "坏\t"]
-    with pytest.raises(app.UsageError, match="2 --text but 1 --text_b"):
+    with pytest.raises(cli.UserError, match="2 --text but 1 --text_b"):
         client_lib.read_texts(["a", "b"], None, texts_b=["c"])
     path.write_text("没有第二句\n", encoding="utf-8")
     with pytest.raises(data.DataError, match=r"pairs\.txt:1: no tab; with --pairs"):

@@ -95,8 +95,9 @@ def _encoder_weights(bert_config_file, checkpoint):
     return {w.name: w.numpy() for w in network.weights}
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["in_memory", "data_cache"])
 def test_cli_continues_from_init_checkpoint_on_the_training_file(
-        tmp_path, tiny_vocab_file, tiny_bert_config_file, corpus_splits):
+        streamed, tmp_path, tiny_vocab_file, tiny_bert_config_file, corpus_splits):
     # A checkpoint in the layout pretraining writes, of a randomly initialised encoder.
     network = hub_modules.build_encoder(
         hub_modules.read_bert_config(tiny_bert_config_file)).network
@@ -108,10 +109,12 @@ def test_cli_continues_from_init_checkpoint_on_the_training_file(
          f"--bert_config_file={tiny_bert_config_file}", f"--init_checkpoint={start}",
          f"--train_data={write_jsonl(tmp_path / 'train.jsonl', corpus_splits['train'], 48)}",
          "--seq_length=32", "--pretrain_epochs=1", "--pretrain_batch_size=16",
-         "--pretrain_learning_rate=0", f"--output_checkpoint={tmp_path / 'out' / 'encoder'}"],
+         "--pretrain_learning_rate=0", f"--output_checkpoint={tmp_path / 'out' / 'encoder'}",
+         *([f"--data_cache={tmp_path / 'cache'}"] if streamed else [])],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Masked-LM pretraining of the encoder: 48 texts, 3 steps" in result.stderr
+    assert ("streamed from 8 shards" in result.stderr) == streamed
     before = _encoder_weights(tiny_bert_config_file, start)
     after = _encoder_weights(tiny_bert_config_file, str(tmp_path / "out" / "encoder"))
     assert before.keys() == after.keys()

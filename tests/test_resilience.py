@@ -141,11 +141,14 @@ def test_ctrl_c_ends_in_one_line_naming_the_backup_and_status_130(tmp_path, tiny
         "the same command resumes from it")
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["in_memory", "data_cache"])
 def test_resume_mid_epoch_continues_exactly_where_the_run_stopped(
-        tmp_path, dropout_free_modules, train_file, caplog):
-    """Model, optimizer, step and data position: the resumed run ends bit-identical."""
+        streamed, tmp_path, dropout_free_modules, train_file, caplog):
+    """Model, optimizer, step and data position: the resumed run ends bit-identical (its
+    examples held in memory, or streamed from shards in a shuffled order fixed by the seed)."""
     caplog.set_level(logging.INFO, logger="absl")
-    args = ["--train_steps=25", "--epochs=3", "--checkpoint_steps=4", "--dropout=0"]
+    args = ["--train_steps=25", "--epochs=3", "--checkpoint_steps=4", "--dropout=0",
+            *([f"--data_cache={tmp_path / 'cache'}", "--shuffle_buffer=16"] if streamed else [])]
     result = train.run(train_config(*_args(dropout_free_modules, tmp_path / "a", train_file,
                                            *args)))
     # Every 4 steps and at each epoch end (10 steps an epoch), but not the last step (25).

@@ -18,7 +18,7 @@ import sys
 import threading
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import app, flags
+from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -330,7 +330,7 @@ def _flag_values(define, *args):
     return flag_values
 
 
-def test_config_cli_writes_models_config(tmp_path, saved_model):
+def test_config_cli_writes_models_config(tmp_path, saved_model, capsys):
     export_dir = os.path.dirname(saved_model)
     output = tmp_path / "serving" / "models.config"
     config_lib.main([], _flag_values(
@@ -342,9 +342,11 @@ def test_config_cli_writes_models_config(tmp_path, saved_model):
     assert model.model_version_policy.latest.num_versions == 2
     assert 'model_platform: "tensorflow"' in output.read_text(encoding="utf-8")
 
-    with pytest.raises(app.UsageError, match="version policy"):
+    with pytest.raises(SystemExit) as exited:
         config_lib.main([], _flag_values(config_lib.define_flags,
                                          f"--export_dir={export_dir}", "--version_policy=x"))
+    assert exited.value.code == 1
+    assert re.fullmatch(r"serving\.config: version policy 'x' [^\n]*\n", capsys.readouterr().err)
 
 
 def test_config_cli_refuses_a_version_dir_and_an_unwritable_output(tmp_path, capsys):
@@ -486,8 +488,11 @@ def test_client_cli_prints_json_lines(rest_server, reference, tmp_path, capsys):
             "--text=很好", "--retries=0"))
     assert exited.value.code == 1
     assert re.match("serving.client: .*unreachable", capsys.readouterr().err)
-    with pytest.raises(app.UsageError):
+    with pytest.raises(SystemExit) as exited:
         client_lib.main([], _flag_values(client_lib.define_flags, f"--server={address}"))
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == ("serving.client: give at least one --text or an --input "
+                                       "file\n")
 
 
 def test_batching_parameters_fit_the_sub_batches(tmp_path):

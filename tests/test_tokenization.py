@@ -323,11 +323,12 @@ def test_special_tokens_are_looked_up_by_string(tiny_layer, tmp_path):
 def test_vocab_errors_are_explicit(tmp_path):
     duplicated = tmp_path / "dup.txt"
     duplicated.write_text("[UNK]\na\n a \n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"dup\.txt:3: token 'a' occurs twice"):
+    with pytest.raises(tokenization.VocabError, match=r"dup\.txt:3: token 'a' occurs twice"):
         tokenization.make_tokenizer(str(duplicated))
     no_unk = tmp_path / "no_unk.txt"
     no_unk.write_text("[CLS]\na\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"no_unk\.txt lacks the unknown token \[UNK\]"):
+    with pytest.raises(tokenization.VocabError,
+                       match=r"no_unk\.txt lacks the unknown token \[UNK\]"):
         tokenization.make_tokenizer(str(no_unk))
     with pytest.raises(ValueError, match="normalization must be one of"):
         tokenization.make_tokenizer(str(no_unk), "nfkc")

@@ -109,6 +109,12 @@ def evaluate_config(*args: str):
     return config.EvaluateConfig.from_flags(_parse_flags(evaluate, "evaluate", args))
 
 
+def lite_export_config(*args: str):
+    """The `config.LiteExportConfig` that `python -m bert_tf2.export_lite ARGS` would run."""
+    from bert_tf2 import config, export_lite
+    return config.LiteExportConfig.from_flags(_parse_flags(export_lite, "export_lite", args))
+
+
 def _parse_flags(cli_module, name: str, args) -> flags.FlagValues:
     flag_values = flags.FlagValues()
     cli_module.define_flags(flag_values)

@@ -38,7 +38,7 @@ import urllib.request
 from typing import Callable, Iterable, List, Optional, Sequence
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import app, flags
+from absl import flags
 import grpc
 import tensorflow as tf
 from tensorflow_serving.apis import classification_pb2
@@ -403,8 +403,8 @@ def read_texts(texts: Sequence[str], input_path: Optional[str],
     """
     pairs = pairs or bool(texts_b)
     if texts_b and len(texts_b) != len(texts):
-        raise app.UsageError(f"{len(texts)} --text but {len(texts_b)} --text_b: give one "
-                             "--text_b for each --text")
+        raise cli.UserError(f"{len(texts)} --text but {len(texts_b)} --text_b: give one "
+                            "--text_b for each --text")
     result = list(zip(texts, texts_b)) if pairs else list(texts)
     if input_path:
         name = "<stdin>" if input_path == "-" else input_path
@@ -428,13 +428,13 @@ def main(argv, flag_values: Optional[flags.FlagValues] = None) -> None:
     texts = read_texts(flags_.text, flags_.input, flags_.encoding, texts_b=flags_.text_b,
                        pairs=flags_.pairs)
     if not texts:
-        raise app.UsageError("give at least one --text or an --input file")
+        raise cli.UserError("give at least one --text or an --input file")
     try:
         client = make_client(flags_.protocol, flags_.server, flags_.model_name,
                              model_version=flags_.model_version, timeout=flags_.timeout,
                              retries=flags_.retries, backoff=flags_.backoff)
     except ValueError as error:
-        raise app.UsageError(str(error)) from None
+        raise cli.UserError(str(error)) from None
     with client:
         predictions = client.classify_texts(texts, flags_.signature)
     for prediction in predictions:
@@ -446,5 +446,4 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run("serving.client", main, define_flags)

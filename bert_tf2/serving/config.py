@@ -32,7 +32,7 @@ import sys
 from typing import Optional
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import app, flags, logging
+from absl import flags, logging
 from google.protobuf import text_format
 from tensorflow_serving.config import file_system_storage_path_source_pb2
 from tensorflow_serving.config import model_server_config_pb2
@@ -166,7 +166,8 @@ def main(argv, flag_values: Optional[flags.FlagValues] = None) -> None:
     del argv
     flags_ = flag_values or FLAGS
     if not flags_.export_dir:
-        raise app.UsageError("--export_dir is required")
+        raise cli.UserError("--export_dir is required: the directory holding the numeric "
+                            "versions")
     refuse_version_dir(flags_.export_dir)
     if flags_.output != "-":
         io_utils.check_writable_file(flags_.output, "--output")
@@ -175,7 +176,7 @@ def main(argv, flag_values: Optional[flags.FlagValues] = None) -> None:
         config = build_model_server_config(model_name=flags_.model_name, base_path=base_path,
                                            version_policy=flags_.version_policy)
     except ValueError as error:
-        raise app.UsageError(str(error)) from None
+        raise cli.UserError(str(error)) from None
     check_export_dir(flags_.export_dir, flags_.version_policy)
     write_config(flags_.output, config_text(config))
     if flags_.output != "-":
@@ -191,5 +192,4 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run("serving.config", main, define_flags)

@@ -12,9 +12,10 @@ import sys
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow_text  # noqa: F401  (registers the TF Text ops the export uses)
-from tensorflow.python.tools import saved_model_cli
+
+from bert_tf2 import compat
 
 
 if __name__ == "__main__":
     sys.argv[0] = "saved_model_cli"
-    sys.exit(saved_model_cli.main())
+    sys.exit(compat.saved_model_cli_main())
