@@ -487,8 +487,8 @@ class ModelFacts(NamedTuple):
     pairs: bool
 
 
-def check_paths(config: config_lib.PredictConfig,
-                options: beam_options.PipelineOptions) -> None:
+def check_beam_paths(config: config_lib.PredictConfig,
+                     options: beam_options.PipelineOptions) -> None:
     """Refuses a path flag that no Beam file system serves, a URL that lost a slash, and,
     for Dataflow, whose workers share no disk with this machine, a local path."""
     paths = [("--input", config.input), ("--output", config.output),
@@ -636,7 +636,7 @@ def run(config: config_lib.PredictConfig, pipeline_args: Sequence[str] = ()
         ) -> Dict[str, object]:
     """Runs the job over every file of --input; returns counts and timings."""
     options = pipeline_options(pipeline_args)
-    check_paths(config, options)
+    check_beam_paths(config, options)
     files = input_files(config)
     read_options = ReadOptions.of(config)
     for path in files:
@@ -772,7 +772,7 @@ def main(argv):
     # worker's traceback. Other errors keep theirs.
     for handler in logging.getLogger().handlers:
         handler.addFilter(lambda record: _USER_ERROR_MARK not in record.getMessage())
-    run(config_lib.PredictConfig.from_flags(FLAGS), argv[1:])
+    run(config_lib.PredictConfig.from_flags(FLAGS, tensorflow_paths=False), argv[1:])
 
 
 if __name__ == "__main__":

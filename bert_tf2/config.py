@@ -570,10 +570,13 @@ class PredictConfig:
     progress: bool = _flag()
 
     @classmethod
-    def from_flags(cls, flag_values) -> "PredictConfig":
-        """The run the parsed flags of `bert_tf2.predict` describe."""
+    def from_flags(cls, flag_values, *, tensorflow_paths: bool = True) -> "PredictConfig":
+        """The run the parsed flags of `bert_tf2.predict` describe. `tensorflow_paths`: its
+        paths are read through TensorFlow's file systems (`check_paths`); bert_tf2.beam_predict
+        reads them through Beam's, and checks them there."""
         config = _with_model_checked(_build(cls, lambda name: flag_values[name].value))
-        check_paths(config)
+        if tensorflow_paths:
+            check_paths(config)
         return config
 
 

@@ -91,7 +91,6 @@ class SavedModelError(cli.UserError, FileNotFoundError):
 def resolve_saved_model(path: str) -> str:
     """`path` if it holds a SavedModel, else the highest numeric version under it (a local
     path or a URL: `io_utils`)."""
-    io_utils.check_path(path, "--saved_model")
     if io_utils.isfile(io_utils.join(path, "saved_model.pb")):
         return path
     versions = [version for version in io_utils.existing_versions(path)
@@ -457,18 +456,10 @@ def check_output(config: config_lib.PredictConfig) -> None:
         raise cli.UserError(f"--output={config.output}: predict writes uncompressed text; "
                             f"write to stdout and compress that (--output=- | "
                             f"{compression.name} > {config.output})")
-    if config.input != STDIO and _same_file(config.input, config.output):
+    if config.input != STDIO and io_utils.same_path(config.input, config.output):
         raise cli.UserError(f"--output={config.output} is the --input file: writing the "
                             "predictions there would replace the texts; choose another --output")
     io_utils.check_writable_file(config.output, "--output", overwrite=config.overwrite)
-
-
-def _same_file(a: str, b: str) -> bool:
-    """Whether paths `a` and `b` name one file: the same URL, or local paths to one file
-    (links included)."""
-    if io_utils.is_remote(a) or io_utils.is_remote(b):
-        return a == b
-    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
 
 
 class _Written:

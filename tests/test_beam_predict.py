@@ -49,7 +49,8 @@ def run_beam(*args: str):
     flag_values = flags.FlagValues()
     beam_predict.define_flags(flag_values)
     rest = beam_predict.parse_flags(["beam_predict", "--noprogress", *args], flag_values)
-    return beam_predict.run(config.PredictConfig.from_flags(flag_values), rest[1:])
+    return beam_predict.run(config.PredictConfig.from_flags(flag_values, tensorflow_paths=False),
+                            rest[1:])
 
 
 def shards(prefix) -> list:
