@@ -35,15 +35,15 @@ that cannot be read (bad JSON, too many CSV fields, a text that is not a string)
 with the file name and line number, or with --skip_bad_rows is skipped, counted and logged.
 Input is read a window of READ_AHEAD_BATCHES batches (--batch_size) at a time, never loaded
 whole; each window is predicted sorted by text length (the model pads a batch to its longest
-text) and written in input order. A file output is
-written to a hidden temporary file and renamed into place only when the run succeeds
-(`io_utils.atomic_file`; on gs:// the object appears whole, when it is complete); it may not
-be the input, and an existing one is replaced only with --overwrite (both checked before the
-model loads).
+text) and written in input order. A file output is written to a hidden temporary file and
+renamed into place only when the run succeeds (`io_utils.atomic_file`; on gs:// the object
+appears whole, when it is complete); it may not be the input, and an existing one is replaced
+only with --overwrite (both checked before the model loads). A run to stdout that stops early
+(a closed pipe, Ctrl-C, an error) ends with status 1 and a last line on stderr saying how many
+rows were written.
 
---saved_model, --input and --output may be URLs of any file system TensorFlow has (gs://,
-or ram:// in tests), read and written through `bert_tf2.io_utils`. A run to stdout that stops early (a closed pipe, Ctrl-C, an error) ends with
-status 1 and a last line on stderr saying how many rows were written.
+--saved_model, --input and --output may be URLs of any file system TensorFlow has (gs://, or
+ram:// in tests), read and written through `bert_tf2.io_utils`.
 
 The model is called through its `serving_default` signature, exactly as TF Serving calls it
 (a .tflite file of bert_tf2.export_lite through the same signature in LiteRT: `LitePredictor`);

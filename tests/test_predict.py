@@ -246,7 +246,7 @@ def test_compressed_input_is_read_as_what_it_holds(run_predict, predictor, tmp_p
     content = {".csv": "text,id\n" + "".join(f'"{t}",{i}\n' for i, t in enumerate(texts)),
                ".txt": "\n".join(texts) + "\n",
                ".jsonl": "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n"
-                                 for t in texts)}[os.path.splitext(name[:-4])[1]]
+                                 for t in texts)}[os.path.splitext(data.uncompressed_name(name))[1]]
     source = tmp_path / name
     source.write_bytes(compress(content.encode("utf-8")))
     _, out = run_predict(f"--input={source}")
