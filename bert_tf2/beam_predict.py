@@ -186,8 +186,9 @@ def _beam_cause(path: str, error: BaseException) -> str:
     """What a Beam file system error says, in one line; for a scheme without one, what to
     install."""
     details = getattr(error, "exception_details", None)  # BeamIOError's, by path
-    if isinstance(details, dict) and details:
+    while isinstance(details, dict) and details:  # the innermost cause
         error = next(iter(details.values()))
+        details = getattr(error, "exception_details", None)
     first_line = (str(error).splitlines() or [type(error).__name__])[0]
     if "Unable to get filesystem" in first_line or "No filesystem found" in first_line:
         scheme = io_utils.scheme(path)
@@ -548,9 +549,11 @@ def input_files(config: config_lib.PredictConfig) -> List[str]:
         raise cli.UserError(f"--input={config.input}: cannot be listed: "
                             f"{_beam_cause(config.input, error)}") from error
     files = sorted(metadata.path for metadata in matched.metadata_list)
+    if not files and not glob.has_magic(config.input) and _is_directory(config.input):
+        files = [config.input]  # a store's directory, which matches no object itself
     if not files:
         raise cli.UserError(f"--input={config.input}: no file matches this pattern")
-    if os.path.isdir(files[0]):
+    if _is_directory(files[0]):
         raise cli.UserError(f"--input={config.input} is a directory: pass a pattern of the "
                             f"files in it, e.g. {files[0].rstrip('/')}/*.csv")
     ours = next((path for path in files if _written_by_us(path)), None)

@@ -444,6 +444,8 @@ def test_input_glob_output_dead_letter_and_export_on_gs(bucket, saved_model, two
         run_beam(*args, f"--output={url}/out/pred")
     with pytest.raises(cli.UserError, match=rf"--output={url}/out is a directory"):
         run_beam(*args, f"--output={url}/out")
+    with pytest.raises(cli.UserError, match=rf"--input={url}/in is a directory: pass a pattern"):
+        run_beam(*args[:1], f"--input={url}/in", *args[2:], f"--output={url}/other/pred")
     with pytest.raises(cli.UserError, match=rf"--saved_model={url}/in: no saved_model.pb"):
         run_beam(f"--saved_model={url}/in", *args[1:], f"--output={url}/other/pred")
 
