@@ -53,7 +53,7 @@ def test_a_rerun_replaces_the_demo_run_and_keeps_everything_else(tmp_path, monke
     with open(os.path.join(RUN_DIR, "notes.txt"), "w", encoding="utf-8") as f:
         f.write("mine\n")
 
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         quickstart.prepare_run_dir(OUTPUTS, MODEL_DIR, overwrite=False)
     assert not [path for path in OUTPUTS if os.path.exists(path)]
     assert sorted(os.listdir(RUN_DIR)) == ["hub", "notes.txt", quickstart.MARKER_FILE]
@@ -75,7 +75,7 @@ def test_an_interrupted_run_is_resumed_or_with_overwrite_replaced(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     quickstart.prepare_run_dir(OUTPUTS, MODEL_DIR, overwrite=False)
     _interrupted_run()
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         quickstart.prepare_run_dir(OUTPUTS, MODEL_DIR, overwrite=False)
     assert all(os.path.isdir(path) for path in OUTPUTS)
     assert [record.getMessage() for record in caplog.records] == [
