@@ -200,7 +200,7 @@ class LitePredictor(Predictor):
 
     def __init__(self, path: str):  # pylint: disable=super-init-not-called
         from bert_tf2 import lite  # pylint: disable=g-import-not-at-top
-        if not os.path.isfile(path):
+        if not io_utils.isfile(path):
             raise SavedModelError(f"--saved_model={path}: no such TFLite file; pass one that "
                                   "bert_tf2.export_lite wrote, or an export_dir")
         self.path = path

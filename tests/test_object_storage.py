@@ -382,12 +382,14 @@ def test_export_lite_writes_a_tflite_file_to_a_store_from_an_export_there(ram_ru
     with _local_disk_watched(tmp_path / "cwd", tmp_path / "temp"):
         export_lite.export_lite(result.export_path, output, "none")
         probabilities = lite.LiteClassifier(output).predict(REVIEWS)["probability"]
+        predicted = predict.load_predictor(output)(REVIEWS)[0]  # predict/evaluate's way in
         with io_utils.open(output, "rb") as f:
             metadata = lite.read_metadata(f.read())
         served = _served_probabilities(result.export_path, REVIEWS)
         with pytest.raises(io_utils.OutputError, match="already exists; pass --overwrite"):
             io_utils.check_writable_file(output, "--output", overwrite=False)
     assert probabilities.ravel().tolist() == pytest.approx(served, abs=1e-4)
+    assert predicted.ravel().tolist() == probabilities.ravel().tolist()
     assert metadata["class_names"] == list(result.class_names)
     assert io_utils.listdir(f"{ram_run['store']}/lite") == ["model.tflite"]  # no scratch left
 
