@@ -60,7 +60,7 @@ import time
 from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import bert_tf2  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from absl import app, flags
+from absl import flags
 
 
 def _quiet_beam_noise() -> None:
@@ -531,10 +531,7 @@ def check_model(config: config_lib.PredictConfig) -> predict.Predictor:
             f"--saved_model={config.saved_model}: cannot be loaded ({type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else ''}); export it again, or pass "
             "another version") from error
-    try:
-        model.check_text_b_column(config.text_b_column)
-    except app.UsageError as error:
-        raise cli.UserError(f"--saved_model={config.saved_model}: {error}") from error
+    model.check_text_b_column(config.text_b_column)
     return model
 
 
